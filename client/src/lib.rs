@@ -1,0 +1,1 @@
+//! relayhub client (filled in by the hub work).

@@ -1,0 +1,1 @@
+//! relayhub load generator (filled in by the loadgen work).

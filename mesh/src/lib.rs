@@ -1,0 +1,1 @@
+//! Cross-core mesh rings (filled in by the mesh work).

@@ -1,0 +1,1 @@
+//! relayhub wire protocol (filled in by the protocol work).

@@ -1,0 +1,1 @@
+//! relayhub server (filled in by the hub work).
