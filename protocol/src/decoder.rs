@@ -1,0 +1,275 @@
+//! The incremental decoder: bytes in, validated frames out.
+//!
+//! The IO driver either reads straight into [`Decoder::spare`] and calls
+//! [`Decoder::commit`], or hands over bytes it already has with
+//! [`Decoder::handle_bytes`]. [`Decoder::poll_frame`] then yields each
+//! complete frame, borrowed from the decoder's 16-byte aligned buffer and
+//! already validated; any split of the stream gives the same frames.
+//!
+//! Memory: nothing is allocated until bytes arrive, the buffer grows only to
+//! fit the frame at hand (whose length was checked against the limit first),
+//! and [`Decoder::release_idle`] gives it back when no bytes are pending.
+
+use std::marker::PhantomData;
+
+use crate::{
+    error::DecodeError,
+    frame::{FrameHeader, Role},
+    limits::{FRAME_ALIGN_BYTES, FRAME_BYTES_MAX, FRAME_HEADER_BYTES},
+    preface::{check_preface, PREFACE_BYTES},
+};
+
+/// Bytes the decoder offers for one read when no larger frame is pending.
+///
+/// Large enough to take many small frames per read, small enough that a
+/// busy connection holds little: 16 KiB.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Largest buffer a decoder holds when its driver polls every frame before
+/// reading again: one maximal frame plus one read.
+pub const DECODER_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_BYTES_MAX + READ_CHUNK_BYTES;
+
+/// 16 bytes with 16-byte alignment: the unit of [`AlignedBuf`].
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Block([u8; 16]);
+
+/// A zero-initialised byte buffer whose start is 16-byte aligned.
+#[derive(Default)]
+struct AlignedBuf {
+    blocks: Box<[Block]>,
+}
+
+impl AlignedBuf {
+    fn with_capacity(bytes: usize) -> AlignedBuf {
+        AlignedBuf {
+            blocks: vec![Block([0; 16]); bytes.div_ceil(16)].into_boxed_slice(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.blocks.len() * 16
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Block` is `repr(C)` over `[u8; 16]` with no padding, so
+        // the blocks are `capacity()` contiguous, initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), self.capacity()) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), self.capacity()) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for (the rest of) the peer's preface.
+    Preface,
+    /// Decoding frames.
+    Frames,
+    /// A fatal error was returned; the stream is not trusted any more.
+    Failed(DecodeError),
+}
+
+/// Incremental frame decoder for side `R` ([`HubSide`](crate::HubSide) or
+/// [`ClientSide`](crate::ClientSide)).
+///
+/// Invariants: `start <= end <= buf.capacity()`, `start` is a multiple of
+/// [`FRAME_ALIGN_BYTES`], and `buf[start..end]` holds the received bytes not
+/// yet consumed.
+pub struct Decoder<R: Role> {
+    buf: AlignedBuf,
+    /// First byte not yet consumed; a multiple of 8.
+    start: usize,
+    /// One past the last received byte.
+    end: usize,
+    /// Length of the frame last returned, consumed on the next call.
+    returned_len: usize,
+    stage: Stage,
+    _role: PhantomData<R>,
+}
+
+impl<R: Role> Default for Decoder<R> {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+impl<R: Role> Decoder<R> {
+    /// A decoder that first expects the peer's preface. Allocates nothing.
+    pub fn new() -> Decoder<R> {
+        Decoder {
+            buf: AlignedBuf::default(),
+            start: 0,
+            end: 0,
+            returned_len: 0,
+            stage: Stage::Preface,
+            _role: PhantomData,
+        }
+    }
+
+    /// A decoder for a stream whose preface was already checked.
+    pub fn after_preface() -> Decoder<R> {
+        Decoder {
+            stage: Stage::Frames,
+            ..Decoder::new()
+        }
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn buffered_len(&self) -> usize {
+        self.end - self.start - self.returned_len
+    }
+
+    /// Bytes of buffer currently held (for memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// True once the peer's preface has been accepted.
+    pub fn preface_done(&self) -> bool {
+        self.stage == Stage::Frames
+    }
+
+    /// Frees the buffer when no bytes are pending: an idle connection then
+    /// holds no buffer at all.
+    pub fn release_idle(&mut self) {
+        self.consume_returned();
+        if self.start == self.end {
+            self.buf = AlignedBuf::default();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into: at least one byte, and enough for the frame being
+    /// received if its header is already in. Call [`commit`](Self::commit)
+    /// with the number of bytes written.
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.consume_returned();
+        let wanted = self.pending_frame_len().max(READ_CHUNK_BYTES);
+        self.make_room(wanted);
+        let end = self.end;
+        &mut self.buf.bytes_mut()[end..]
+    }
+
+    /// Records that `len` bytes were written at the start of [`spare`](Self::spare).
+    pub fn commit(&mut self, len: usize) {
+        assert!(self.end + len <= self.buf.capacity(), "commit past spare()");
+        self.end += len;
+    }
+
+    /// Appends `bytes` (a convenience for callers that already own them).
+    pub fn handle_bytes(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let spare = self.spare();
+            let take = spare.len().min(bytes.len());
+            spare[..take].copy_from_slice(&bytes[..take]);
+            self.commit(take);
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// The next complete frame, if one is buffered.
+    ///
+    /// `Ok(None)` means more bytes are needed. A returned frame stays valid
+    /// until the next call on the decoder. After a fatal error every later
+    /// call returns the same error.
+    pub fn poll_frame(&mut self) -> Result<Option<R::Frame<'_>>, DecodeError> {
+        self.consume_returned();
+        if self.stage == Stage::Preface && !self.poll_preface()? {
+            return Ok(None);
+        }
+        if let Stage::Failed(error) = self.stage {
+            return Err(error);
+        }
+        let header = match FrameHeader::check(&self.buf.bytes()[self.start..self.end]) {
+            Ok(header) => header,
+            Err(DecodeError::Incomplete { .. }) => return Ok(None),
+            Err(error) => return Err(self.fail(error)),
+        };
+        let frame_len = header.frame_len();
+        if self.end - self.start < frame_len {
+            return Ok(None);
+        }
+        self.returned_len = frame_len;
+        let archive_start = self.start + FRAME_HEADER_BYTES;
+        debug_assert_eq!(archive_start % FRAME_ALIGN_BYTES, 0);
+        let archive = &self.buf.bytes()[archive_start..self.start + frame_len];
+        match R::parse(header.kind, archive) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(error) if !error.is_fatal() => Err(error),
+            Err(error) => {
+                self.stage = Stage::Failed(error);
+                Err(error)
+            }
+        }
+    }
+
+    fn fail(&mut self, error: DecodeError) -> DecodeError {
+        debug_assert!(error.is_fatal());
+        self.stage = Stage::Failed(error);
+        error
+    }
+
+    /// Checks the preface bytes at hand; true once it is complete and valid.
+    fn poll_preface(&mut self) -> Result<bool, DecodeError> {
+        let available = &self.buf.bytes()[self.start..self.end];
+        let complete = check_preface(&available[..available.len().min(PREFACE_BYTES)])
+            .map_err(|error| self.fail(error))?;
+        if complete {
+            self.start += PREFACE_BYTES;
+            self.stage = Stage::Frames;
+        }
+        Ok(complete)
+    }
+
+    fn consume_returned(&mut self) {
+        self.start += std::mem::take(&mut self.returned_len);
+        debug_assert!(self.start <= self.end);
+        debug_assert_eq!(self.start % FRAME_ALIGN_BYTES, 0);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Length of the frame whose header is buffered, or 0.
+    fn pending_frame_len(&self) -> usize {
+        match FrameHeader::check(&self.buf.bytes()[self.start..self.end]) {
+            Ok(header) => header.frame_len(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Ensures `wanted` bytes of room from `start`, plus at least one free
+    /// byte, moving pending bytes to the front or growing as needed.
+    ///
+    /// A driver that polls every frame before reading again never holds more
+    /// than [`DECODER_BYTES_MAX`]: then the pending bytes are at most one
+    /// partial frame, whose length was checked against the limit. Bytes
+    /// handed over without polling are kept (growing geometrically).
+    fn make_room(&mut self, wanted: usize) {
+        let pending = self.end - self.start;
+        let needed = wanted.max(pending + 1);
+        if self.buf.capacity() - self.start >= needed {
+            return;
+        }
+        if self.buf.capacity() >= needed {
+            self.buf.bytes_mut().copy_within(self.start..self.end, 0);
+        } else {
+            let grown_len = if pending + 1 > wanted {
+                needed.max(self.buf.capacity() * 2)
+            } else {
+                needed
+            };
+            let mut grown = AlignedBuf::with_capacity(grown_len);
+            grown.bytes_mut()[..pending].copy_from_slice(&self.buf.bytes()[self.start..self.end]);
+            self.buf = grown;
+        }
+        self.start = 0;
+        self.end = pending;
+    }
+}

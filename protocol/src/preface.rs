@@ -1,0 +1,124 @@
+//! The connection preface: the first 8 bytes each side sends.
+//!
+//! `R L Y H U B` + protocol version (u16, little-endian). A peer that is not
+//! relayhub (a stray HTTP request, a port scanner) fails on the magic and
+//! gets a clear refusal; a relayhub peer of another version fails on the
+//! version and is told which version this side speaks.
+
+use crate::error::DecodeError;
+
+/// The magic that opens every relayhub connection, in both directions.
+pub const MAGIC: [u8; 6] = *b"RLYHUB";
+
+/// The protocol version this crate speaks. See docs/protocol.md, "Versioning".
+pub const VERSION: u16 = 1;
+
+/// Length of the preface in bytes.
+pub const PREFACE_BYTES: usize = 8;
+
+/// The preface this crate sends.
+pub const PREFACE: [u8; PREFACE_BYTES] = preface_for(VERSION);
+
+/// What the hub answers, before closing, to a client that opened with an
+/// HTTP request: a plain HTTP response a browser or `curl` can show.
+pub const HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 89\r\n\r\n\
+relayhub: this port speaks the relayhub binary protocol, not HTTP (see docs/protocol.md)\n";
+
+/// Request lines that identify an HTTP client, compared against the first
+/// bytes of a connection that failed the magic.
+const HTTP_METHODS: [&[u8]; 9] = [
+    b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
+];
+
+/// Builds the preface for `version`.
+pub const fn preface_for(version: u16) -> [u8; PREFACE_BYTES] {
+    let v = version.to_le_bytes();
+    [
+        MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], MAGIC[4], MAGIC[5], v[0], v[1],
+    ]
+}
+
+/// Checks the first bytes of a connection.
+///
+/// Returns `Ok(true)` once a full, valid preface is present, `Ok(false)` when
+/// `bytes` is a valid but incomplete start of one (wait for more), and an
+/// error as soon as a byte disagrees: a peer that sends three bytes of
+/// garbage is refused at once, not after a timeout.
+pub fn check_preface(bytes: &[u8]) -> Result<bool, DecodeError> {
+    let seen = bytes.len().min(MAGIC.len());
+    if bytes[..seen] != MAGIC[..seen] {
+        let looks_like_http = HTTP_METHODS
+            .iter()
+            .any(|method| bytes.len() >= method.len() && bytes.starts_with(method));
+        return Err(DecodeError::BadPreface { looks_like_http });
+    }
+    if bytes.len() < PREFACE_BYTES {
+        return Ok(false);
+    }
+    let version = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_own_preface_whole_and_in_parts() {
+        assert_eq!(check_preface(&PREFACE), Ok(true));
+        for len in 0..PREFACE_BYTES {
+            assert_eq!(check_preface(&PREFACE[..len]), Ok(false), "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn refuses_garbage_at_the_first_wrong_byte() {
+        assert_eq!(
+            check_preface(b"RLX"),
+            Err(DecodeError::BadPreface {
+                looks_like_http: false
+            })
+        );
+        assert_eq!(
+            check_preface(b"\0\0\0\0\0\0\0\0"),
+            Err(DecodeError::BadPreface {
+                looks_like_http: false
+            })
+        );
+    }
+
+    #[test]
+    fn recognises_http() {
+        assert_eq!(
+            check_preface(b"GET / HTTP/1.1\r\n"),
+            Err(DecodeError::BadPreface {
+                looks_like_http: true
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_other_versions() {
+        assert_eq!(
+            check_preface(&preface_for(2)),
+            Err(DecodeError::UnsupportedVersion { version: 2 })
+        );
+    }
+
+    #[test]
+    fn http_refusal_content_length_is_true() {
+        let text = std::str::from_utf8(HTTP_REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len());
+    }
+}
