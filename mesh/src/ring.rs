@@ -47,7 +47,7 @@ pub fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
 
 /// [`channel`] with both indices starting at `start`, so that tests can
 /// cross the `usize` wrap-around quickly.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) fn channel_starting_at<T>(capacity: usize, start: usize) -> (Producer<T>, Consumer<T>) {
     let capacity = capacity.max(RING_CAPACITY_MIN).next_power_of_two();
     let shared = Arc::new(Shared::new(capacity, start));

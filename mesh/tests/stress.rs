@@ -40,7 +40,7 @@ fn two_threads_single_items_spinning() {
             while value < ITEMS {
                 match producer.try_send(value) {
                     Ok(()) => value += 1,
-                    Err(TrySendError::Full(_)) => std::hint::spin_loop(),
+                    Err(TrySendError::Full(_)) => thread::yield_now(),
                     Err(TrySendError::Closed(_)) => panic!("consumer gone early"),
                 }
             }
@@ -52,7 +52,7 @@ fn two_threads_single_items_spinning() {
                     assert_eq!(value, expected);
                     expected += 1;
                 }
-                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(TryRecvError::Empty) => thread::yield_now(),
                 Err(TryRecvError::Closed) => break,
             }
         }
