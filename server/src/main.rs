@@ -1,1 +1,54 @@
-fn main() {}
+//! The `relayhub` binary: parse the configuration, start the hub, wait for
+//! SIGINT or SIGTERM, shut down gracefully, print the counters, exit 0.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relayhub_server::{Config, Hub};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
+use tracing::{error, info};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAYHUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::parse();
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            error!(%error, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hub = match Hub::start(config.clone()) {
+        Ok(hub) => hub,
+        Err(error) => {
+            error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = hub.shard_stats().len();
+    info!(address = %hub.local_addr(), shards, "relayhub listening");
+    let signal = signals.forever().next();
+    info!(?signal, grace_ms = config.shutdown_grace_ms, "shutting down");
+    // A second signal skips the grace period.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+    let totals = hub.shutdown();
+    info!("final counters: {totals}");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,250 @@
+//! One connection's outbound queue: frames waiting to be written, with byte
+//! accounting for the slow-consumer policy.
+//!
+//! Deliveries arrive as shared `Bytes` (one buffer for every receiver of a
+//! relay); small replies are encoded straight into a coalescing buffer. The
+//! writer takes both as one vectored write. Order is exactly push order.
+
+use std::{collections::VecDeque, io::IoSlice, task::Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, Message};
+
+/// Most slices handed to one vectored write (the kernel's `UIO_MAXIOV` is 1024).
+pub const WRITE_SLICES_MAX: usize = 64;
+
+/// Where the queue is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundState {
+    /// Accepting frames.
+    Open,
+    /// No more frames; the writer drains what is queued, then closes.
+    Closing,
+}
+
+/// The queue refuses frames: it is closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// Over `outbound_bytes_max`: the receiver is a slow consumer.
+    Overflow,
+    /// The connection is closing or gone.
+    Closing,
+}
+
+/// A connection's outbound queue.
+///
+/// Invariant: `queued_bytes` equals the bytes in `frames` plus `small`, and
+/// stays at most `bytes_max` plus one final error frame.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Shared frames, oldest first, all before `small`.
+    frames: VecDeque<Bytes>,
+    /// Small frames encoded in place, after every frame in `frames`.
+    small: BytesMut,
+    queued_bytes: usize,
+    bytes_max: usize,
+    state: OutboundState,
+    /// The writer task, parked until there is something to write.
+    writer: Option<Waker>,
+}
+
+impl Outbound {
+    /// An empty queue holding at most `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> Outbound {
+        Outbound {
+            frames: VecDeque::new(),
+            small: BytesMut::new(),
+            queued_bytes: 0,
+            bytes_max,
+            state: OutboundState::Open,
+            writer: None,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// The limit this queue enforces.
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    /// The queue's state.
+    pub fn state(&self) -> OutboundState {
+        self.state
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued_bytes == 0
+    }
+
+    fn admit(&self, len: usize) -> Result<(), PushError> {
+        if self.state != OutboundState::Open {
+            return Err(PushError::Closing);
+        }
+        if self.queued_bytes + len > self.bytes_max {
+            return Err(PushError::Overflow);
+        }
+        Ok(())
+    }
+
+    /// Queues a shared frame (a delivery).
+    pub fn push_shared(&mut self, frame: Bytes) -> Result<(), PushError> {
+        self.admit(frame.len())?;
+        if !self.small.is_empty() {
+            // Keep push order: what was encoded in place goes first.
+            self.frames.push_back(self.small.split().freeze());
+        }
+        self.queued_bytes += frame.len();
+        self.frames.push_back(frame);
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Encodes a small frame (a reply) straight into the queue.
+    pub fn push_message<M: Message>(&mut self, message: &M) -> Result<(), PushError> {
+        if self.state != OutboundState::Open {
+            return Err(PushError::Closing);
+        }
+        let before = self.small.len();
+        let len = encode(message, &mut self.small).expect("hub replies fit in a frame");
+        if self.queued_bytes + len > self.bytes_max {
+            self.small.truncate(before);
+            return Err(PushError::Overflow);
+        }
+        self.queued_bytes += len;
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Queues a non-fatal error for this connection's client.
+    pub fn push_error(&mut self, code: ErrorCode, request: u64, detail: u64) -> Result<(), PushError> {
+        debug_assert!(!code.closes_connection());
+        self.push_message(&ErrorFrame::new(code, request, detail))
+    }
+
+    /// Stops taking frames: queues a last error (past the limit if need be,
+    /// so the client always learns why) and lets the writer drain and close.
+    pub fn close(&mut self, error: Option<(ErrorCode, u64, u64)>) {
+        if self.state == OutboundState::Closing {
+            return;
+        }
+        if let Some((code, request, detail)) = error {
+            let len = encode(&ErrorFrame::new(code, request, detail), &mut self.small)
+                .expect("an error frame fits");
+            self.queued_bytes += len;
+        }
+        self.state = OutboundState::Closing;
+        self.wake_writer();
+    }
+
+    /// Registers the writer to be woken by the next push or close.
+    pub fn park_writer(&mut self, waker: &Waker) {
+        match &self.writer {
+            Some(parked) if parked.will_wake(waker) => {}
+            _ => self.writer = Some(waker.clone()),
+        }
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+
+    /// Fills `slices` with up to [`WRITE_SLICES_MAX`] queued buffers, oldest
+    /// first, for one vectored write.
+    pub fn slices<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
+        slices.clear();
+        for frame in self.frames.iter().take(WRITE_SLICES_MAX) {
+            slices.push(IoSlice::new(frame));
+        }
+        if slices.len() < WRITE_SLICES_MAX && !self.small.is_empty() {
+            slices.push(IoSlice::new(&self.small));
+        }
+    }
+
+    /// Drops `written` bytes from the front of the queue.
+    pub fn advance(&mut self, mut written: usize) {
+        assert!(written <= self.queued_bytes, "wrote more than was queued");
+        self.queued_bytes -= written;
+        while written > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                self.small.advance(written);
+                return;
+            };
+            if written < front.len() {
+                front.advance(written);
+                return;
+            }
+            written -= front.len();
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayhub_protocol::{decode_frame, ClientSide, HubFrame, IdentityReply};
+
+    fn drain(outbound: &mut Outbound) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut slices = Vec::new();
+            outbound.slices(&mut slices);
+            if slices.is_empty() {
+                break;
+            }
+            // Write in odd-sized pieces to exercise partial advances.
+            let chunk: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).take(7).collect();
+            drop(slices);
+            out.extend_from_slice(&chunk);
+            outbound.advance(chunk.len());
+        }
+        assert_eq!(outbound.queued_bytes(), 0);
+        out
+    }
+
+    #[test]
+    fn keeps_push_order_across_shared_and_small_frames() {
+        let mut outbound = Outbound::new(1 << 20);
+        let deliver = relayhub_protocol::encode_deliver(7, b"shared").unwrap();
+        outbound.push_message(&IdentityReply { request: 1, user: 5 }).unwrap();
+        outbound.push_shared(deliver.clone()).unwrap();
+        outbound.push_message(&IdentityReply { request: 2, user: 5 }).unwrap();
+        outbound.push_shared(deliver).unwrap();
+        let bytes = drain(&mut outbound);
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&bytes);
+        let mut offset = 0;
+        let mut kinds = Vec::new();
+        while offset < aligned.len() {
+            let (frame, len) = decode_frame::<ClientSide>(&aligned[offset..]).unwrap();
+            kinds.push(match frame {
+                HubFrame::IdentityReply(reply) => format!("reply {}", reply.request),
+                HubFrame::Deliver(deliver) => format!("deliver {}", deliver.from),
+                other => panic!("unexpected {other:?}"),
+            });
+            offset += len;
+        }
+        assert_eq!(kinds, ["reply 1", "deliver 7", "reply 2", "deliver 7"]);
+    }
+
+    #[test]
+    fn refuses_past_the_limit_but_always_queues_the_closing_error() {
+        let frame = relayhub_protocol::encode_deliver(1, &[0; 100]).unwrap();
+        let mut outbound = Outbound::new(frame.len() * 2);
+        outbound.push_shared(frame.clone()).unwrap();
+        outbound.push_shared(frame.clone()).unwrap();
+        assert_eq!(outbound.push_shared(frame.clone()), Err(PushError::Overflow));
+        assert_eq!(outbound.queued_bytes(), frame.len() * 2);
+        outbound.close(Some((ErrorCode::SlowConsumer, 0, 1)));
+        assert!(outbound.queued_bytes() > frame.len() * 2, "the error is queued past the limit");
+        assert_eq!(outbound.push_shared(frame), Err(PushError::Closing));
+        assert_eq!(outbound.state(), OutboundState::Closing);
+    }
+}

@@ -1,0 +1,119 @@
+//! Per-shard counters.
+//!
+//! Each shard is the only writer of its own counters, so an increment is a
+//! plain load and store (no locked read-modify-write on the hot path);
+//! anyone may read them at any time, from any thread (tests, the stats log).
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// A counter with one writer (its shard) and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning shard's thread may call this.
+    pub fn add(&self, n: u64) {
+        // Single writer: load + store cannot lose an update, and compiles to
+        // a plain add instead of a locked one.
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one (for gauges).
+    pub fn decr(&self) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),+ $(,)?) => {
+        /// One shard's live counters.
+        #[derive(Debug, Default)]
+        pub struct ShardStats {
+            $($(#[$doc])* pub $name: Counter,)+
+        }
+
+        /// A copy of counters at one moment (one shard's, or summed).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)+
+        }
+
+        impl ShardStats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.get(),)+ }
+            }
+        }
+
+        impl std::ops::AddAssign for StatsSnapshot {
+            fn add_assign(&mut self, other: StatsSnapshot) {
+                $(self.$name += other.$name;)+
+            }
+        }
+
+        impl fmt::Display for StatsSnapshot {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut first = true;
+                $(
+                    if !first { f.write_str(" ")?; }
+                    first = false;
+                    write!(f, "{}={}", stringify!($name), self.$name)?;
+                )+
+                let _ = first;
+                Ok(())
+            }
+        }
+    };
+}
+
+stats! {
+    /// Connections accepted and welcomed.
+    connections_accepted,
+    /// Connections open now (a gauge).
+    connections_open,
+    /// Connections refused because the shard was full.
+    connections_refused,
+    /// Frames received from clients.
+    frames_in,
+    /// Bytes received from clients.
+    bytes_in,
+    /// Bytes written to clients.
+    bytes_out,
+    /// Relay requests accepted.
+    relays,
+    /// Deliveries queued to a receiver on this shard.
+    deliveries,
+    /// Receivers that were not connected.
+    unknown_receivers,
+    /// Receivers disconnected for exceeding their outbound limit.
+    slow_consumers,
+    /// Frames refused for exceeding a protocol limit.
+    limit_errors,
+    /// Connections closed for a fatal protocol error.
+    protocol_errors,
+    /// Connections closed for idleness.
+    idle_timeouts,
+    /// Mesh messages sent to other shards.
+    mesh_sent,
+    /// Mesh messages received from other shards.
+    mesh_received,
+    /// Times a ring to another shard was full (the forwarder waited).
+    ring_full,
+    /// Times a reader paused because its shard's mesh outbox was too long.
+    backpressure_waits,
+}
