@@ -1,0 +1,202 @@
+//! Per (sender, receiver) delivery checking: lost, duplicated, reordered.
+//!
+//! Every sender numbers its messages 0, 1, 2, ...; every receiver of that
+//! sender gets every message (the receiver set of a sender is fixed for the
+//! run), so each (sender, receiver) pair must see the sequence in order,
+//! once each. [`SequenceChecker`] keeps the next expected number and a
+//! bitmap of the [`WINDOW`] numbers below it, which tells a late arrival
+//! (reordered: it was counted as a gap, now it fills it) from a second copy
+//! (duplicated).
+
+/// How many sequence numbers below the expected one the checker remembers.
+/// An arrival older than that is counted as reordered (it cannot be told
+/// from a duplicate any more).
+pub const WINDOW: u64 = 128;
+
+/// Counters for one pair, or summed over many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SequenceCounts {
+    /// Messages received exactly once, in any order.
+    pub received: u64,
+    /// Sequence numbers never received (gaps, plus the tail missing at the end).
+    pub lost: u64,
+    /// Second or later copies of a sequence number.
+    pub duplicated: u64,
+    /// Messages that arrived after a later one from the same sender.
+    pub reordered: u64,
+}
+
+impl SequenceCounts {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &SequenceCounts) {
+        self.received += other.received;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+    }
+}
+
+/// The checker for one (sender, receiver) pair.
+#[derive(Clone, Debug, Default)]
+pub struct SequenceChecker {
+    /// The next sequence number expected.
+    expected: u64,
+    /// Bit `i` set: `expected - 1 - i` was received. Bits at or beyond
+    /// `expected` are never set.
+    seen: u128,
+    /// Numbers below `expected` not yet received (gaps still open).
+    gaps: u64,
+    counts: SequenceCounts,
+}
+
+/// What one arrival was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next expected number, or a jump ahead (the skipped ones become gaps).
+    InOrder,
+    /// An older number that fills a gap.
+    Reordered,
+    /// A number already received.
+    Duplicated,
+}
+
+impl SequenceChecker {
+    /// Records the arrival of `sequence`.
+    pub fn record(&mut self, sequence: u64) -> Arrival {
+        if sequence >= self.expected {
+            let skipped = sequence - self.expected;
+            self.gaps += skipped;
+            let shift = skipped + 1;
+            self.seen = if shift >= 128 { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.expected = sequence + 1;
+            self.counts.received += 1;
+            return Arrival::InOrder;
+        }
+        let distance = self.expected - 1 - sequence;
+        if distance >= WINDOW {
+            // Too old to tell; a correct server never gets here.
+            self.counts.reordered += 1;
+            self.gaps = self.gaps.saturating_sub(1);
+            self.counts.received += 1;
+            return Arrival::Reordered;
+        }
+        let bit = 1u128 << distance;
+        if self.seen & bit != 0 {
+            self.counts.duplicated += 1;
+            return Arrival::Duplicated;
+        }
+        self.seen |= bit;
+        self.gaps -= 1;
+        self.counts.reordered += 1;
+        self.counts.received += 1;
+        Arrival::Reordered
+    }
+
+    /// The counts at the end of the run, given how many messages the sender
+    /// sent in total: the tail never received counts as lost.
+    pub fn finish(&self, sent: u64) -> SequenceCounts {
+        let mut counts = self.counts;
+        counts.lost = self.gaps + sent.saturating_sub(self.expected);
+        counts
+    }
+
+    /// The next sequence number expected.
+    pub fn expected(&self) -> u64 {
+        self.expected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(arrivals: &[u64], sent: u64) -> SequenceCounts {
+        let mut checker = SequenceChecker::default();
+        for &sequence in arrivals {
+            checker.record(sequence);
+        }
+        checker.finish(sent)
+    }
+
+    #[test]
+    fn in_order_is_clean() {
+        let counts = run(&[0, 1, 2, 3], 4);
+        assert_eq!(
+            counts,
+            SequenceCounts {
+                received: 4,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn gap_is_lost() {
+        let counts = run(&[0, 1, 3, 4], 5);
+        assert_eq!(counts.lost, 1);
+        assert_eq!(counts.reordered, 0);
+    }
+
+    #[test]
+    fn tail_is_lost() {
+        let counts = run(&[0, 1], 5);
+        assert_eq!(counts.lost, 3);
+    }
+
+    #[test]
+    fn late_arrival_is_reordered_not_lost() {
+        let counts = run(&[0, 2, 1, 3], 4);
+        assert_eq!(
+            counts,
+            SequenceCounts {
+                received: 4,
+                reordered: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn second_copy_is_duplicated() {
+        let counts = run(&[0, 1, 1, 2, 0], 3);
+        assert_eq!(
+            counts,
+            SequenceCounts {
+                received: 3,
+                duplicated: 2,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_after_reorder() {
+        let counts = run(&[0, 3, 1, 1, 2, 3], 4);
+        assert_eq!(counts.reordered, 2);
+        assert_eq!(counts.duplicated, 2);
+        assert_eq!(counts.lost, 0);
+        assert_eq!(counts.received, 4);
+    }
+
+    #[test]
+    fn far_jump_clears_the_window() {
+        let counts = run(&[0, 1000, 1001], 1002);
+        assert_eq!(counts.lost, 999);
+        let counts = run(&[0, 1000, 999], 1001);
+        assert_eq!(counts.lost, 998);
+        assert_eq!(counts.reordered, 1);
+    }
+
+    #[test]
+    fn window_edge() {
+        // 127 below expected is still remembered.
+        let mut arrivals: Vec<u64> = vec![128];
+        arrivals.push(1);
+        arrivals.push(1);
+        let counts = run(&arrivals, 129);
+        assert_eq!(counts.reordered, 1);
+        assert_eq!(counts.duplicated, 1);
+        assert_eq!(counts.lost, 127);
+    }
+}

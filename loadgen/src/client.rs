@@ -1,0 +1,136 @@
+//! Connecting one loadgen client to a target and completing its handshake,
+//! so that when the run starts every subscription is in place.
+
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::error::LoadgenError;
+use crate::target::{Target, TargetKind};
+use crate::wire::inbound::Inbound;
+use crate::wire::{nats, relayhub, resp, Event};
+
+/// Longest a connect plus handshake may take before the run gives up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connected, ready client.
+pub struct Client {
+    /// The loadgen's number for this client (in body headers).
+    pub index: u32,
+    /// What senders name this client by: the relayhub user id, or the
+    /// client index (subject `r.<index>` for NATS, channel for Redis).
+    pub address: u64,
+    /// relayhub and NATS: the only connection. Redis: the subscriber.
+    pub stream: TcpStream,
+    /// Bytes already read from `stream` and not yet decoded.
+    pub inbound: Inbound,
+    /// Redis only: the publisher connection and its receive state.
+    pub publisher: Option<(TcpStream, Inbound)>,
+}
+
+/// Connects client `index` to `target` and completes the handshake. With
+/// `publisher`, Redis clients also open their publisher connection.
+pub async fn connect(target: &Target, index: u32, publisher: bool) -> Result<Client, LoadgenError> {
+    let attempt = connect_inner(target, index, publisher);
+    let deadline = async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(LoadgenError::Handshake {
+            kind: target.kind,
+            address: target.address,
+            detail: format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+        })
+    };
+    futures_lite::future::or(attempt, deadline).await
+}
+
+async fn connect_inner(
+    target: &Target,
+    index: u32,
+    publisher: bool,
+) -> Result<Client, LoadgenError> {
+    let io_error = |error| LoadgenError::io(target.kind, target.address, error);
+    let mut stream = open(target).await?;
+    let mut inbound = Inbound::new(target.kind);
+    let mut hello = Vec::with_capacity(128);
+    match target.kind {
+        TargetKind::Relayhub => hello.extend_from_slice(&relayhub::CLIENT_PREFACE),
+        TargetKind::Nats => nats::encode_handshake(&mut hello, index),
+        TargetKind::Redis => {
+            resp::encode_subscribe(&mut hello, index);
+            resp::encode_ping(&mut hello);
+        }
+    }
+    stream.write_all(&hello).await.map_err(io_error)?;
+    let mut address = u64::from(index);
+    read_until(target, &mut stream, &mut inbound, |event| match event {
+        Event::Welcome { user } => {
+            address = user;
+            Ok(true)
+        }
+        Event::Pong => Ok(target.kind != TargetKind::Relayhub),
+        Event::ServerError(text) => Err(String::from_utf8_lossy(text).into_owned()),
+        Event::HubError { code, detail, .. } => Err(format!("hub error {code} (detail {detail})")),
+        Event::Delivery(_) => Err("a delivery before the run started".into()),
+        Event::Published(_) | Event::Ping | Event::Other => Ok(false),
+    })
+    .await?;
+    let publisher = if publisher && target.kind == TargetKind::Redis {
+        Some((open(target).await?, Inbound::new(target.kind)))
+    } else {
+        None
+    };
+    Ok(Client {
+        index,
+        address,
+        stream,
+        inbound,
+        publisher,
+    })
+}
+
+async fn open(target: &Target) -> Result<TcpStream, LoadgenError> {
+    let io_error = |error| LoadgenError::io(target.kind, target.address, error);
+    let stream = TcpStream::connect(target.address)
+        .await
+        .map_err(|error| io_error(std::io::Error::from(error)))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|error| io_error(std::io::Error::from(error)))?;
+    Ok(stream)
+}
+
+/// Reads and decodes until `done` says the handshake is complete.
+async fn read_until<F>(
+    target: &Target,
+    stream: &mut TcpStream,
+    inbound: &mut Inbound,
+    mut done: F,
+) -> Result<(), LoadgenError>
+where
+    F: FnMut(Event<'_>) -> Result<bool, String>,
+{
+    let handshake = |detail: String| LoadgenError::Handshake {
+        kind: target.kind,
+        address: target.address,
+        detail,
+    };
+    loop {
+        while let Some(event) = inbound
+            .next_event()
+            .map_err(|error| handshake(error.to_string()))?
+        {
+            if done(event).map_err(handshake)? {
+                return Ok(());
+            }
+        }
+        let read = stream
+            .read(inbound.spare())
+            .await
+            .map_err(|error| LoadgenError::io(target.kind, target.address, error))?;
+        if read == 0 {
+            return Err(handshake("connection closed during the handshake".into()));
+        }
+        inbound.commit(read);
+    }
+}

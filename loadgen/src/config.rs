@@ -1,0 +1,74 @@
+//! One run's settings, as the engine needs them (the CLI builds these).
+
+use std::time::Duration;
+
+use crate::plan::Topology;
+use crate::target::Target;
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Every client publishes to its receivers and receives from its senders.
+    Traffic(Topology),
+    /// Connect `clients` connections as fast as possible: connections/s.
+    Storm,
+    /// Hold `clients` idle connections: server memory per connection.
+    Idle,
+}
+
+/// How fast senders send.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    /// Each sender keeps up to `window` publications outstanding.
+    Closed { window: u64 },
+    /// All senders together publish `rate` publications per second, each
+    /// on a fixed schedule; latency counts from the scheduled time.
+    Open { rate: f64 },
+}
+
+/// Everything one run against one target needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The server to drive.
+    pub target: Target,
+    /// What the clients do.
+    pub scenario: Scenario,
+    /// Number of clients (connections, except Redis: two per client).
+    pub clients: usize,
+    /// Body size sent, header included (at least the header).
+    pub body_bytes: usize,
+    /// Closed or open loop.
+    pub load: Load,
+    /// Measured time, after the warm-up.
+    pub duration: Duration,
+    /// Time before measuring starts (sent and checked, not measured).
+    pub warmup: Duration,
+    /// After sending stops, how long to wait for deliveries in flight.
+    pub drain: Duration,
+    /// Loadgen executors (threads), one glommio LocalExecutor each.
+    pub cores: usize,
+    /// Most connects in flight per executor.
+    pub connect_concurrency: usize,
+    /// Seed of the receiver choice.
+    pub seed: u64,
+    /// The server's process id, for its CPU time and memory.
+    pub server_pid: Option<u32>,
+    /// Print a line per second.
+    pub progress: bool,
+    /// io_uring registered memory per executor (counts against RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+}
+
+impl RunConfig {
+    /// Nanoseconds from the run start to the end of the warm-up.
+    pub fn warmup_ns(&self) -> u64 {
+        self.warmup.as_nanos() as u64
+    }
+
+    /// Nanoseconds from the run start to the end of sending.
+    pub fn end_ns(&self) -> u64 {
+        (self.warmup + self.duration).as_nanos() as u64
+    }
+}

@@ -1,0 +1,116 @@
+//! The result of one run against one target, as every output reads it.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::checker::SequenceCounts;
+use crate::config::{Load, Scenario};
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    /// Number of samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// 50th percentile.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p99_9_us: f64,
+    /// 99.99th percentile.
+    pub p99_99_us: f64,
+    /// Largest.
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    /// Reads the percentiles of a histogram in ns.
+    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if histogram.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: histogram.len(),
+            mean_us: histogram.mean() / 1000.0,
+            p50_us: us(histogram.value_at_quantile(0.50)),
+            p90_us: us(histogram.value_at_quantile(0.90)),
+            p99_us: us(histogram.value_at_quantile(0.99)),
+            p99_9_us: us(histogram.value_at_quantile(0.999)),
+            p99_99_us: us(histogram.value_at_quantile(0.9999)),
+            max_us: us(histogram.max()),
+        }
+    }
+}
+
+/// Connection scenarios' numbers.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Connections {
+    /// Connections completed (handshake done).
+    pub connected: u64,
+    /// Storm: seconds from the start until the last was ready.
+    pub seconds: f64,
+    /// Storm: connections per second.
+    pub per_second: f64,
+    /// Idle: server RSS before connecting, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Idle: server RSS with all connections open, KiB.
+    pub rss_connected_kib: Option<u64>,
+    /// Idle: server RSS after they closed, KiB.
+    pub rss_after_kib: Option<u64>,
+    /// Idle: (connected - before) / connections, bytes.
+    pub bytes_per_connection: Option<f64>,
+}
+
+/// One run against one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Short target name (`relayhub`, `nats`, `redis-6390`).
+    pub target: String,
+    /// The URL as given.
+    pub url: String,
+    /// What the clients did.
+    pub scenario: Scenario,
+    /// Closed or open loop.
+    pub load: Load,
+    /// Clients.
+    pub clients: usize,
+    /// Receivers per publication.
+    pub fanout: usize,
+    /// Body bytes sent, header included.
+    pub body_bytes: usize,
+    /// Measured seconds (after the warm-up).
+    pub duration_s: f64,
+    /// Publications sent over the whole run.
+    pub sent: u64,
+    /// Deliveries received in the measured window.
+    pub deliveries: u64,
+    /// Deliveries per second in the measured window.
+    pub deliveries_per_s: f64,
+    /// Body megabytes (10^6) delivered per second.
+    pub megabytes_per_s: f64,
+    /// Latency: delivery time minus intended send time (traffic), or
+    /// connect-to-ready time (storm, idle).
+    pub latency: Percentiles,
+    /// Lost, duplicated, reordered deliveries over all (sender, receiver) pairs.
+    pub sequence: SequenceCounts,
+    /// Errors of every kind (server errors, closed connections, bad bodies).
+    pub errors: u64,
+    /// The first few error texts.
+    pub error_samples: Vec<String>,
+    /// Loadgen CPU time over wall time during the measured window, percent
+    /// of one core (100 = one core busy).
+    pub loadgen_cpu_percent: f64,
+    /// The server's CPU time over wall time, percent of one core, when
+    /// `--server-pid` was given.
+    pub server_cpu_percent: Option<f64>,
+    /// Storm and idle only.
+    pub connections: Option<Connections>,
+    /// The latency histogram (ns), for the .hgrm and .svg outputs.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}

@@ -1,0 +1,134 @@
+//! The receive side of one connection, whatever the protocol: a buffer the
+//! socket reads into, and the events decoded from it.
+
+use relayhub_protocol::{ClientSide, Decoder};
+
+use super::{nats, relayhub, resp, Decoded, Event, WireError, BODY_BYTES_MAX};
+use crate::target::TargetKind;
+
+/// First size of a text receive buffer; it grows for large bodies.
+const TEXT_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+/// Largest text receive buffer: one maximal message plus a read's worth.
+const TEXT_BUFFER_BYTES_MAX: usize = 2 * BODY_BYTES_MAX + 64 * 1024;
+
+/// Receive state of one connection.
+pub enum Inbound {
+    /// NATS or RESP: our buffer, `buf[start..end]` not yet decoded.
+    Text {
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        decode: fn(&[u8]) -> Decoded<'_>,
+    },
+    /// relayhub: the protocol crate's aligned, incremental decoder.
+    Hub(Box<Decoder<ClientSide>>),
+}
+
+impl Inbound {
+    /// The receive state for a connection to `kind`.
+    pub fn new(kind: TargetKind) -> Inbound {
+        let text = |decode| Inbound::Text {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            decode,
+        };
+        match kind {
+            TargetKind::Relayhub => Inbound::Hub(Box::new(relayhub::new_decoder())),
+            TargetKind::Nats => text(nats::decode as fn(&[u8]) -> Decoded<'_>),
+            TargetKind::Redis => text(resp::decode as fn(&[u8]) -> Decoded<'_>),
+        }
+    }
+
+    /// Room to read into (never empty).
+    pub fn spare(&mut self) -> &mut [u8] {
+        match self {
+            Inbound::Hub(decoder) => decoder.spare(),
+            Inbound::Text {
+                buf, start, end, ..
+            } => {
+                if *start == *end {
+                    *start = 0;
+                    *end = 0;
+                }
+                if *end == buf.len() && *start > 0 {
+                    buf.copy_within(*start..*end, 0);
+                    *end -= *start;
+                    *start = 0;
+                }
+                if *end == buf.len() {
+                    let grown =
+                        (buf.len() * 2).clamp(TEXT_BUFFER_BYTES_INITIAL, TEXT_BUFFER_BYTES_MAX);
+                    buf.resize(grown.max(buf.len() + 1), 0);
+                }
+                &mut buf[*end..]
+            }
+        }
+    }
+
+    /// Records that `len` bytes were read into [`spare`](Self::spare).
+    pub fn commit(&mut self, len: usize) {
+        match self {
+            Inbound::Hub(decoder) => decoder.commit(len),
+            Inbound::Text { buf, end, .. } => {
+                assert!(*end + len <= buf.len(), "commit past spare()");
+                *end += len;
+            }
+        }
+    }
+
+    /// Appends bytes already read elsewhere.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let spare = self.spare();
+            let take = spare.len().min(bytes.len());
+            spare[..take].copy_from_slice(&bytes[..take]);
+            self.commit(take);
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// The next complete event, or `None` when more bytes are needed.
+    pub fn next_event(&mut self) -> Result<Option<Event<'_>>, WireError> {
+        match self {
+            Inbound::Hub(decoder) => relayhub::next_event(decoder),
+            Inbound::Text {
+                buf,
+                start,
+                end,
+                decode,
+            } => match decode(&buf[*start..*end])? {
+                Some((used, event)) => {
+                    *start += used;
+                    Ok(Some(event))
+                }
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_buffer_grows_for_a_large_body() {
+        let mut inbound = Inbound::new(TargetKind::Nats);
+        let body = vec![b'x'; 100_000];
+        let mut wire = Vec::new();
+        nats::encode_publish(&mut wire, 1, &body);
+        let wire = String::from_utf8(wire)
+            .unwrap()
+            .replacen("PUB r.1", "MSG r.1 1", 1);
+        for chunk in wire.as_bytes().chunks(7000) {
+            inbound.push(chunk);
+        }
+        match inbound.next_event().unwrap() {
+            Some(Event::Delivery(got)) => assert_eq!(got, &body[..]),
+            other => panic!("{other:?}"),
+        }
+        assert!(inbound.next_event().unwrap().is_none());
+    }
+}
