@@ -155,10 +155,31 @@ impl HubError {
     }
 }
 
+impl HubError {
+    /// The sentence without the request id ("user 9 is not connected"), for
+    /// people who never saw the id (a command-line user).
+    pub fn summary(&self) -> impl fmt::Display + '_ {
+        Summary(self)
+    }
+}
+
+/// See [`HubError::summary`].
+struct Summary<'a>(&'a HubError);
+
 impl fmt::Display for HubError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let detail = self.detail;
-        match self.code {
+        write!(f, "{}", self.summary())?;
+        if self.request != 0 {
+            write!(f, " (request {})", self.request)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = self.0.detail;
+        match self.0.code {
             ErrorCode::UnknownReceiver => write!(f, "user {detail} is not connected"),
             ErrorCode::ReceiverDropped => write!(
                 f,
@@ -196,11 +217,7 @@ impl fmt::Display for HubError {
             }
             ErrorCode::UnknownKind => write!(f, "the hub does not know frame kind {detail}"),
             ErrorCode::Malformed => write!(f, "the hub could not parse a frame of kind {detail}"),
-        }?;
-        if self.request != 0 {
-            write!(f, " (request {})", self.request)?;
         }
-        Ok(())
     }
 }
 
@@ -216,6 +233,7 @@ mod tests {
             detail: 9,
         };
         assert_eq!(error.to_string(), "user 9 is not connected (request 3)");
+        assert_eq!(error.summary().to_string(), "user 9 is not connected");
     }
 
     #[test]
