@@ -26,8 +26,10 @@ use crate::{
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Largest buffer a decoder holds when its driver polls every frame before
-/// reading again: one maximal frame plus one read.
-pub const DECODER_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_BYTES_MAX + READ_CHUNK_BYTES;
+/// reading again (reads of at most [`READ_CHUNK_BYTES`]): one maximal frame
+/// plus one read, rounded up to the buffer's 16-byte blocks.
+pub const DECODER_BYTES_MAX: usize =
+    (FRAME_HEADER_BYTES + FRAME_BYTES_MAX + READ_CHUNK_BYTES).next_multiple_of(16);
 
 /// 16 bytes with 16-byte alignment: the unit of [`AlignedBuf`].
 #[derive(Clone, Copy)]
@@ -261,7 +263,7 @@ impl<R: Role> Decoder<R> {
             self.buf.bytes_mut().copy_within(self.start..self.end, 0);
         } else {
             let grown_len = if pending + 1 > wanted {
-                needed.max(self.buf.capacity() * 2)
+                needed.max(doubled_within_bound(self.buf.capacity()))
             } else {
                 needed
             };
@@ -271,5 +273,19 @@ impl<R: Role> Decoder<R> {
         }
         self.start = 0;
         self.end = pending;
+    }
+}
+
+/// Twice `capacity`, but not past [`DECODER_BYTES_MAX`] while below it.
+///
+/// Doubling keeps bytes handed over without polling linear to buffer; the
+/// cap keeps a driver that polls every frame within the documented bound
+/// when a read straddles the end of a large frame (plain doubling took it
+/// to 2 MiB: found by fuzzing, see docs/fuzzing.md).
+fn doubled_within_bound(capacity: usize) -> usize {
+    if capacity < DECODER_BYTES_MAX {
+        (capacity * 2).min(DECODER_BYTES_MAX)
+    } else {
+        capacity * 2
     }
 }

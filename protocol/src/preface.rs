@@ -48,6 +48,15 @@ pub const fn preface_for(version: u16) -> [u8; PREFACE_BYTES] {
 pub fn check_preface(bytes: &[u8]) -> Result<bool, DecodeError> {
     let seen = bytes.len().min(MAGIC.len());
     if bytes[..seen] != MAGIC[..seen] {
+        // Found by fuzzing (docs/fuzzing.md): "GE" then "T /" must get the
+        // same answer as "GET /", so wait while the bytes could still become
+        // an HTTP method; the refusal must not depend on how TCP split them.
+        let may_become_http = HTTP_METHODS
+            .iter()
+            .any(|method| bytes.len() < method.len() && method.starts_with(bytes));
+        if may_become_http {
+            return Ok(false);
+        }
         let looks_like_http = HTTP_METHODS
             .iter()
             .any(|method| bytes.len() >= method.len() && bytes.starts_with(method));
@@ -97,6 +106,27 @@ mod tests {
             check_preface(b"GET / HTTP/1.1\r\n"),
             Err(DecodeError::BadPreface {
                 looks_like_http: true
+            })
+        );
+    }
+
+    #[test]
+    fn http_split_before_the_method_ends_is_still_http() {
+        let request = b"POST /relay HTTP/1.1\r\n";
+        for cut in 1..4 {
+            assert_eq!(check_preface(&request[..cut]), Ok(false), "cut at {cut}");
+        }
+        assert_eq!(
+            check_preface(&request[..4]),
+            Err(DecodeError::BadPreface {
+                looks_like_http: true
+            })
+        );
+        // Not a method prefix: refused at the first byte, as before.
+        assert_eq!(
+            check_preface(b"X"),
+            Err(DecodeError::BadPreface {
+                looks_like_http: false
             })
         );
     }
