@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The standard comparison: relayhub vs nats-server vs redis-server.
+#
+# Every server runs pinned to one core (SERVER_CORE, default 0), the loadgen
+# to another (LOADGEN_CORE, default 1), one at a time against the same
+# workload. Writes tables, .hgrm, JSON and SVG under OUT (docs/reports).
+#
+#   benches/compare.sh                  # everything, 10 s per run
+#   DURATION=3s benches/compare.sh      # quicker
+#   SKIP_RELAYHUB=1 benches/compare.sh  # NATS vs Redis only
+#
+# Needs: nats-server and redis-server on PATH (apt-get install -y
+# nats-server redis-server), python3 (reads the first run's JSON).
+# Everything it starts is killed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-docs/reports}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+SERVER_CORE=${SERVER_CORE:-0}
+LOADGEN_CORE=${LOADGEN_CORE:-1}
+HUB_PORT=${HUB_PORT:-17878}
+NATS_PORT=${NATS_PORT:-14222}
+REDIS_PORT=${REDIS_PORT:-16379}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-4000}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+LOADGEN=$TARGET_DIR/release/relayhub-loadgen
+HUB=$TARGET_DIR/release/relayhub
+
+if [[ -z ${NO_BUILD:-} ]]; then
+    packages=(-p relayhub-loadgen)
+    [[ -z ${SKIP_RELAYHUB:-} && -d server ]] && packages+=(-p relayhub-server)
+    cargo build --release "${packages[@]}"
+fi
+for program in nats-server redis-server python3 taskset; do
+    command -v "$program" >/dev/null || { echo "compare.sh: $program not found (apt-get install -y nats-server redis-server)" >&2; exit 1; }
+done
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+wait_port() {
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "compare.sh: nothing listens on port $1" >&2
+    exit 1
+}
+
+targets=()
+server_pids=()
+if [[ -z ${SKIP_RELAYHUB:-} && -x $HUB ]]; then
+    taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$OUT/relayhub.log" 2>&1 &
+    pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "relayhub://127.0.0.1:$HUB_PORT")
+    wait_port "$HUB_PORT"
+elif [[ -z ${SKIP_RELAYHUB:-} ]]; then
+    echo "compare.sh: $HUB not built: comparing NATS and Redis only" >&2
+fi
+taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
+pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "nats://127.0.0.1:$NATS_PORT")
+taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --client-output-buffer-limit "pubsub 256mb 64mb 60" >/dev/null 2>&1 &
+pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "redis://127.0.0.1:$REDIS_PORT")
+wait_port "$NATS_PORT"
+wait_port "$REDIS_PORT"
+
+mkdir -p "$OUT"
+summary=$OUT/summary.md
+{
+    echo "# Standard comparison ($(date -u +%Y-%m-%dT%H:%MZ))"
+    echo
+    echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), kernel $(uname -r)."
+    echo "Load average at start: $(cut -d" " -f1-3 /proc/loadavg) (other work on the machine skews latency and throughput)."
+    echo "Servers pinned to core $SERVER_CORE, loadgen to core $LOADGEN_CORE; $DURATION measured after $WARMUP warm-up."
+    echo
+} >"$summary"
+
+run() {
+    local name=$1
+    shift
+    echo "== $name: $*" >&2
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" --compare "${targets[@]}" "${server_pids[@]}" \
+        --duration "$DURATION" --warmup "$WARMUP" -q \
+        --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --svg "$OUT/$name.svg" --markdown "$OUT/$name.md" "$@" \
+        || echo "compare.sh: $name failed" >&2
+    { echo "## $name"; echo; cat "$OUT/$name.md" 2>/dev/null; echo; echo "![$name]($name.svg)"; echo; } >>"$summary"
+}
+
+run relay-64b-closed --scenario relay --clients 64 --window 16 --body-bytes 64
+# Open loop at half the weakest target's closed-loop maximum.
+rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]; print(int(0.5*min(x["deliveries_per_s"] for x in r)))' "$OUT/relay-64b-closed.json")
+run relay-64b-open --scenario relay --clients 64 --rate "$rate" --body-bytes 64
+run relay-1mib --scenario relay --clients 8 --window 2 --body-bytes 1048576
+run fanout16-1kib --scenario fanout --fanout 16 --clients 64 --window 4 --body-bytes 1024
+run fanout255-1kib --scenario fanout --fanout 255 --clients 256 --window 1 --body-bytes 1024
+run echo-64b --scenario echo --clients 64 --window 16 --body-bytes 64
+run idle --scenario idle --clients "$IDLE_CONNECTIONS"
+run storm --scenario storm --clients "$IDLE_CONNECTIONS"
+echo "compare.sh: results in $summary" >&2

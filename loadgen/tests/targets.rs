@@ -1,0 +1,203 @@
+//! End-to-end runs of the loadgen against real servers on ephemeral
+//! loopback ports: the relayhub hub in-process, nats-server and
+//! redis-server as child processes (skipped, with a note, when they are not
+//! on PATH: `apt-get install -y nats-server redis-server`).
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use relayhub_loadgen::cli::{run, Args};
+use relayhub_loadgen::summary::Summary;
+
+const SHORT: &str = "--duration 1s --warmup 200ms --drain 3s -q";
+
+fn loadgen(line: &str) -> Vec<Summary> {
+    let line = format!("relayhub-loadgen {SHORT} {line}");
+    let args = Args::try_parse_from(line.split_whitespace()).expect("valid flags");
+    run(&args, line.clone()).unwrap_or_else(|error| panic!("{line}: {error}"))
+}
+
+/// Every delivery accounted for, no errors, something delivered.
+fn assert_clean(summaries: &[Summary]) {
+    for summary in summaries {
+        let sequence = &summary.sequence;
+        assert_eq!(
+            (
+                sequence.lost,
+                sequence.duplicated,
+                sequence.reordered,
+                summary.errors
+            ),
+            (0, 0, 0, 0),
+            "{}: {sequence:?}, errors {:?}",
+            summary.target,
+            summary.error_samples
+        );
+        assert!(
+            summary.deliveries > 0,
+            "{}: nothing delivered",
+            summary.target
+        );
+        assert_eq!(
+            sequence.received,
+            summary.sent * summary.fanout as u64,
+            "{}",
+            summary.target
+        );
+        assert!(summary.latency.count > 0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A peer server child process, killed on drop.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Starts `program args` and waits until `port` accepts; `None` (with a
+/// note) when the program is not installed.
+fn start_peer(program: &str, args: &[String], port: u16) -> Option<Peer> {
+    if !on_path(program) {
+        eprintln!(
+            "note: {program} not on PATH, skipping (apt-get install -y nats-server redis-server)"
+        );
+        return None;
+    }
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {program}: {error}"));
+    let peer = Peer(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{program} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(peer)
+}
+
+fn nats() -> Option<(Peer, String)> {
+    let port = free_port();
+    let args = ["-a", "127.0.0.1", "-p", &port.to_string()].map(String::from);
+    Some((
+        start_peer("nats-server", &args, port)?,
+        format!("nats://127.0.0.1:{port}"),
+    ))
+}
+
+fn redis() -> Option<(Peer, String)> {
+    let port = free_port();
+    let args = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from);
+    Some((
+        start_peer("redis-server", &args, port)?,
+        format!("redis://127.0.0.1:{port}"),
+    ))
+}
+
+#[test]
+fn relayhub_traffic_is_clean() {
+    let hub =
+        relayhub_server::Hub::start(relayhub_server::Config::for_tests(1)).expect("hub starts");
+    let url = format!("relayhub://{}", hub.local_addr());
+    assert_clean(&loadgen(&format!("--target {url} --clients 16 --window 8")));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 8 --scenario fanout --fanout 7 --body-bytes 1024"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 4 --scenario echo --rate 2000 --body-bytes 0"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 4 --window 2 --body-bytes 1048576"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 256 --window 1 --scenario fanout --fanout 255 --body-bytes 64"
+    )));
+    let storm = loadgen(&format!("--target {url} --clients 200 --scenario storm"));
+    assert_eq!(storm[0].connections.as_ref().unwrap().connected, 200);
+    hub.shutdown();
+}
+
+#[test]
+fn nats_and_redis_traffic_is_clean_and_compared() {
+    let (Some((_nats, nats_url)), Some((_redis, redis_url))) = (nats(), redis()) else {
+        return;
+    };
+    let summaries = loadgen(&format!(
+        "--compare --target {nats_url} --target {redis_url} --clients 16 --window 8"
+    ));
+    assert_eq!(summaries.len(), 2);
+    assert_clean(&summaries);
+    let fanout = loadgen(&format!(
+        "--target {nats_url} --target {redis_url} --clients 17 --scenario fanout --fanout 16 --body-bytes 1024 --rate 500"
+    ));
+    assert_clean(&fanout);
+    assert_clean(&loadgen(&format!(
+        "--target {nats_url} --target {redis_url} --clients 2 --window 1 --body-bytes 1048576"
+    )));
+}
+
+#[test]
+fn idle_reports_memory_per_connection() {
+    let Some((peer, url)) = nats() else {
+        return;
+    };
+    let pid = peer.0.id();
+    let summaries = loadgen(&format!(
+        "--target {url} --scenario idle --clients 300 --server-pid {pid}"
+    ));
+    let connections = summaries[0].connections.clone().unwrap();
+    assert_eq!(connections.connected, 300);
+    assert!(connections.rss_connected_kib.unwrap() > 0);
+    let per_connection = connections.bytes_per_connection.unwrap();
+    assert!(
+        per_connection > 0.0 && per_connection < 1_000_000.0,
+        "{per_connection}"
+    );
+}
+
+#[test]
+fn refused_connection_names_the_fix() {
+    let port = free_port();
+    let line = format!("relayhub-loadgen -q --duration 1s --target nats://127.0.0.1:{port}");
+    let args = Args::try_parse_from(line.split_whitespace()).unwrap();
+    let error = run(&args, line).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        format!("nats-server not running on 127.0.0.1:{port}: apt-get install nats-server; nats-server -a 127.0.0.1 -p {port}")
+    );
+}
