@@ -67,7 +67,11 @@ pub use error::{ClientError, ClientLimit, START_HUB_HINT};
 pub use event::{Event, HubError, RequestId, UserId};
 pub use limits::{Limits, LIST_ALL_USERS_MAX};
 pub use receiver::Receiver;
-pub use relayhub_protocol::ErrorCode;
+pub use relayhub_protocol::{ErrorCode, BODY_BYTES_MAX, RECEIVERS_MAX};
+
+/// The wire protocol this client speaks, for tests that build frames by
+/// hand (with [`Client::send_raw`]) or check limits.
+pub use relayhub_protocol as protocol;
 pub use sender::Sender;
 
 /// The address `relayhub` listens on by default.

@@ -39,6 +39,12 @@ pub struct Cli {
     )]
     pub connect_timeout_ms: u64,
 
+    /// How long `send` and interactive mode wait, after the last request,
+    /// for errors the hub reports later (a receiver that is not
+    /// connected), in milliseconds.
+    #[arg(long, default_value_t = 200, global = true, value_name = "MS")]
+    pub wait_ms: u64,
+
     /// Print bodies as hex instead of text.
     #[arg(long, global = true)]
     pub hex: bool,
@@ -87,11 +93,6 @@ pub struct SendArgs {
         value_name = "IDS"
     )]
     pub to: Vec<u64>,
-
-    /// How long to wait for errors the hub reports after the relay (a
-    /// receiver that is not connected), in milliseconds.
-    #[arg(long, default_value_t = 200, value_name = "MS")]
-    pub wait_ms: u64,
 
     /// The body; several words are joined with spaces; `-` reads stdin.
     #[arg(required = true, num_args = 1..)]
@@ -192,7 +193,7 @@ mod tests {
         };
         assert_eq!(send.to, vec![2, 3, 7]);
         assert_eq!(send.body, vec!["hello", "world"]);
-        assert_eq!(send.wait_ms, 200);
+        assert_eq!(cli.wait_ms, 200);
         assert!(!send.body_from_stdin());
     }
 
@@ -203,7 +204,7 @@ mod tests {
             panic!()
         };
         assert!(send.body_from_stdin());
-        assert_eq!(send.wait_ms, 0);
+        assert_eq!(cli.wait_ms, 0);
         assert_eq!(cli.addr, "h:1");
     }
 

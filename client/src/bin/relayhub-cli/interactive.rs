@@ -32,11 +32,10 @@ const READER_POLL: Duration = Duration::from_millis(100);
 /// Longest wait for the barrier's reply before exiting anyway.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Lingering after the barrier, for asynchronous errors.
-pub const LINGER_DEFAULT: Duration = Duration::from_millis(200);
-
 /// Runs the command loop until `quit` or end of input.
-pub fn run(client: Client, hex: bool) -> Result<ExitCode, Failure> {
+/// `linger`: how long to keep printing after the barrier, for asynchronous
+/// errors (`--wait-ms`).
+pub fn run(client: Client, hex: bool, linger: Duration) -> Result<ExitCode, Failure> {
     print(
         Stream::Out,
         &format!(
@@ -49,7 +48,7 @@ pub fn run(client: Client, hex: bool) -> Result<ExitCode, Failure> {
     let barrier = Arc::new(AtomicU64::new(0));
     let reader = thread::spawn({
         let barrier = Arc::clone(&barrier);
-        move || print_events(receiver, &barrier, hex)
+        move || print_events(receiver, &barrier, hex, linger)
     });
     for line in io::stdin().lock().lines() {
         match parse_line(&line?) {
@@ -86,7 +85,7 @@ fn execute(line: Line, sender: &mut Sender) -> Result<(), Failure> {
 
 /// The reader thread: prints every event. A fatal error ends the process
 /// with code 1 (the main thread may be blocked reading stdin).
-fn print_events(mut receiver: Receiver, barrier: &AtomicU64, hex: bool) {
+fn print_events(mut receiver: Receiver, barrier: &AtomicU64, hex: bool, linger: Duration) {
     let mut barrier_seen_at = None;
     let mut linger_until = None;
     loop {
@@ -114,7 +113,7 @@ fn print_events(mut receiver: Receiver, barrier: &AtomicU64, hex: bool) {
             Event::EchoReply { request, .. } if request == barrier_request
         );
         if barrier_request != 0 && is_barrier_reply {
-            linger_until = Some(Instant::now() + LINGER_DEFAULT);
+            linger_until = Some(Instant::now() + linger);
             continue;
         }
         let (stream, line) = event_line(&event, hex);

@@ -66,7 +66,8 @@ fn main() -> ExitCode {
         }
         Err(error) => return fail(&error.to_string()),
     };
-    match run(client, mode, cli.hex) {
+    let wait = Duration::from_millis(cli.wait_ms);
+    match run(client, mode, cli.hex, wait) {
         Ok(code) => code,
         // Our reader went away (`| head -1`): nothing left to say to anyone.
         Err(Failure::Stdio(error)) if error.kind() == io::ErrorKind::BrokenPipe => {
@@ -77,16 +78,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mut client: Client, mode: Mode, hex: bool) -> Result<ExitCode, Failure> {
+fn run(mut client: Client, mode: Mode, hex: bool, wait: Duration) -> Result<ExitCode, Failure> {
     match mode {
-        Mode::Interactive => interactive::run(client, hex),
+        Mode::Interactive => interactive::run(client, hex, wait),
         Mode::OneShot(command) => match command {
             Command::Identity => oneshot::identity(&mut client),
             Command::List => oneshot::list(&mut client),
-            Command::Send(args) => oneshot::send(&mut client, &args),
+            Command::Send(args) => oneshot::send(&mut client, &args, wait),
             Command::Recv(args) => oneshot::recv(&mut client, &args, hex),
             Command::Echo { text } => oneshot::echo(&mut client, &text, hex),
-            Command::Interactive => interactive::run(client, hex),
+            Command::Interactive => interactive::run(client, hex, wait),
         },
     }
 }

@@ -36,17 +36,17 @@ pub fn echo(client: &mut Client, text: &[String], hex: bool) -> Result<ExitCode,
     Ok(ExitCode::SUCCESS)
 }
 
-/// `send`: relays, then waits `--wait-ms` for the errors the hub reports
+/// `send`: relays, then waits `wait` for the errors the hub reports
 /// asynchronously (unknown receivers); each is printed, and any makes the
 /// exit code 1. Deliveries to this short-lived connection are ignored.
-pub fn send(client: &mut Client, args: &SendArgs) -> Result<ExitCode, Failure> {
+pub fn send(client: &mut Client, args: &SendArgs, wait: Duration) -> Result<ExitCode, Failure> {
     let body = if args.body_from_stdin() {
         read_stdin(client.limits().body_bytes_max)?
     } else {
         args.body.join(" ").into_bytes()
     };
     let request = client.relay(&args.to, &body)?;
-    let deadline = Instant::now() + Duration::from_millis(args.wait_ms);
+    let deadline = Instant::now() + wait;
     let mut errors = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
