@@ -1,0 +1,382 @@
+//! Cross-core SPSC rings side by side: ns per message moved from a producer
+//! pinned to core 0 to a consumer pinned to core 1.
+//!
+//! Each criterion iteration is one `u64` message, so "time" is ns/message.
+//! `iter_custom` times the transfer only: from the producer's start (after
+//! both ends are ready) to the consumer's receipt of the last message. The
+//! consumer checks every value against the expected sequence.
+//!
+//! Contenders, each with [`RING_CAPACITY`] slots:
+//! - `mesh`: relayhub-mesh spinning on `try_send`/`try_recv`, and batched
+//!   (`try_stage` x [`BATCH`] + one `publish`; `recv_batch_now(BATCH)`);
+//! - `rtrb`: rtrb's `push`/`pop`, and batched (`write_chunk_uninit` /
+//!   `read_chunk` of up to [`BATCH`]);
+//! - `crossbeam_array_queue`: crossbeam's MPMC `ArrayQueue` (no batch API);
+//! - `glommio_shared_channel`: glommio's `shared_channel` between two
+//!   `LocalExecutor`s (single items; it has no batch API);
+//! - `mesh_glommio`: relayhub-mesh's async face in the same two executors,
+//!   as the server uses it (`send().await`, `recv_batch(BATCH).await`).
+//!
+//! Run: `cargo bench -p relayhub-benches --bench ring`. Results and the
+//! machine they came from are in `docs/mesh.md`.
+
+use std::hint::spin_loop;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+/// Core of the producer thread or executor.
+const PRODUCER_CORE: usize = 0;
+/// Core of the consumer thread or executor.
+const CONSUMER_CORE: usize = 1;
+/// Slots in every ring under test (the hub's mesh default order of size).
+const RING_CAPACITY: usize = 1024;
+/// Items staged per publish, and drained per receive, in the batched runs.
+const BATCH: usize = 32;
+/// io_uring registered-buffer memory per glommio executor: small, because
+/// RLIMIT_MEMLOCK is 8 MiB on the bench machine (glommio's default is 10).
+const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Pins the calling thread to `core`; a machine without it just runs unpinned.
+fn pin_to_core(core: usize) {
+    // SAFETY: `cpu_set_t` is plain old data, for which all-zero is the empty
+    // set; CPU_SET writes within it for any core below CPU_SETSIZE (1024), and
+    // sched_setaffinity only reads `set` for the given size.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        eprintln!(
+            "could not pin to core {core}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Moves `messages` from `produce` (on this thread, pinned to the producer
+/// core) to `consume` (a fresh thread pinned to the consumer core) and
+/// returns the time from the producer's start to the consumer's last receipt.
+fn two_threads<P: Send, C: Send>(
+    messages: u64,
+    (producer, consumer): (P, C),
+    produce: impl FnOnce(P, u64),
+    consume: impl FnOnce(C, u64) + Send,
+) -> Duration {
+    pin_to_core(PRODUCER_CORE);
+    let ready = Barrier::new(2);
+    thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            pin_to_core(CONSUMER_CORE);
+            ready.wait();
+            consume(consumer, messages);
+            Instant::now()
+        });
+        ready.wait();
+        let start = Instant::now();
+        produce(producer, messages);
+        receiver.join().expect("consumer panicked") - start
+    })
+}
+
+fn check(value: u64, expected: &mut u64) {
+    assert_eq!(value, *expected, "out of order");
+    *expected += 1;
+}
+
+fn mesh_single(messages: u64) -> Duration {
+    two_threads(
+        messages,
+        relayhub_mesh::channel::<u64>(RING_CAPACITY),
+        |mut producer, messages| {
+            for value in 0..messages {
+                let mut value = value;
+                while let Err(error) = producer.try_send(value) {
+                    value = error.into_inner();
+                    spin_loop();
+                }
+            }
+        },
+        |mut consumer, messages| {
+            let mut expected = 0;
+            while expected < messages {
+                match consumer.try_recv() {
+                    Ok(value) => check(value, &mut expected),
+                    Err(_) => spin_loop(),
+                }
+            }
+        },
+    )
+}
+
+fn mesh_batch(messages: u64) -> Duration {
+    two_threads(
+        messages,
+        relayhub_mesh::channel::<u64>(RING_CAPACITY),
+        |mut producer, messages| {
+            let mut value = 0;
+            while value < messages {
+                let batch_end = messages.min(value + BATCH as u64);
+                while value < batch_end && producer.try_stage(value).is_ok() {
+                    value += 1;
+                }
+                if producer.staged() == 0 {
+                    spin_loop();
+                }
+                producer.publish();
+            }
+        },
+        |mut consumer, messages| {
+            let mut expected = 0;
+            while expected < messages {
+                if consumer.recv_batch_now(BATCH, |value| check(value, &mut expected)) == 0 {
+                    spin_loop();
+                }
+            }
+        },
+    )
+}
+
+fn rtrb_single(messages: u64) -> Duration {
+    two_threads(
+        messages,
+        rtrb::RingBuffer::<u64>::new(RING_CAPACITY),
+        |mut producer, messages| {
+            for value in 0..messages {
+                while producer.push(value).is_err() {
+                    spin_loop();
+                }
+            }
+        },
+        |mut consumer, messages| {
+            let mut expected = 0;
+            while expected < messages {
+                match consumer.pop() {
+                    Ok(value) => check(value, &mut expected),
+                    Err(_) => spin_loop(),
+                }
+            }
+        },
+    )
+}
+
+fn rtrb_batch(messages: u64) -> Duration {
+    two_threads(
+        messages,
+        rtrb::RingBuffer::<u64>::new(RING_CAPACITY),
+        |mut producer, messages| {
+            let mut value = 0;
+            while value < messages {
+                let wanted = (messages - value).min(BATCH as u64) as usize;
+                let count = match producer.write_chunk_uninit(wanted) {
+                    Ok(chunk) => chunk.fill_from_iter(value..),
+                    Err(_) => match producer.slots() {
+                        0 => 0,
+                        free => producer
+                            .write_chunk_uninit(free.min(wanted))
+                            .expect("free slots only grow for the producer")
+                            .fill_from_iter(value..),
+                    },
+                };
+                if count == 0 {
+                    spin_loop();
+                }
+                value += count as u64;
+            }
+        },
+        |mut consumer, messages| {
+            let mut expected = 0;
+            while expected < messages {
+                let count = consumer.slots().min(BATCH);
+                if count == 0 {
+                    spin_loop();
+                    continue;
+                }
+                let chunk = consumer
+                    .read_chunk(count)
+                    .expect("items only grow for the consumer");
+                for value in chunk {
+                    check(value, &mut expected);
+                }
+            }
+        },
+    )
+}
+
+fn crossbeam_array_queue(messages: u64) -> Duration {
+    let queue = Arc::new(crossbeam::queue::ArrayQueue::<u64>::new(RING_CAPACITY));
+    two_threads(
+        messages,
+        (Arc::clone(&queue), queue),
+        |producer, messages| {
+            for value in 0..messages {
+                let mut value = value;
+                while let Err(back) = producer.push(value) {
+                    value = back;
+                    spin_loop();
+                }
+            }
+        },
+        |consumer, messages| {
+            let mut expected = 0;
+            while expected < messages {
+                match consumer.pop() {
+                    Some(value) => check(value, &mut expected),
+                    None => spin_loop(),
+                }
+            }
+        },
+    )
+}
+
+/// Two glommio executors, one per core, that stay up for a whole benchmark
+/// (an executor and its io_uring take milliseconds to set up) and move the
+/// number of messages they are told to, reporting start and finish times.
+struct ExecutorPair {
+    to_producer: Option<mpsc::Sender<u64>>,
+    to_consumer: Option<mpsc::Sender<u64>>,
+    started: mpsc::Receiver<Instant>,
+    finished: mpsc::Receiver<Instant>,
+    executors: Vec<ExecutorJoinHandle<()>>,
+}
+
+/// Which channel an [`ExecutorPair`] moves messages through.
+#[derive(Clone, Copy)]
+enum AsyncChannel {
+    GlommioShared,
+    Mesh,
+}
+
+impl ExecutorPair {
+    fn new(channel: AsyncChannel) -> Self {
+        let (to_producer, producer_orders) = mpsc::channel::<u64>();
+        let (to_consumer, consumer_orders) = mpsc::channel::<u64>();
+        let (started_sender, started) = mpsc::channel();
+        let (finished_sender, finished) = mpsc::channel();
+        let builder = |core| {
+            LocalExecutorBuilder::new(Placement::Fixed(core)).io_memory(GLOMMIO_IO_MEMORY_BYTES)
+        };
+        let executors = match channel {
+            AsyncChannel::GlommioShared => {
+                let (sender, receiver) =
+                    glommio::channels::shared_channel::new_bounded::<u64>(RING_CAPACITY);
+                let consumer = builder(CONSUMER_CORE).spawn(move || async move {
+                    let receiver = receiver.connect().await;
+                    // Blocking on the order is fine: nothing else runs here.
+                    while let Ok(messages) = consumer_orders.recv() {
+                        let mut expected = 0;
+                        while expected < messages {
+                            check(receiver.recv().await.expect("sender gone"), &mut expected);
+                        }
+                        finished_sender.send(Instant::now()).unwrap();
+                    }
+                });
+                let producer = builder(PRODUCER_CORE).spawn(move || async move {
+                    let sender = sender.connect().await;
+                    while let Ok(messages) = producer_orders.recv() {
+                        started_sender.send(Instant::now()).unwrap();
+                        for value in 0..messages {
+                            sender.send(value).await.expect("receiver gone");
+                        }
+                    }
+                });
+                vec![consumer.unwrap(), producer.unwrap()]
+            }
+            AsyncChannel::Mesh => {
+                let (mut sender, mut receiver) = relayhub_mesh::channel::<u64>(RING_CAPACITY);
+                let consumer = builder(CONSUMER_CORE).spawn(move || async move {
+                    while let Ok(messages) = consumer_orders.recv() {
+                        let mut expected = 0;
+                        while expected < messages {
+                            let count = receiver
+                                .recv_batch(BATCH, |value| check(value, &mut expected))
+                                .await;
+                            assert!(count > 0, "sender gone");
+                        }
+                        finished_sender.send(Instant::now()).unwrap();
+                    }
+                });
+                let producer = builder(PRODUCER_CORE).spawn(move || async move {
+                    while let Ok(messages) = producer_orders.recv() {
+                        started_sender.send(Instant::now()).unwrap();
+                        for value in 0..messages {
+                            sender.send(value).await.expect("receiver gone");
+                        }
+                    }
+                });
+                vec![consumer.unwrap(), producer.unwrap()]
+            }
+        };
+        Self {
+            to_producer: Some(to_producer),
+            to_consumer: Some(to_consumer),
+            started,
+            finished,
+            executors,
+        }
+    }
+
+    fn transfer(&self, messages: u64) -> Duration {
+        self.to_consumer.as_ref().unwrap().send(messages).unwrap();
+        self.to_producer.as_ref().unwrap().send(messages).unwrap();
+        let start = self.started.recv().unwrap();
+        self.finished.recv().unwrap() - start
+    }
+}
+
+impl Drop for ExecutorPair {
+    fn drop(&mut self) {
+        // Closing the order channels ends both executors' loops.
+        self.to_producer = None;
+        self.to_consumer = None;
+        for executor in self.executors.drain(..) {
+            executor.join().expect("executor failed");
+        }
+    }
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+}
+
+fn single_items(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("ring/single");
+    configure(&mut group);
+    group.bench_function("mesh", |bencher| bencher.iter_custom(mesh_single));
+    group.bench_function("rtrb", |bencher| bencher.iter_custom(rtrb_single));
+    group.bench_function("crossbeam_array_queue", |bencher| {
+        bencher.iter_custom(crossbeam_array_queue)
+    });
+    {
+        let pair = ExecutorPair::new(AsyncChannel::GlommioShared);
+        group.bench_function("glommio_shared_channel", |bencher| {
+            bencher.iter_custom(|messages| pair.transfer(messages))
+        });
+    }
+    {
+        let pair = ExecutorPair::new(AsyncChannel::Mesh);
+        group.bench_function("mesh_glommio", |bencher| {
+            bencher.iter_custom(|messages| pair.transfer(messages))
+        });
+    }
+    group.finish();
+}
+
+fn batches(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group(format!("ring/batch{BATCH}"));
+    configure(&mut group);
+    group.bench_function("mesh", |bencher| bencher.iter_custom(mesh_batch));
+    group.bench_function("rtrb", |bencher| bencher.iter_custom(rtrb_batch));
+    group.finish();
+}
+
+criterion_group!(benches, single_items, batches);
+criterion_main!(benches);
