@@ -44,8 +44,20 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+port_free() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        echo "compare.sh: port $1 is already in use: stop that server or set ${2}_PORT" >&2
+        exit 1
+    fi
+}
+port_free "$HUB_PORT" HUB
+port_free "$NATS_PORT" NATS
+port_free "$REDIS_PORT" REDIS
+
+# wait_port PORT PID: until PORT accepts, failing if PID died.
 wait_port() {
     for _ in $(seq 200); do
+        kill -0 "$2" 2>/dev/null || { echo "compare.sh: the server for port $1 exited (see $OUT/*.log)" >&2; exit 1; }
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.05
     done
@@ -53,22 +65,23 @@ wait_port() {
     exit 1
 }
 
+mkdir -p "$OUT"
 targets=()
 server_pids=()
 if [[ -z ${SKIP_RELAYHUB:-} && -x $HUB ]]; then
     taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$OUT/relayhub.log" 2>&1 &
     pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "relayhub://127.0.0.1:$HUB_PORT")
-    wait_port "$HUB_PORT"
+    wait_port "$HUB_PORT" $!
 elif [[ -z ${SKIP_RELAYHUB:-} ]]; then
     echo "compare.sh: $HUB not built: comparing NATS and Redis only" >&2
 fi
-taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
+taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
 pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "nats://127.0.0.1:$NATS_PORT")
+wait_port "$NATS_PORT" $!
 taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-    --client-output-buffer-limit "pubsub 256mb 64mb 60" >/dev/null 2>&1 &
+    --client-output-buffer-limit "pubsub 256mb 64mb 60" >"$OUT/redis.log" 2>&1 &
 pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "redis://127.0.0.1:$REDIS_PORT")
-wait_port "$NATS_PORT"
-wait_port "$REDIS_PORT"
+wait_port "$REDIS_PORT" $!
 
 mkdir -p "$OUT"
 summary=$OUT/summary.md
