@@ -216,8 +216,18 @@ impl<R: Role> Decoder<R> {
         error
     }
 
-    /// Checks the preface bytes at hand; true once it is complete and valid.
-    fn poll_preface(&mut self) -> Result<bool, DecodeError> {
+    /// Checks the peer's preface: `Ok(true)` once it has been accepted,
+    /// `Ok(false)` while more bytes are needed, and the fatal error when it
+    /// is wrong. [`poll_frame`](Self::poll_frame) calls this itself; a driver
+    /// calls it to act on the preface (say, to answer with its own) before
+    /// the first frame.
+    pub fn poll_preface(&mut self) -> Result<bool, DecodeError> {
+        self.consume_returned();
+        match self.stage {
+            Stage::Frames => return Ok(true),
+            Stage::Failed(error) => return Err(error),
+            Stage::Preface => {}
+        }
         let available = &self.buf.bytes()[self.start..self.end];
         let complete = check_preface(&available[..available.len().min(PREFACE_BYTES)])
             .map_err(|error| self.fail(error))?;

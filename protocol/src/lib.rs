@@ -40,6 +40,10 @@ pub mod limits;
 pub mod message;
 pub mod preface;
 
+/// The rkyv version this crate archives with, for callers that name
+/// archived types.
+pub use rkyv;
+
 pub use decoder::{Decoder, DECODER_BYTES_MAX, READ_CHUNK_BYTES};
 pub use error::{DecodeError, EncodeError, ErrorCode, Limit, Malformed};
 pub use frame::{

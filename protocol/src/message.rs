@@ -17,6 +17,9 @@ use rkyv::{
     Archive, Deserialize, Place, Serialize,
 };
 
+/// A user id as it appears inside an archive (a little-endian `u64`).
+pub type ArchivedUserId = rkyv::Archived<u64>;
+
 /// Frame kinds: the `kind` field of the frame header.
 ///
 /// Client-to-hub kinds are below 128, hub-to-client kinds from 128 up, so a

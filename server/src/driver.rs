@@ -61,7 +61,11 @@ pub struct Shared {
 impl Shared {
     /// Shared state for `stats.len()` shards.
     pub fn new(stats: Vec<Arc<ShardStats>>) -> Shared {
-        Shared { shutdown: AtomicBool::new(false), stopped_reading: AtomicUsize::new(0), stats }
+        Shared {
+            shutdown: AtomicBool::new(false),
+            stopped_reading: AtomicUsize::new(0),
+            stats,
+        }
     }
 
     /// Mesh messages sent and not yet handled, across all shards.
@@ -189,17 +193,32 @@ async fn shutdown(context: &Rc<Context>, index: usize) {
     let mut idle_checks = 0;
     while Instant::now() < deadline && idle_checks < 2 {
         let all_stopped = shared.stopped_reading.load(Ordering::Acquire) == shards;
-        idle_checks = if all_stopped && shared.mesh_in_flight() == 0 { idle_checks + 1 } else { 0 };
+        idle_checks = if all_stopped && shared.mesh_in_flight() == 0 {
+            idle_checks + 1
+        } else {
+            0
+        };
         sleep(Duration::from_millis(2)).await;
     }
-    let closed = context.shard.borrow_mut().close_all(ErrorCode::ShuttingDown);
-    info!(shard = index, sessions = closed, "shutting down: flushing sessions");
+    let closed = context
+        .shard
+        .borrow_mut()
+        .close_all(ErrorCode::ShuttingDown);
+    info!(
+        shard = index,
+        sessions = closed,
+        "shutting down: flushing sessions"
+    );
     while context.stats.connections_open.get() > 0 && Instant::now() < deadline {
         sleep(Duration::from_millis(5)).await;
     }
     let left = context.stats.connections_open.get();
     if left > 0 {
-        warn!(shard = index, connections = left, "grace period over: dropping connections");
+        warn!(
+            shard = index,
+            connections = left,
+            "grace period over: dropping connections"
+        );
     }
 }
 
@@ -247,7 +266,9 @@ async fn forward(context: Rc<Context>, target: usize, mut producer: Producer<Mes
 async fn consume(context: Rc<Context>, mut consumer: Consumer<MeshMessage>) {
     loop {
         let received = consumer
-            .recv_batch(MESH_BATCH_MAX, |message| context.shard.borrow_mut().handle_mesh(message))
+            .recv_batch(MESH_BATCH_MAX, |message| {
+                context.shard.borrow_mut().handle_mesh(message)
+            })
             .await;
         if received == 0 {
             return;
@@ -271,12 +292,15 @@ enum ReadEnd {
 
 async fn connection(context: Rc<Context>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let conn = match context.shard.borrow_mut().accept() {
+    // Bind first: the shard must not stay borrowed across the refusal's write.
+    let accepted = context.shard.borrow_mut().accept();
+    let conn = match accepted {
         Ok(conn) => conn,
         Err(code) => return refuse(stream, code, context.config.connections_per_shard_max).await,
     };
     if context.config.idle_timeout_ms > 0 {
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(context.config.idle_timeout_ms)));
+        let _ =
+            stream.set_read_timeout(Some(Duration::from_millis(context.config.idle_timeout_ms)));
     }
     let fd = stream.as_raw_fd();
     let socket = context.next_socket.get();
@@ -318,7 +342,11 @@ fn finish_reading(context: &Context, session: &Session, end: ReadEnd) {
         ReadEnd::Closed => {}
         ReadEnd::Idle => {
             context.stats.idle_timeouts.incr();
-            conn.close(Some((ErrorCode::IdleTimeout, 0, context.config.idle_timeout_ms)));
+            conn.close(Some((
+                ErrorCode::IdleTimeout,
+                0,
+                context.config.idle_timeout_ms,
+            )));
         }
     }
     if conn.state() == OutboundState::Closing {
@@ -335,7 +363,11 @@ async fn refuse(mut stream: TcpStream, code: ErrorCode, detail: usize) {
     let _ = stream.close().await;
 }
 
-async fn read_loop(context: &Context, stream: &RefCell<TcpStream>, session: &mut Session) -> ReadEnd {
+async fn read_loop(
+    context: &Context,
+    stream: &RefCell<TcpStream>,
+    session: &mut Session,
+) -> ReadEnd {
     loop {
         let read = poll_fn(|cx| {
             let mut stream = stream.borrow_mut();

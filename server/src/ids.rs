@@ -32,7 +32,10 @@ impl IdAllocator {
     pub fn allocate(&mut self) -> u64 {
         let id = self.next;
         // 2^64 ids at a million connections per second last 584,000 years.
-        self.next = self.next.checked_add(self.step).expect("user ids exhausted");
+        self.next = self
+            .next
+            .checked_add(self.step)
+            .expect("user ids exhausted");
         id
     }
 }

@@ -99,7 +99,11 @@ impl Hub {
                 return Err(abort(shared, executors, index, "did not start".into()));
             }
         }
-        Ok(Hub { addr, shared, executors })
+        Ok(Hub {
+            addr,
+            shared,
+            executors,
+        })
     }
 
     /// The address the hub listens on (with the real port when 0 was asked).

@@ -1,7 +1,7 @@
 //! The `relayhub` binary: parse the configuration, start the hub, wait for
 //! SIGINT or SIGTERM, shut down gracefully, print the counters, exit 0.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use relayhub_server::{Config, Hub};
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::parse();
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
@@ -40,7 +41,11 @@ fn main() -> ExitCode {
     let shards = hub.shard_stats().len();
     info!(address = %hub.local_addr(), shards, "relayhub listening");
     let signal = signals.forever().next();
-    info!(?signal, grace_ms = config.shutdown_grace_ms, "shutting down");
+    info!(
+        ?signal,
+        grace_ms = config.shutdown_grace_ms,
+        "shutting down"
+    );
     // A second signal skips the grace period.
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {

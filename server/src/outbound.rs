@@ -121,7 +121,12 @@ impl Outbound {
     }
 
     /// Queues a non-fatal error for this connection's client.
-    pub fn push_error(&mut self, code: ErrorCode, request: u64, detail: u64) -> Result<(), PushError> {
+    pub fn push_error(
+        &mut self,
+        code: ErrorCode,
+        request: u64,
+        detail: u64,
+    ) -> Result<(), PushError> {
         debug_assert!(!code.closes_connection());
         self.push_message(&ErrorFrame::new(code, request, detail))
     }
@@ -200,7 +205,11 @@ mod tests {
                 break;
             }
             // Write in odd-sized pieces to exercise partial advances.
-            let chunk: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).take(7).collect();
+            let chunk: Vec<u8> = slices
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .take(7)
+                .collect();
             drop(slices);
             out.extend_from_slice(&chunk);
             outbound.advance(chunk.len());
@@ -213,12 +222,22 @@ mod tests {
     fn keeps_push_order_across_shared_and_small_frames() {
         let mut outbound = Outbound::new(1 << 20);
         let deliver = relayhub_protocol::encode_deliver(7, b"shared").unwrap();
-        outbound.push_message(&IdentityReply { request: 1, user: 5 }).unwrap();
+        outbound
+            .push_message(&IdentityReply {
+                request: 1,
+                user: 5,
+            })
+            .unwrap();
         outbound.push_shared(deliver.clone()).unwrap();
-        outbound.push_message(&IdentityReply { request: 2, user: 5 }).unwrap();
+        outbound
+            .push_message(&IdentityReply {
+                request: 2,
+                user: 5,
+            })
+            .unwrap();
         outbound.push_shared(deliver).unwrap();
         let bytes = drain(&mut outbound);
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        let mut aligned = relayhub_protocol::rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice(&bytes);
         let mut offset = 0;
         let mut kinds = Vec::new();
@@ -240,10 +259,16 @@ mod tests {
         let mut outbound = Outbound::new(frame.len() * 2);
         outbound.push_shared(frame.clone()).unwrap();
         outbound.push_shared(frame.clone()).unwrap();
-        assert_eq!(outbound.push_shared(frame.clone()), Err(PushError::Overflow));
+        assert_eq!(
+            outbound.push_shared(frame.clone()),
+            Err(PushError::Overflow)
+        );
         assert_eq!(outbound.queued_bytes(), frame.len() * 2);
         outbound.close(Some((ErrorCode::SlowConsumer, 0, 1)));
-        assert!(outbound.queued_bytes() > frame.len() * 2, "the error is queued past the limit");
+        assert!(
+            outbound.queued_bytes() > frame.len() * 2,
+            "the error is queued past the limit"
+        );
         assert_eq!(outbound.push_shared(frame), Err(PushError::Closing));
         assert_eq!(outbound.state(), OutboundState::Closing);
     }

@@ -134,11 +134,21 @@ impl Session {
     }
 }
 
-fn handle_frame(user: u64, conn: &Conn, shard: &mut Shard, frame: ClientFrame<'_>) -> Result<(), PushError> {
+fn handle_frame(
+    user: u64,
+    conn: &Conn,
+    shard: &mut Shard,
+    frame: ClientFrame<'_>,
+) -> Result<(), PushError> {
     match frame {
         ClientFrame::Relay(relay) => {
             let request = relay.request.to_native();
-            shard.relay(user, request, relay.receivers.as_slice(), relay.body.as_slice());
+            shard.relay(
+                user,
+                request,
+                relay.receivers.as_slice(),
+                relay.body.as_slice(),
+            );
             Ok(())
         }
         ClientFrame::Identity(identity) => conn.borrow_mut().push_message(&IdentityReply {

@@ -168,7 +168,9 @@ impl Shard {
             return Err(ErrorCode::ServerFull);
         }
         self.stats.connections_open.incr();
-        Ok(Rc::new(RefCell::new(Outbound::new(self.outbound_bytes_max))))
+        Ok(Rc::new(RefCell::new(Outbound::new(
+            self.outbound_bytes_max,
+        ))))
     }
 
     /// Gives a connection whose preface arrived its user id and makes it
@@ -213,7 +215,15 @@ impl Shard {
                 self.deliver_local(from, request, receiver, &frame);
             } else {
                 let receivers = Receivers::One(receiver);
-                self.send_mesh(target, MeshMessage::Deliver { from, request, frame, receivers });
+                self.send_mesh(
+                    target,
+                    MeshMessage::Deliver {
+                        from,
+                        request,
+                        frame,
+                        receivers,
+                    },
+                );
             }
             return;
         }
@@ -234,7 +244,15 @@ impl Shard {
             let receivers = Receivers::Many(users.as_slice().into());
             users.clear();
             let frame = frame.clone();
-            self.send_mesh(target, MeshMessage::Deliver { from, request, frame, receivers });
+            self.send_mesh(
+                target,
+                MeshMessage::Deliver {
+                    from,
+                    request,
+                    frame,
+                    receivers,
+                },
+            );
         }
         self.route = route;
     }
@@ -271,7 +289,15 @@ impl Shard {
     pub fn report(&mut self, to: u64, request: u64, code: ErrorCode, detail: u64) {
         let target = owner(to, self.shards);
         if target != self.index {
-            self.send_mesh(target, MeshMessage::Report { to, request, code, detail });
+            self.send_mesh(
+                target,
+                MeshMessage::Report {
+                    to,
+                    request,
+                    code,
+                    detail,
+                },
+            );
             return;
         }
         let Some(conn) = self.table.get(&to) else {
@@ -293,17 +319,39 @@ impl Shard {
         };
         let users = self.local_users(after, limit, user);
         if self.shards == 1 {
-            self.finish_list(PendingList { user, request, limit, users, answers_missing: 0 });
+            self.finish_list(PendingList {
+                user,
+                request,
+                limit,
+                users,
+                answers_missing: 0,
+            });
             return;
         }
         let query = self.next_query;
         self.next_query += 1;
         let answers_missing = self.shards - 1;
-        self.lists
-            .insert(query, PendingList { user, request, limit, users, answers_missing });
+        self.lists.insert(
+            query,
+            PendingList {
+                user,
+                request,
+                limit,
+                users,
+                answers_missing,
+            },
+        );
         let origin = self.index;
         for target in (0..self.shards).filter(|&target| target != origin) {
-            self.send_mesh(target, MeshMessage::ListQuery { origin, query, after, limit });
+            self.send_mesh(
+                target,
+                MeshMessage::ListQuery {
+                    origin,
+                    query,
+                    after,
+                    limit,
+                },
+            );
         }
     }
 
@@ -329,7 +377,11 @@ impl Shard {
         let Some(conn) = self.table.get(&pending.user) else {
             return;
         };
-        let reply = ListReplyRef { request: pending.request, users: &pending.users, more };
+        let reply = ListReplyRef {
+            request: pending.request,
+            users: &pending.users,
+            more,
+        };
         let pushed = conn.borrow_mut().push_message(&reply);
         if pushed == Err(PushError::Overflow) {
             self.cut_slow_consumer(pending.user);
@@ -340,15 +392,30 @@ impl Shard {
     pub fn handle_mesh(&mut self, message: MeshMessage) {
         self.stats.mesh_received.incr();
         match message {
-            MeshMessage::Deliver { from, request, frame, receivers } => {
+            MeshMessage::Deliver {
+                from,
+                request,
+                frame,
+                receivers,
+            } => {
                 for &receiver in receivers.as_slice() {
                     self.deliver_local(from, request, receiver, &frame);
                 }
             }
-            MeshMessage::Report { to, request, code, detail } => {
+            MeshMessage::Report {
+                to,
+                request,
+                code,
+                detail,
+            } => {
                 self.report(to, request, code, detail);
             }
-            MeshMessage::ListQuery { origin, query, after, limit } => {
+            MeshMessage::ListQuery {
+                origin,
+                query,
+                after,
+                limit,
+            } => {
                 let users = self.local_users(after, limit, 0);
                 self.send_mesh(origin, MeshMessage::ListAnswer { query, users });
             }
@@ -378,7 +445,13 @@ impl Shard {
 
     /// Moves up to `max` messages for `target` into `batch`; parks the
     /// forwarder's `waker` when there are none.
-    pub fn take_outbox(&mut self, target: usize, max: usize, batch: &mut Vec<MeshMessage>, waker: &Waker) {
+    pub fn take_outbox(
+        &mut self,
+        target: usize,
+        max: usize,
+        batch: &mut Vec<MeshMessage>,
+        waker: &Waker,
+    ) {
         let outbox = &mut self.outboxes[target];
         let take = outbox.len().min(max);
         batch.extend(outbox.drain(..take));

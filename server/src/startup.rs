@@ -80,7 +80,10 @@ impl std::error::Error for StartError {}
 
 /// Checks that `shards` executors fit the locked-memory limit.
 pub fn check_memlock(shards: usize) -> Result<(), StartError> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit into the valid pointer we pass.
     let result = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     if result != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
@@ -88,7 +91,11 @@ pub fn check_memlock(shards: usize) -> Result<(), StartError> {
     }
     let needed_bytes = shards as u64 * MEMLOCK_PER_SHARD_BYTES;
     if limit.rlim_cur < needed_bytes {
-        return Err(StartError::MemLock { limit_bytes: limit.rlim_cur, needed_bytes, shards });
+        return Err(StartError::MemLock {
+            limit_bytes: limit.rlim_cur,
+            needed_bytes,
+            shards,
+        });
     }
     Ok(())
 }
@@ -98,7 +105,8 @@ pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: we pass the size of the set we own; the kernel fills it.
-    let result = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let result =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if result != 0 {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
         return (0..count).collect();

@@ -18,8 +18,10 @@ impl Counter {
     pub fn add(&self, n: u64) {
         // Single writer: load + store cannot lose an update, and compiles to
         // a plain add instead of a locked one.
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Adds one.
@@ -29,8 +31,10 @@ impl Counter {
 
     /// Subtracts one (for gauges).
     pub fn decr(&self) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// The current value.

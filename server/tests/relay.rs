@@ -50,7 +50,10 @@ fn relay_crosses_shards_both_ways_in_order() {
     }
     let stats = hub.shutdown();
     assert_eq!(stats.deliveries, 200);
-    assert!(stats.mesh_sent >= 200, "cross-shard deliveries went through the mesh: {stats}");
+    assert!(
+        stats.mesh_sent >= 200,
+        "cross-shard deliveries went through the mesh: {stats}"
+    );
 }
 
 #[test]
@@ -94,7 +97,10 @@ fn zero_and_255_receivers_work_256_are_refused() {
     }
 
     let too_many: Vec<u64> = ids.iter().copied().chain([sender.user_id()]).collect();
-    assert!(matches!(sender.relay(&too_many, b"x"), Err(ClientError::LimitExceeded { .. })));
+    assert!(matches!(
+        sender.relay(&too_many, b"x"),
+        Err(ClientError::LimitExceeded { .. })
+    ));
     let request = sender.relay_unchecked(&too_many, b"x").unwrap();
     expect_error(&mut sender, ErrorCode::TooManyReceivers, request, 256);
     // Nothing was delivered, and the connection still works.
@@ -116,7 +122,12 @@ fn one_mebibyte_reaches_many_receivers_intact_and_one_more_byte_is_refused() {
     }
     let too_big = vec![7u8; BODY_BYTES_MAX + 1];
     let request = sender.relay_unchecked(&ids[..1], &too_big).unwrap();
-    expect_error(&mut sender, ErrorCode::BodyTooLarge, request, BODY_BYTES_MAX as u64 + 1);
+    expect_error(
+        &mut sender,
+        ErrorCode::BodyTooLarge,
+        request,
+        BODY_BYTES_MAX as u64 + 1,
+    );
     expect_silence(&mut receivers[0], Duration::from_millis(100));
     sender.relay(&ids[..1], b"still here").unwrap();
     expect_deliver(&mut receivers[0], sender.user_id(), b"still here");
@@ -131,13 +142,18 @@ fn unknown_receivers_are_reported_on_every_shard() {
     let mut known = groups[1].pop().unwrap();
     // Ids nobody holds, owned by shard 0 and by shard 1, and 0 (never used).
     let (unknown_local, unknown_remote) = (1_000_000, 1_000_001);
-    let request = sender.relay(&[unknown_local, known.user_id(), unknown_remote, 0], b"hi").unwrap();
+    let request = sender
+        .relay(&[unknown_local, known.user_id(), unknown_remote, 0], b"hi")
+        .unwrap();
     expect_deliver(&mut known, sender.user_id(), b"hi");
     let mut reported = Vec::new();
     for _ in 0..3 {
         match next_event(&mut sender) {
             Event::HubError(error) => {
-                assert_eq!((error.code, error.request), (ErrorCode::UnknownReceiver, request));
+                assert_eq!(
+                    (error.code, error.request),
+                    (ErrorCode::UnknownReceiver, request)
+                );
                 reported.push(error.detail);
             }
             other => panic!("expected an error, got {other:?}"),
@@ -157,7 +173,9 @@ fn a_receiver_leaving_mid_stream_disturbs_no_one_else() {
     let leaves = connect(&hub);
     let (stays_id, leaves_id) = (stays.user_id(), leaves.user_id());
     for i in 0..50u32 {
-        sender.send_relay(&[stays_id, leaves_id], &i.to_le_bytes()).unwrap();
+        sender
+            .send_relay(&[stays_id, leaves_id], &i.to_le_bytes())
+            .unwrap();
     }
     sender.flush().unwrap();
     drop(leaves);
@@ -173,7 +191,10 @@ fn a_receiver_leaving_mid_stream_disturbs_no_one_else() {
     loop {
         match next_event(&mut sender) {
             Event::HubError(error) => {
-                assert_eq!((error.code, error.detail), (ErrorCode::UnknownReceiver, leaves_id));
+                assert_eq!(
+                    (error.code, error.detail),
+                    (ErrorCode::UnknownReceiver, leaves_id)
+                );
                 if error.request == late {
                     break;
                 }

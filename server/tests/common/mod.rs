@@ -45,7 +45,10 @@ pub fn clients_per_shard(hub: &Hub, shards: usize, per_shard: usize) -> Vec<Vec<
 pub fn next_event(client: &mut Client) -> Event {
     match client.recv_timeout(EVENT_TIMEOUT) {
         Ok(Some(event)) => event,
-        Ok(None) => panic!("user {}: no event within {EVENT_TIMEOUT:?}", client.user_id()),
+        Ok(None) => panic!(
+            "user {}: no event within {EVENT_TIMEOUT:?}",
+            client.user_id()
+        ),
         Err(error) => panic!("user {}: {error}", client.user_id()),
     }
 }
@@ -53,19 +56,41 @@ pub fn next_event(client: &mut Client) -> Event {
 /// Asserts the next event is a delivery of `body` from `from`.
 pub fn expect_deliver(client: &mut Client, from: u64, body: &[u8]) {
     match next_event(client) {
-        Event::Deliver { from: got, body: got_body } => {
+        Event::Deliver {
+            from: got,
+            body: got_body,
+        } => {
             assert_eq!(got, from, "sender of the delivery to {}", client.user_id());
-            assert!(got_body == body, "body delivered to {} differs ({} bytes, expected {})", client.user_id(), got_body.len(), body.len());
+            assert!(
+                got_body == body,
+                "body delivered to {} differs ({} bytes, expected {})",
+                client.user_id(),
+                got_body.len(),
+                body.len()
+            );
         }
-        other => panic!("user {}: expected a delivery, got {other:?}", client.user_id()),
+        other => panic!(
+            "user {}: expected a delivery, got {other:?}",
+            client.user_id()
+        ),
     }
 }
 
 /// Asserts the next event is a hub error with `code`, `request`, `detail`.
 pub fn expect_error(client: &mut Client, code: ErrorCode, request: u64, detail: u64) {
     match next_event(client) {
-        Event::HubError(error) => assert_eq!(error, HubError { code, request, detail }),
-        other => panic!("user {}: expected {code:?}, got {other:?}", client.user_id()),
+        Event::HubError(error) => assert_eq!(
+            error,
+            HubError {
+                code,
+                request,
+                detail
+            }
+        ),
+        other => panic!(
+            "user {}: expected {code:?}, got {other:?}",
+            client.user_id()
+        ),
     }
 }
 
@@ -78,10 +103,14 @@ pub fn expect_silence(client: &mut Client, wait: Duration) {
 
 /// Lets the process open thousands of sockets (both ends live here).
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
