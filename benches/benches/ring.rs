@@ -378,5 +378,52 @@ fn batches(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, single_items, batches);
+/// One thread stages and drains [`BATCH`] items at a time: the cost of the
+/// code path itself (including the doorbell's fence), without the cache-line
+/// transfers between cores and without the scheduler noise of two threads.
+fn same_thread(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group(format!("ring/same_thread_batch{BATCH}"));
+    configure(&mut group);
+    group.bench_function("mesh", |bencher| {
+        let (mut producer, mut consumer) = relayhub_mesh::channel::<u64>(RING_CAPACITY);
+        bencher.iter_custom(|messages| {
+            let start = Instant::now();
+            let mut expected = 0;
+            let mut value = 0;
+            while value < messages {
+                let batch_end = messages.min(value + BATCH as u64);
+                while value < batch_end {
+                    producer.try_stage(value).expect("drained every batch");
+                    value += 1;
+                }
+                producer.publish();
+                consumer.recv_batch_now(BATCH, |value| check(value, &mut expected));
+            }
+            start.elapsed()
+        })
+    });
+    group.bench_function("rtrb", |bencher| {
+        let (mut producer, mut consumer) = rtrb::RingBuffer::<u64>::new(RING_CAPACITY);
+        bencher.iter_custom(|messages| {
+            let start = Instant::now();
+            let mut expected = 0;
+            let mut value = 0;
+            while value < messages {
+                let count = (messages - value).min(BATCH as u64) as usize;
+                let chunk = producer
+                    .write_chunk_uninit(count)
+                    .expect("drained every batch");
+                value += chunk.fill_from_iter(value..) as u64;
+                let chunk = consumer.read_chunk(count).expect("just written");
+                for value in chunk {
+                    check(value, &mut expected);
+                }
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, single_items, batches, same_thread);
 criterion_main!(benches);
