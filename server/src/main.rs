@@ -11,6 +11,9 @@ use signal_hook::{
 };
 use tracing::{error, info};
 
+/// A signal this long after the first one means "stop now".
+const SECOND_SIGNAL_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -46,11 +49,15 @@ fn main() -> ExitCode {
         grace_ms = config.shutdown_grace_ms,
         "shutting down"
     );
-    // A second signal skips the grace period.
+    // A second signal, a second or more after the first, skips the grace
+    // period (some supervisors send the first one twice at once).
+    let first = std::time::Instant::now();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
-            eprintln!("second signal: exiting now");
-            std::process::exit(130);
+        for _ in signals.forever() {
+            if first.elapsed() >= SECOND_SIGNAL_AFTER {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
         }
     });
     let totals = hub.shutdown();
