@@ -132,24 +132,25 @@ impl Hub {
 
     /// Graceful shutdown: stops accepting and reading, delivers what is
     /// queued (within the grace period), closes every session, and returns
-    /// the final counters.
+    /// the final counters summed over shards.
     pub fn shutdown(self) -> StatsSnapshot {
-        self.request_shutdown();
-        self.join()
+        let shards = self.shutdown_per_shard();
+        let mut total = StatsSnapshot::default();
+        for shard in shards {
+            total += shard;
+        }
+        total
     }
 
-    /// Waits until the hub has shut down (after [`request_shutdown`](Self::request_shutdown)).
-    pub fn join(self) -> StatsSnapshot {
+    /// Like [`shutdown`](Self::shutdown), with each shard's final counters.
+    pub fn shutdown_per_shard(self) -> Vec<StatsSnapshot> {
+        self.request_shutdown();
         for executor in self.executors {
             if let Err(error) = executor.join() {
                 tracing::error!(%error, "a shard ended with an error");
             }
         }
-        let mut total = StatsSnapshot::default();
-        for shard in self.shared.stats.iter() {
-            total += shard.snapshot();
-        }
-        total
+        self.shared.stats.iter().map(|s| s.snapshot()).collect()
     }
 }
 

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
             }
         }
     });
-    let totals = hub.shutdown();
+    let mut totals = relayhub_server::StatsSnapshot::default();
+    for (shard, counters) in hub.shutdown_per_shard().into_iter().enumerate() {
+        info!(shard, "final counters: {counters}");
+        totals += counters;
+    }
     info!("final counters: {totals}");
     ExitCode::SUCCESS
 }
