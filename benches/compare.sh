@@ -4,10 +4,15 @@
 # Every server runs pinned to one core (SERVER_CORE, default 0), the loadgen
 # to another (LOADGEN_CORE, default 1), one at a time against the same
 # workload. Writes tables, .hgrm, JSON and SVG under OUT (docs/reports).
+# The loadgen's own sink (relayhub-loadgen --sink-listen, pinned like a
+# server) gets the 64 B and 1 MiB relay loads too: how fast the loadgen
+# alone can drive traffic, i.e. its headroom over the servers (headroom.md).
 #
 #   benches/compare.sh                  # everything, 10 s per run
 #   DURATION=3s benches/compare.sh      # quicker
 #   SKIP_RELAYHUB=1 benches/compare.sh  # NATS vs Redis only
+#   SKIP_SINK=1 benches/compare.sh      # no headroom runs
+#   MIB_CLIENTS=16 MIB_WINDOW=4         # the 1 MiB run's pipeline (default)
 #
 # Needs: nats-server and redis-server on PATH (apt-get install -y
 # nats-server redis-server), python3 (reads the first run's JSON).
@@ -23,6 +28,11 @@ LOADGEN_CORE=${LOADGEN_CORE:-1}
 HUB_PORT=${HUB_PORT:-17878}
 NATS_PORT=${NATS_PORT:-14222}
 REDIS_PORT=${REDIS_PORT:-16379}
+SINK_PORT=${SINK_PORT:-17880}
+# 1 MiB: 16 clients x window 4 = 64 MiB in flight, 4 MiB queued per
+# receiver at most (the hub drops a receiver past 8 MiB, --outbound-bytes-max).
+MIB_CLIENTS=${MIB_CLIENTS:-16}
+MIB_WINDOW=${MIB_WINDOW:-4}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-4000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 LOADGEN=$TARGET_DIR/release/relayhub-loadgen
@@ -53,6 +63,7 @@ port_free() {
 port_free "$HUB_PORT" HUB
 port_free "$NATS_PORT" NATS
 port_free "$REDIS_PORT" REDIS
+[[ -z ${SKIP_SINK:-} ]] && port_free "$SINK_PORT" SINK
 
 # wait_port PORT PID: until PORT accepts, failing if PID died.
 wait_port() {
@@ -82,6 +93,12 @@ taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --s
     --client-output-buffer-limit "pubsub 256mb 64mb 60" >"$OUT/redis.log" 2>&1 &
 pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "redis://127.0.0.1:$REDIS_PORT")
 wait_port "$REDIS_PORT" $!
+sink_pid=
+if [[ -z ${SKIP_SINK:-} ]]; then
+    taskset -c "$SERVER_CORE" "$LOADGEN" --sink-listen "127.0.0.1:$SINK_PORT" >"$OUT/sink.log" 2>&1 &
+    pids+=($!); sink_pid=$!
+    wait_port "$SINK_PORT" $!
+fi
 
 mkdir -p "$OUT"
 summary=$OUT/summary.md
@@ -91,28 +108,76 @@ summary=$OUT/summary.md
     echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), kernel $(uname -r)."
     echo "Load average at start: $(cut -d" " -f1-3 /proc/loadavg) (other work on the machine skews latency and throughput)."
     echo "Servers pinned to core $SERVER_CORE, loadgen to core $LOADGEN_CORE; $DURATION measured after $WARMUP warm-up."
+    echo "relayhub: $(git log -1 --format='%h %s' -- server 2>/dev/null || echo unknown); $(nats-server --version 2>/dev/null); $(redis-server --version 2>/dev/null | cut -d' ' -f1-3)."
+    echo
+    echo "Busiest other processes at start (%CPU since they started):"
+    echo
+    echo '```'
+    ps -eo pcpu,comm --sort=-pcpu | head -6
+    echo '```'
     echo
 } >"$summary"
 
 run() {
     local name=$1
     shift
+    local load
+    load=$(cut -d" " -f1-3 /proc/loadavg)
     echo "== $name: $*" >&2
     taskset -c "$LOADGEN_CORE" "$LOADGEN" --compare "${targets[@]}" "${server_pids[@]}" \
         --duration "$DURATION" --warmup "$WARMUP" -q \
         --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --svg "$OUT/$name.svg" --markdown "$OUT/$name.md" "$@" \
         || echo "compare.sh: $name failed" >&2
-    { echo "## $name"; echo; cat "$OUT/$name.md" 2>/dev/null; echo; echo "![$name]($name.svg)"; echo; } >>"$summary"
+    { echo "## $name"; echo; echo "Load average before: $load."; echo; cat "$OUT/$name.md" 2>/dev/null; echo; echo "![$name]($name.svg)"; echo; } >>"$summary"
+}
+
+# run_sink NAME ARGS...: the same load against the sink only.
+run_sink() {
+    local name=$1
+    shift
+    [[ -n $sink_pid ]] || return 0
+    local load
+    load=$(cut -d" " -f1-3 /proc/loadavg)
+    echo "== $name (sink): $*" >&2
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" --target "sink://127.0.0.1:$SINK_PORT" --server-pid "$sink_pid" \
+        --duration "$DURATION" --warmup "$WARMUP" -q \
+        --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --markdown "$OUT/$name.md" "$@" \
+        || echo "compare.sh: $name failed" >&2
+    { echo "## $name"; echo; echo "Load average before: $load."; echo; cat "$OUT/$name.md" 2>/dev/null; echo; } >>"$summary"
 }
 
 run relay-64b-closed --scenario relay --clients 64 --window 16 --body-bytes 64
 # Open loop at half the weakest target's closed-loop maximum.
 rate=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]; print(int(0.5*min(x["deliveries_per_s"] for x in r)))' "$OUT/relay-64b-closed.json")
 run relay-64b-open --scenario relay --clients 64 --rate "$rate" --body-bytes 64
-run relay-1mib --scenario relay --clients 8 --window 2 --body-bytes 1048576
+run relay-1mib --scenario relay --clients "$MIB_CLIENTS" --window "$MIB_WINDOW" --body-bytes 1048576
 run fanout16-1kib --scenario fanout --fanout 16 --clients 64 --window 4 --body-bytes 1024
 run fanout255-1kib --scenario fanout --fanout 255 --clients 256 --window 1 --body-bytes 1024
 run echo-64b --scenario echo --clients 64 --window 16 --body-bytes 64
 run idle --scenario idle --clients "$IDLE_CONNECTIONS"
 run storm --scenario storm --clients "$IDLE_CONNECTIONS"
+# Headroom: the loadgen against its sink, same loads as relay-64b-closed
+# and relay-1mib.
+run_sink headroom-64b --scenario relay --clients 64 --window 16 --body-bytes 64
+run_sink headroom-1mib --scenario relay --clients "$MIB_CLIENTS" --window "$MIB_WINDOW" --body-bytes 1048576
+if [[ -n $sink_pid ]]; then
+    python3 - "$OUT" >"$OUT/headroom.md" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name + ".json")
+    return json.load(open(path))["results"] if os.path.exists(path) else []
+print("| load | target | deliveries/s | loadgen cpu | server cpu | loadgen ns/delivery | server ns/delivery | sink rate / target rate |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for server_run, sink_run, label in [("relay-64b-closed", "headroom-64b", "1:1 64 B"), ("relay-1mib", "headroom-1mib", "1:1 1 MiB")]:
+    sink = load(sink_run)
+    rows = load(server_run) + sink
+    sink_rate = sink[0]["deliveries_per_s"] if sink else float("nan")
+    for r in rows:
+        f = lambda v, fmt: "-" if v is None else fmt.format(v)
+        print(f"| {label} | {r['target']} | {r['deliveries_per_s']:,.0f} | {r['loadgen_cpu_percent']:.0f}% | {f(r['server_cpu_percent'], '{:.0f}%')} | "
+              f"{f(r.get('loadgen_cpu_ns_per_delivery'), '{:.0f}')} | {f(r.get('server_cpu_ns_per_delivery'), '{:.0f}')} | {sink_rate / r['deliveries_per_s']:.2f}x |")
+PY
+    { echo "## headroom: the loadgen alone (sink) vs each server"; echo; cat "$OUT/headroom.md"; echo; } >>"$summary"
+fi
 echo "compare.sh: results in $summary" >&2

@@ -23,8 +23,9 @@ use crate::wire::BODY_BYTES_MAX;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "relayhub-loadgen", version, verbatim_doc_comment)]
 pub struct Args {
-    /// Server to drive: relayhub://HOST:PORT, nats://HOST:PORT or
-    /// redis://HOST:PORT. Repeat to run the same load against several.
+    /// Server to drive: relayhub://HOST:PORT, nats://HOST:PORT,
+    /// redis://HOST:PORT or sink://HOST:PORT (a --sink-listen process).
+    /// Repeat to run the same load against several.
     #[arg(
         long = "target",
         value_name = "URL",
@@ -118,6 +119,16 @@ pub struct Args {
     /// io_uring registered memory per executor, bytes (RLIMIT_MEMLOCK bound).
     #[arg(long, default_value_t = 1 << 20)]
     pub io_memory_bytes: usize,
+
+    /// Generate no load: be a sink (the trivial peer behind sink:// targets)
+    /// listening on ADDR, e.g. 127.0.0.1:7880. Runs until killed, or for
+    /// --sink-for.
+    #[arg(long, value_name = "ADDR")]
+    pub sink_listen: Option<std::net::SocketAddr>,
+
+    /// With --sink-listen: exit after this long (10s, 5m, ...).
+    #[arg(long, value_parser = parse_duration, requires = "sink_listen")]
+    pub sink_for: Option<Duration>,
 }
 
 /// `--scenario` values.
@@ -233,8 +244,15 @@ impl Args {
 }
 
 /// Runs every target, prints the tables, writes the files. Returns the
-/// summaries of the targets that ran; fails if any target failed.
+/// summaries of the targets that ran; fails if any target failed. With
+/// `--sink-listen`, serves as a sink instead and returns no summary.
 pub fn run(args: &Args, command: String) -> Result<Vec<Summary>, LoadgenError> {
+    if let Some(listen) = args.sink_listen {
+        crate::sys::raise_fd_limit();
+        crate::sink::serve(listen, args.sink_for)
+            .map_err(|error| LoadgenError::BadOptions(format!("sink on {listen}: {error}")))?;
+        return Ok(Vec::new());
+    }
     let configs = args.configs()?;
     if args.body_bytes < HEADER_BYTES && matches!(args.scenario(), Scenario::Traffic(_)) {
         eprintln!("note: --body-bytes {} is below the {HEADER_BYTES}-byte header: bodies are sent as {HEADER_BYTES} bytes", args.body_bytes);

@@ -9,7 +9,7 @@ use glommio::net::TcpStream;
 use crate::error::LoadgenError;
 use crate::target::{Target, TargetKind};
 use crate::wire::inbound::Inbound;
-use crate::wire::{nats, relayhub, resp, Event};
+use crate::wire::{nats, relayhub, resp, sink, Event};
 
 /// Longest a connect plus handshake may take before the run gives up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,9 +30,15 @@ pub struct Client {
 }
 
 /// Connects client `index` to `target` and completes the handshake. With
-/// `publisher`, Redis clients also open their publisher connection.
-pub async fn connect(target: &Target, index: u32, publisher: bool) -> Result<Client, LoadgenError> {
-    let attempt = connect_inner(target, index, publisher);
+/// `publisher`, Redis clients also open their publisher connection. The
+/// sink is told `routes`, the client indices this client will send to.
+pub async fn connect(
+    target: &Target,
+    index: u32,
+    publisher: bool,
+    routes: &[u64],
+) -> Result<Client, LoadgenError> {
+    let attempt = connect_inner(target, index, publisher, routes);
     let deadline = async {
         glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
         Err(LoadgenError::Handshake {
@@ -48,13 +54,21 @@ async fn connect_inner(
     target: &Target,
     index: u32,
     publisher: bool,
+    routes: &[u64],
 ) -> Result<Client, LoadgenError> {
     let io_error = |error| LoadgenError::io(target.kind, target.address, error);
     let mut stream = open(target).await?;
     let mut inbound = Inbound::new(target.kind);
-    let mut hello = Vec::with_capacity(128);
+    let mut hello = bytes::BytesMut::with_capacity(128);
     match target.kind {
         TargetKind::Relayhub => hello.extend_from_slice(&relayhub::CLIENT_PREFACE),
+        TargetKind::Sink => sink::encode_hello(&mut hello, index, routes).map_err(|error| {
+            LoadgenError::Handshake {
+                kind: target.kind,
+                address: target.address,
+                detail: error.to_string(),
+            }
+        })?,
         TargetKind::Nats => nats::encode_handshake(&mut hello, index),
         TargetKind::Redis => {
             resp::encode_subscribe(&mut hello, index);
@@ -68,7 +82,7 @@ async fn connect_inner(
             address = user;
             Ok(true)
         }
-        Event::Pong => Ok(target.kind != TargetKind::Relayhub),
+        Event::Pong => Ok(matches!(target.kind, TargetKind::Nats | TargetKind::Redis)),
         Event::ServerError(text) => Err(String::from_utf8_lossy(text).into_owned()),
         Event::HubError { code, detail, .. } => Err(format!("hub error {code} (detail {detail})")),
         Event::Delivery(_) => Err("a delivery before the run started".into()),

@@ -3,7 +3,7 @@
 //!
 //! A connection counts once its handshake is complete: relayhub's
 //! `Welcome`, NATS' `PONG` after `CONNECT`+`SUB`, Redis' `PONG` after
-//! `SUBSCRIBE` (one connection per client: no publisher connection here).
+//! `SUBSCRIBE`, the sink's `Identity` after the hello (one connection per client: no publisher connection here).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub async fn storm(
     let Ok(clock) = shared.wait_start().await else {
         return Ok(ExecutorResult::default());
     };
-    let outcomes = connect_range(&config, first, count, false).await;
+    let outcomes = connect_range(&config, first, count, false, &[]).await;
     let connect_ns = clock.now_ns();
     shared.done.fetch_add(1, Ordering::AcqRel);
     let mut result = ExecutorResult {
@@ -69,7 +69,7 @@ pub async fn idle(
     let (first, count) = client_range(config.clients, config.cores, index);
     let mut clients = Vec::with_capacity(count);
     let mut histogram = new_histogram();
-    for outcome in connect_range(&config, first, count, false).await {
+    for outcome in connect_range(&config, first, count, false, &[]).await {
         let (client, elapsed_ns) = outcome?;
         histogram.saturating_record(elapsed_ns.max(1));
         clients.push(client);

@@ -56,7 +56,7 @@ impl fmt::Display for LoadgenError {
             LoadgenError::BadUrl { url, reason } => write!(
                 f,
                 "bad target URL {url:?}: {reason} (expected relayhub://HOST:PORT, \
-                 nats://HOST:PORT or redis://HOST:PORT)"
+                 nats://HOST:PORT, redis://HOST:PORT or sink://HOST:PORT)"
             ),
             LoadgenError::ConnectionRefused { kind, address } => {
                 let ip = address.ip();
@@ -67,6 +67,9 @@ impl fmt::Display for LoadgenError {
                     }
                     TargetKind::Nats => {
                         format!("apt-get install nats-server; nats-server -a {ip} -p {port}")
+                    }
+                    TargetKind::Sink => {
+                        format!("relayhub-loadgen --sink-listen {address}")
                     }
                     TargetKind::Redis => format!(
                         "apt-get install redis-server; redis-server --bind {ip} --port {port} --save '' --appendonly no"

@@ -73,6 +73,11 @@ impl BodyTemplate {
         &self.bytes
     }
 
+    /// The filler after the header: the same for every message.
+    pub fn tail(&self) -> &[u8] {
+        &self.bytes[HEADER_BYTES..]
+    }
+
     /// Length of every body produced by this template.
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -8,16 +8,18 @@
 //! - [`target`]: `--target` URLs; [`error`]: typed errors with advice.
 //! - [`runner`]: the main thread: executors, start signal, progress, CPU
 //!   and memory readings, merging results.
-//! - [`engine`]: per-executor traffic: writers (closed/open loop), readers,
-//!   window accounting, drain.
+//! - [`engine`]: executors, what they share, connecting their clients.
+//! - [`traffic`]: per-executor traffic as one epoll loop ([`poll`]): reads,
+//!   checks, window accounting, pacing, batched writes, drain.
 //! - [`connections`]: the storm and idle scenarios.
 //! - [`client`]: connect + handshake of one client, per protocol.
-//! - [`conn`]: a glommio stream split into read and write halves.
 //! - [`plan`]: who sends to whom (random permutation, fan-out sets).
 //! - [`header`]: the 20-byte body header; [`checker`]: lost / duplicated /
 //!   reordered detection per (sender, receiver).
 //! - [`wire`]: sans-IO drivers: [`wire::nats`], [`wire::resp`] (Redis),
-//!   [`wire::relayhub`] (over relayhub-protocol), [`wire::inbound`].
+//!   [`wire::relayhub`] (over relayhub-protocol), [`wire::sink`],
+//!   [`wire::inbound`], [`wire::template`] (pre-encoded messages).
+//! - [`sink`]: the trivial peer that measures the loadgen alone.
 //! - [`summary`]: one target's result; [`report`]: table, hgrm, JSON, SVG.
 //! - [`sys`]: getrusage, /proc CPU and RSS, the fd limit.
 
@@ -28,15 +30,18 @@ pub mod checker;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod conn;
 pub mod connections;
 pub mod engine;
 pub mod error;
 pub mod header;
+pub mod outbound;
 pub mod plan;
+pub mod poll;
 pub mod report;
 pub mod runner;
+pub mod sink;
 pub mod summary;
 pub mod sys;
 pub mod target;
+pub mod traffic;
 pub mod wire;

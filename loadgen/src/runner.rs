@@ -84,9 +84,15 @@ pub fn run(config: RunConfig) -> Result<Summary, LoadgenError> {
         sleep(IDLE_SETTLE);
     }
     let percent = |time: Duration| 100.0 * time.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    let run_deliveries: u64 = results.iter().map(|result| result.run_deliveries).sum();
     let mut summary = merge(&config, &shared, results);
     summary.loadgen_cpu_percent = percent(cpu);
     summary.server_cpu_percent = server_cpu.map(percent);
+    if matches!(config.scenario, Scenario::Traffic(_)) && run_deliveries > 0 {
+        let per_delivery = |time: Duration| time.as_nanos() as f64 / run_deliveries as f64;
+        summary.loadgen_cpu_ns_per_delivery = Some(per_delivery(cpu));
+        summary.server_cpu_ns_per_delivery = server_cpu.map(per_delivery);
+    }
     if let (Scenario::Idle, Some(connections)) = (config.scenario, summary.connections.as_mut()) {
         connections.rss_before_kib = rss_before;
         connections.rss_connected_kib = rss_connected;
@@ -200,6 +206,8 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         error_samples: total.error_samples,
         loadgen_cpu_percent: 0.0,
         server_cpu_percent: None,
+        loadgen_cpu_ns_per_delivery: None,
+        server_cpu_ns_per_delivery: None,
         connections,
         histogram,
     }

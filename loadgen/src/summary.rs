@@ -108,6 +108,12 @@ pub struct Summary {
     /// The server's CPU time over wall time, percent of one core, when
     /// `--server-pid` was given.
     pub server_cpu_percent: Option<f64>,
+    /// Traffic: loadgen CPU time per delivery, ns, from the start to the
+    /// end of sending (warm-up included, drain excluded). Below the
+    /// server's, the loadgen has headroom at the rate measured.
+    pub loadgen_cpu_ns_per_delivery: Option<f64>,
+    /// Traffic: the server's CPU time per delivery over the same span.
+    pub server_cpu_ns_per_delivery: Option<f64>,
     /// Storm and idle only.
     pub connections: Option<Connections>,
     /// The latency histogram (ns), for the .hgrm and .svg outputs.

@@ -15,6 +15,9 @@ pub enum TargetKind {
     Nats,
     /// redis-server pub/sub over RESP2 (one channel per client).
     Redis,
+    /// The loadgen's own sink (`--sink-listen`): relayhub frames forwarded
+    /// untouched, to measure the loadgen alone.
+    Sink,
 }
 
 impl TargetKind {
@@ -24,6 +27,7 @@ impl TargetKind {
             TargetKind::Relayhub => "relayhub",
             TargetKind::Nats => "nats",
             TargetKind::Redis => "redis",
+            TargetKind::Sink => "sink",
         }
     }
 
@@ -33,6 +37,7 @@ impl TargetKind {
             TargetKind::Relayhub => "relayhub",
             TargetKind::Nats => "nats-server",
             TargetKind::Redis => "redis-server",
+            TargetKind::Sink => "sink",
         }
     }
 
@@ -41,6 +46,7 @@ impl TargetKind {
             TargetKind::Relayhub => 7878,
             TargetKind::Nats => 4222,
             TargetKind::Redis => 6379,
+            TargetKind::Sink => 7880,
         }
     }
 }
@@ -75,6 +81,7 @@ impl Target {
             "relayhub" => TargetKind::Relayhub,
             "nats" => TargetKind::Nats,
             "redis" => TargetKind::Redis,
+            "sink" => TargetKind::Sink,
             _ => return Err(bad("unknown scheme")),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);

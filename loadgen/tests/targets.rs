@@ -201,3 +201,27 @@ fn refused_connection_names_the_fix() {
         format!("nats-server not running on 127.0.0.1:{port}: apt-get install nats-server; nats-server -a 127.0.0.1 -p {port}")
     );
 }
+
+#[test]
+fn sink_traffic_is_clean() {
+    let sink = relayhub_loadgen::sink::Sink::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("sink://{}", sink.local_addr());
+    assert_clean(&loadgen(&format!("--target {url} --clients 16 --window 8")));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 17 --scenario fanout --fanout 16 --body-bytes 1024 --cores 1"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 8 --scenario echo --rate 4000 --body-bytes 0"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 4 --window 4 --body-bytes 1048576"
+    )));
+    assert_clean(&loadgen(&format!(
+        "--target {url} --clients 8 --window 4 --cores 2"
+    )));
+    let idle = loadgen(&format!("--target {url} --clients 100 --scenario idle"));
+    assert_eq!(idle[0].connections.as_ref().unwrap().connected, 100);
+    let stats = sink.stop().unwrap();
+    assert_eq!(stats.refused, 0);
+    assert!(stats.forwarded_bytes > 0);
+}

@@ -82,7 +82,16 @@ pub fn results(summaries: &[Summary]) -> String {
                 "lost/dup/reord",
                 "errors",
                 "cpu loadgen/server",
+                "cpu ns/delivery loadgen/server",
             ];
+            let per_delivery = |s: &Summary| {
+                let ns = |value: Option<f64>| value.map_or("-".into(), |ns| format!("{ns:.0}"));
+                format!(
+                    "{} / {}",
+                    ns(s.loadgen_cpu_ns_per_delivery),
+                    ns(s.server_cpu_ns_per_delivery)
+                )
+            };
             let rows: Vec<Vec<String>> = summaries
                 .iter()
                 .map(|s| {
@@ -101,6 +110,7 @@ pub fn results(summaries: &[Summary]) -> String {
                         ),
                         s.errors.to_string(),
                         cpu(s),
+                        per_delivery(s),
                     ]
                 })
                 .collect();

@@ -1,9 +1,9 @@
 //! The receive side of one connection, whatever the protocol: a buffer the
 //! socket reads into, and the events decoded from it.
 
-use relayhub_protocol::{ClientSide, Decoder};
+use relayhub_protocol::{ClientSide, Decoder, HubSide};
 
-use super::{nats, relayhub, resp, Decoded, Event, WireError, BODY_BYTES_MAX};
+use super::{nats, relayhub, resp, sink, Decoded, Event, WireError, BODY_BYTES_MAX};
 use crate::target::TargetKind;
 
 /// First size of a text receive buffer; it grows for large bodies.
@@ -23,6 +23,8 @@ pub enum Inbound {
     },
     /// relayhub: the protocol crate's aligned, incremental decoder.
     Hub(Box<Decoder<ClientSide>>),
+    /// The sink: client frames forwarded as they were sent (hub-side decoder).
+    Sink(Box<Decoder<HubSide>>),
 }
 
 impl Inbound {
@@ -36,6 +38,7 @@ impl Inbound {
         };
         match kind {
             TargetKind::Relayhub => Inbound::Hub(Box::new(relayhub::new_decoder())),
+            TargetKind::Sink => Inbound::Sink(Box::new(sink::new_decoder())),
             TargetKind::Nats => text(nats::decode as fn(&[u8]) -> Decoded<'_>),
             TargetKind::Redis => text(resp::decode as fn(&[u8]) -> Decoded<'_>),
         }
@@ -45,6 +48,7 @@ impl Inbound {
     pub fn spare(&mut self) -> &mut [u8] {
         match self {
             Inbound::Hub(decoder) => decoder.spare(),
+            Inbound::Sink(decoder) => decoder.spare(),
             Inbound::Text {
                 buf, start, end, ..
             } => {
@@ -71,6 +75,7 @@ impl Inbound {
     pub fn commit(&mut self, len: usize) {
         match self {
             Inbound::Hub(decoder) => decoder.commit(len),
+            Inbound::Sink(decoder) => decoder.commit(len),
             Inbound::Text { buf, end, .. } => {
                 assert!(*end + len <= buf.len(), "commit past spare()");
                 *end += len;
@@ -93,6 +98,7 @@ impl Inbound {
     pub fn next_event(&mut self) -> Result<Option<Event<'_>>, WireError> {
         match self {
             Inbound::Hub(decoder) => relayhub::next_event(decoder),
+            Inbound::Sink(decoder) => sink::next_event(decoder),
             Inbound::Text {
                 buf,
                 start,

@@ -9,6 +9,8 @@ pub mod itoa;
 pub mod nats;
 pub mod relayhub;
 pub mod resp;
+pub mod sink;
+pub mod template;
 
 use std::fmt;
 
