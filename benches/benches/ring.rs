@@ -15,7 +15,9 @@
 //! - `glommio_shared_channel`: glommio's `shared_channel` between two
 //!   `LocalExecutor`s (single items; it has no batch API);
 //! - `mesh_glommio`: relayhub-mesh's async face in the same two executors,
-//!   as the server uses it (`send().await`, `recv_batch(BATCH).await`).
+//!   as the server uses it: `send().await` per item (single), or `try_stage`
+//!   x [`BATCH`] + `publish` with `send().await` only when full (batch);
+//!   the consumer always uses `recv_batch(BATCH).await`.
 //!
 //! Run: `cargo bench -p relayhub-benches --bench ring`. Results and the
 //! machine they came from are in `docs/mesh.md`.
@@ -249,7 +251,11 @@ struct ExecutorPair {
 #[derive(Clone, Copy)]
 enum AsyncChannel {
     GlommioShared,
+    /// `send().await` per item.
     Mesh,
+    /// `try_stage` up to [`BATCH`] items, `publish` once; `send().await`
+    /// only when the ring is full (how a shard forwards a tick's worth).
+    MeshBatched,
 }
 
 impl ExecutorPair {
@@ -287,7 +293,8 @@ impl ExecutorPair {
                 });
                 vec![consumer.unwrap(), producer.unwrap()]
             }
-            AsyncChannel::Mesh => {
+            AsyncChannel::Mesh | AsyncChannel::MeshBatched => {
+                let batched = matches!(channel, AsyncChannel::MeshBatched);
                 let (mut sender, mut receiver) = relayhub_mesh::channel::<u64>(RING_CAPACITY);
                 let consumer = builder(CONSUMER_CORE).spawn(move || async move {
                     while let Ok(messages) = consumer_orders.recv() {
@@ -304,8 +311,26 @@ impl ExecutorPair {
                 let producer = builder(PRODUCER_CORE).spawn(move || async move {
                     while let Ok(messages) = producer_orders.recv() {
                         started_sender.send(Instant::now()).unwrap();
-                        for value in 0..messages {
-                            sender.send(value).await.expect("receiver gone");
+                        if !batched {
+                            for value in 0..messages {
+                                sender.send(value).await.expect("receiver gone");
+                            }
+                            continue;
+                        }
+                        let mut value = 0;
+                        while value < messages {
+                            let batch_end = messages.min(value + BATCH as u64);
+                            while value < batch_end {
+                                if let Err(error) = sender.try_stage(value) {
+                                    assert!(error.is_full(), "receiver gone");
+                                    sender
+                                        .send(error.into_inner())
+                                        .await
+                                        .expect("receiver gone");
+                                }
+                                value += 1;
+                            }
+                            sender.publish();
                         }
                     }
                 });
@@ -375,6 +400,12 @@ fn batches(criterion: &mut Criterion) {
     configure(&mut group);
     group.bench_function("mesh", |bencher| bencher.iter_custom(mesh_batch));
     group.bench_function("rtrb", |bencher| bencher.iter_custom(rtrb_batch));
+    {
+        let pair = ExecutorPair::new(AsyncChannel::MeshBatched);
+        group.bench_function("mesh_glommio", |bencher| {
+            bencher.iter_custom(|messages| pair.transfer(messages))
+        });
+    }
     group.finish();
 }
 
