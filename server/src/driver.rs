@@ -97,9 +97,23 @@ struct Context {
     read_buffer: RefCell<Box<[u8]>>,
     /// True once shutdown started: readers stop, sessions are closed.
     stopping: Cell<bool>,
-    /// Sockets of live connections, to stop their readers at shutdown.
-    sockets: RefCell<std::collections::HashMap<u64, RawFd>>,
+    /// Live connections: their socket (to stop the reader at shutdown or
+    /// when idle) and outbound queue (for the idle sweeper).
+    sockets: RefCell<std::collections::HashMap<u64, (RawFd, Conn)>>,
     next_socket: Cell<u64>,
+    /// When the shard started; `clock_ms` counts from here.
+    started: Instant,
+    /// Coarse shard clock in ms, advanced by the idle sweeper: readers stamp
+    /// activity with it at the cost of a `Cell` read.
+    clock_ms: Cell<u64>,
+}
+
+impl Context {
+    fn tick(&self) -> u64 {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.clock_ms.set(now);
+        now
+    }
 }
 
 /// Runs shard `index` until shutdown completes. Called on the shard's own
@@ -129,6 +143,8 @@ pub async fn run_shard(
         stopping: Cell::new(false),
         sockets: RefCell::new(Default::default()),
         next_socket: Cell::new(0),
+        started: Instant::now(),
+        clock_ms: Cell::new(0),
     });
     // SAFETY: the fd is a listening socket opened for this shard by
     // `startup::listeners` and handed to nobody else.
@@ -145,6 +161,9 @@ pub async fn run_shard(
     if context.config.stats_interval_ms > 0 {
         spawn_local(log_stats(context.clone(), index)).detach();
     }
+    if context.config.idle_timeout_ms > 0 {
+        spawn_local(sweep_idle(context.clone())).detach();
+    }
 
     accept_until_shutdown(&context, listener).await;
     shutdown(&context, index).await;
@@ -159,9 +178,7 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
     let accept_loop = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => {
-                    spawn_local(connection(context.clone(), stream)).detach();
-                }
+                Ok(stream) => start_connection(context, stream),
                 Err(error) => {
                     // Out of fds or memory: log, breathe, keep serving the
                     // connections we have.
@@ -180,7 +197,7 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
 async fn shutdown(context: &Rc<Context>, index: usize) {
     let deadline = Instant::now() + Duration::from_millis(context.config.shutdown_grace_ms);
     context.stopping.set(true);
-    for &fd in context.sockets.borrow().values() {
+    for &(fd, _) in context.sockets.borrow().values() {
         // SAFETY: `fd` is a live connection socket (removed from the map
         // before it is closed); SHUT_RD wakes its reader with end-of-file.
         unsafe { libc::shutdown(fd, libc::SHUT_RD) };
@@ -277,77 +294,108 @@ async fn consume(context: Rc<Context>, mut consumer: Consumer<MeshMessage>) {
     }
 }
 
+/// Bounds of the idle sweeper's period: an idle connection is closed
+/// between `idle_timeout_ms` and `idle_timeout_ms` plus one period after
+/// its last byte.
+const SWEEP_PERIOD_MIN: Duration = Duration::from_millis(10);
+const SWEEP_PERIOD_MAX: Duration = Duration::from_secs(1);
+
+/// Closes connections that sent nothing for the idle timeout. One sweep per
+/// shard instead of a timer per connection: idle connections cost no timer,
+/// and reads never arm or cancel one.
+async fn sweep_idle(context: Rc<Context>) {
+    let timeout_ms = context.config.idle_timeout_ms;
+    let period = (Duration::from_millis(timeout_ms) / 8).clamp(SWEEP_PERIOD_MIN, SWEEP_PERIOD_MAX);
+    loop {
+        sleep(period).await;
+        let now = context.tick();
+        for &(fd, ref conn) in context.sockets.borrow().values() {
+            let mut outbound = conn.borrow_mut();
+            if outbound.state() != OutboundState::Open || now - outbound.activity_ms < timeout_ms {
+                continue;
+            }
+            outbound.close(Some((ErrorCode::IdleTimeout, 0, timeout_ms)));
+            context.stats.idle_timeouts.incr();
+            // SAFETY: `fd` is a live connection socket (it leaves the map
+            // before it is closed); SHUT_RD ends its reader.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+}
+
 /// Why a connection's reader stopped.
 #[derive(Debug)]
 enum ReadEnd {
-    /// The client closed its side.
+    /// The client closed its side (or the hub shut the read side).
     Eof,
     /// A protocol error or slow consumer: the outbound is already closing.
     Closed,
-    /// Nothing arrived for the idle timeout.
-    Idle,
     /// The socket failed.
     Failed(io::Error),
 }
 
-async fn connection(context: Rc<Context>, stream: TcpStream) {
+/// Sets up an accepted connection and spawns its one task (or a refusal).
+fn start_connection(context: &Rc<Context>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    // Bind first: the shard must not stay borrowed across the refusal's write.
     let accepted = context.shard.borrow_mut().accept();
     let conn = match accepted {
         Ok(conn) => conn,
-        Err(code) => return refuse(stream, code, context.config.connections_per_shard_max).await,
+        Err(code) => {
+            let detail = context.config.connections_per_shard_max;
+            spawn_local(refuse(stream, code, detail)).detach();
+            return;
+        }
     };
-    if context.config.idle_timeout_ms > 0 {
-        let _ =
-            stream.set_read_timeout(Some(Duration::from_millis(context.config.idle_timeout_ms)));
-    }
+    conn.borrow_mut().activity_ms = context.clock_ms.get();
     let fd = stream.as_raw_fd();
     let socket = context.next_socket.get();
     context.next_socket.set(socket + 1);
-    context.sockets.borrow_mut().insert(socket, fd);
+    context
+        .sockets
+        .borrow_mut()
+        .insert(socket, (fd, conn.clone()));
     if context.stopping.get() {
         // Accepted in the same instant shutdown began.
         // SAFETY: `fd` is this connection's open socket.
         unsafe { libc::shutdown(fd, libc::SHUT_RD) };
     }
-
-    let stream = Rc::new(RefCell::new(stream));
-    let writer = spawn_local(write_loop(context.clone(), stream.clone(), conn.clone()));
-    let mut session = Session::new(conn.clone());
-    let end = read_loop(&context, &stream, &mut session).await;
-    finish_reading(&context, &session, end);
-    writer.await;
-
-    context.sockets.borrow_mut().remove(&socket);
-    // SAFETY: the socket is still open (the stream is dropped below); this
-    // makes sure the peer sees the end even if the writer gave up early.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-    context.shard.borrow_mut().disconnect(session.user());
+    spawn_local(serve(context.clone(), RefCell::new(stream), conn, socket)).detach();
 }
 
-/// After the reader stops: close the outbound (with the reason) unless a
-/// shutdown will close it once the mesh has drained.
+/// A connection's life: the reader and the writer run side by side in one
+/// task (one allocation per connection); the writer outlives the reader to
+/// flush, and stops the reader by shutting the socket when it fails.
+async fn serve(context: Rc<Context>, stream: RefCell<TcpStream>, conn: Conn, socket: u64) {
+    let fd = stream.borrow().as_raw_fd();
+    let mut session = Session::new(conn.clone());
+    let reader = async {
+        let end = read_loop(&context, &stream, &mut session).await;
+        finish_reading(&context, &session, end);
+        session.user()
+    };
+    let (user, ()) = futures_lite::future::zip(reader, write_loop(&context, &stream, &conn)).await;
+    context.sockets.borrow_mut().remove(&socket);
+    // SAFETY: the socket is still open (`stream` is dropped below); this
+    // makes sure the peer sees the end even if the writer gave up early.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    context.shard.borrow_mut().disconnect(user);
+}
+
+/// After the reader stops: close the outbound unless a shutdown will close
+/// it once the mesh has drained.
 fn finish_reading(context: &Context, session: &Session, end: ReadEnd) {
     let mut conn = session.conn().borrow_mut();
     let user = session.user();
-    if let ReadEnd::Failed(error) = &end {
-        debug!(user, %error, "read failed");
-    }
     match end {
         ReadEnd::Eof | ReadEnd::Failed(_) if context.stopping.get() && user != 0 => {
             // Shutdown: stay reachable until `close_all` closes us.
         }
-        ReadEnd::Eof | ReadEnd::Failed(_) => conn.close(None),
-        ReadEnd::Closed => {}
-        ReadEnd::Idle => {
-            context.stats.idle_timeouts.incr();
-            conn.close(Some((
-                ErrorCode::IdleTimeout,
-                0,
-                context.config.idle_timeout_ms,
-            )));
+        ReadEnd::Eof => conn.close(None),
+        ReadEnd::Failed(error) => {
+            debug!(user, %error, "read failed");
+            conn.close(None);
         }
+        ReadEnd::Closed => {}
     }
     if conn.state() == OutboundState::Closing {
         drop(conn);
@@ -392,9 +440,9 @@ async fn read_loop(
         match read {
             Ok(0) => return ReadEnd::Eof,
             Ok(read) => context.stats.bytes_in.add(read as u64),
-            Err(error) if error.kind() == io::ErrorKind::TimedOut => return ReadEnd::Idle,
             Err(error) => return ReadEnd::Failed(error),
         }
+        session.conn().borrow_mut().activity_ms = context.clock_ms.get();
         let flow = session.process(&mut context.shard.borrow_mut());
         if session.decoder().buffered_len() == 0 {
             session.decoder().release_idle();
@@ -419,7 +467,7 @@ async fn read_loop(
 /// Writes the connection's outbound queue until it is closed and drained,
 /// the socket fails, or a closing queue misses its flush deadline. Then
 /// shuts the socket down, which also stops a reader still waiting.
-async fn write_loop(context: Rc<Context>, stream: Rc<RefCell<TcpStream>>, conn: Conn) {
+async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, conn: &Conn) {
     let fd = stream.borrow().as_raw_fd();
     let flush = Duration::from_millis(context.config.close_flush_ms);
     let mut closing_deadline: Option<Instant> = None;
@@ -442,9 +490,9 @@ async fn write_loop(context: Rc<Context>, stream: Rc<RefCell<TcpStream>>, conn: 
         if conn.borrow().state() == OutboundState::Closing && closing_deadline.is_none() {
             closing_deadline = Some(Instant::now() + flush);
         }
-        let written = match send_queued(fd, &conn) {
+        let written = match send_queued(fd, conn) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                let wait = wait_writable(&stream, &conn);
+                let wait = wait_writable(stream, conn);
                 match closing_deadline {
                     None => wait.await,
                     Some(deadline) => {
@@ -469,7 +517,7 @@ async fn write_loop(context: Rc<Context>, stream: Rc<RefCell<TcpStream>>, conn: 
             }
         }
     }
-    // SAFETY: `fd` belongs to `stream`, which is still open (we hold it).
+    // SAFETY: `fd` belongs to `stream`, which is still open (borrowed).
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 

@@ -46,6 +46,9 @@ pub struct Outbound {
     state: OutboundState,
     /// The writer task, parked until there is something to write.
     writer: Option<Waker>,
+    /// When the client last sent bytes, in the shard clock's milliseconds
+    /// (the idle sweeper compares it with the timeout).
+    pub activity_ms: u64,
 }
 
 impl Outbound {
@@ -58,6 +61,7 @@ impl Outbound {
             bytes_max,
             state: OutboundState::Open,
             writer: None,
+            activity_ms: 0,
         }
     }
 
@@ -100,6 +104,15 @@ impl Outbound {
         }
         self.queued_bytes += frame.len();
         self.frames.push_back(frame);
+        self.wake_writer();
+        Ok(())
+    }
+
+    /// Queues raw bytes that are not a frame (the hub's preface).
+    pub fn push_raw(&mut self, bytes: &[u8]) -> Result<(), PushError> {
+        self.admit(bytes.len())?;
+        self.small.extend_from_slice(bytes);
+        self.queued_bytes += bytes.len();
         self.wake_writer();
         Ok(())
     }
@@ -172,10 +185,16 @@ impl Outbound {
         }
     }
 
-    /// Drops `written` bytes from the front of the queue.
+    /// Drops `written` bytes from the front of the queue. A queue that
+    /// empties gives its buffers back: an idle connection holds none.
     pub fn advance(&mut self, mut written: usize) {
         assert!(written <= self.queued_bytes, "wrote more than was queued");
         self.queued_bytes -= written;
+        if self.queued_bytes == 0 {
+            self.frames = VecDeque::new();
+            self.small = BytesMut::new();
+            return;
+        }
         while written > 0 {
             let Some(front) = self.frames.front_mut() else {
                 self.small.advance(written);

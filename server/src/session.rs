@@ -105,7 +105,7 @@ impl Session {
         let mut conn = self.conn.borrow_mut();
         // A fresh queue takes these two small frames.
         let queued = conn
-            .push_shared(Bytes::from_static(&PREFACE))
+            .push_raw(&PREFACE)
             .and_then(|()| conn.push_message(&Welcome::with_protocol_limits(self.user)));
         debug_assert_eq!(queued, Ok(()));
     }
@@ -125,7 +125,7 @@ impl Session {
             _ => {
                 if self.user == 0 {
                     // Before the welcome the client has not seen our preface.
-                    let _ = conn.push_shared(Bytes::from_static(&PREFACE));
+                    let _ = conn.push_raw(&PREFACE);
                 }
                 conn.close(Some((error.code(), error.request(), error.detail())));
             }
