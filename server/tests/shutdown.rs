@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use common::*;
@@ -53,15 +53,26 @@ fn shutdown_delivers_what_is_queued_then_says_why() {
     );
 }
 
+/// Kills the child hub if the test fails before it exits by itself.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_binary_exits_zero_on_sigterm_after_delivering() {
-    let mut hub = Command::new(env!("CARGO_BIN_EXE_relayhub"))
+    let hub = Command::new(env!("CARGO_BIN_EXE_relayhub"))
         .args(["--listen", "127.0.0.1:0", "--shards", "2", "--pin", "false"])
         .env("RELAYHUB_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("relayhub starts");
-    let mut log = BufReader::new(hub.stderr.take().unwrap());
+    let mut hub = KillOnDrop(hub);
+    let mut log = BufReader::new(hub.0.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
         assert_ne!(
@@ -83,12 +94,12 @@ fn the_binary_exits_zero_on_sigterm_after_delivering() {
     sender.flush().unwrap();
     sender.echo(b"barrier").unwrap();
     // SAFETY: kill sends a signal to the child we started.
-    unsafe { libc::kill(hub.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(hub.0.id() as i32, libc::SIGTERM) };
     assert_eq!(
         drain_until_closed(&mut receiver),
         (500, ErrorCode::ShuttingDown)
     );
-    let status = hub.wait().unwrap();
+    let status = hub.0.wait().unwrap();
     assert!(status.success(), "exit status {status}");
     let rest: String = log
         .lines()
