@@ -192,6 +192,9 @@ impl<R: Role> Decoder<R> {
             Err(DecodeError::Incomplete { .. }) => return Ok(None),
             Err(error) => return Err(self.fail(error)),
         };
+        if !R::accepts(header.kind) {
+            return Err(self.fail(DecodeError::UnknownKind { kind: header.kind }));
+        }
         let frame_len = header.frame_len();
         if self.end - self.start < frame_len {
             return Ok(None);

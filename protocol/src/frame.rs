@@ -157,6 +157,10 @@ pub trait Role {
 
     /// Validates `archive` as a frame of `kind` and checks protocol limits.
     fn parse(kind: u16, archive: &[u8]) -> Result<Self::Frame<'_>, DecodeError>;
+
+    /// True for the kinds this side accepts: lets a decoder refuse an
+    /// unknown kind as soon as the header is in, before buffering the frame.
+    fn accepts(kind: u16) -> bool;
 }
 
 /// The hub's side: decodes what clients send.
@@ -194,6 +198,10 @@ fn check_limit(request: u64, limit: Limit, value: usize, max: usize) -> Result<(
 impl Role for HubSide {
     type Frame<'a> = ClientFrame<'a>;
 
+    fn accepts(kind: u16) -> bool {
+        matches!(kind, kind::ECHO | kind::IDENTITY | kind::LIST | kind::RELAY)
+    }
+
     fn parse(kind: u16, archive: &[u8]) -> Result<ClientFrame<'_>, DecodeError> {
         match kind {
             kind::ECHO => {
@@ -223,6 +231,10 @@ impl Role for HubSide {
 
 impl Role for ClientSide {
     type Frame<'a> = HubFrame<'a>;
+
+    fn accepts(kind: u16) -> bool {
+        (kind::WELCOME..=kind::ERROR).contains(&kind)
+    }
 
     fn parse(kind: u16, archive: &[u8]) -> Result<HubFrame<'_>, DecodeError> {
         match kind {

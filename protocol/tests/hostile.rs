@@ -226,6 +226,20 @@ fn bad_headers_are_fatal() {
 }
 
 #[test]
+fn unknown_kind_is_refused_from_its_header_alone() {
+    let mut decoder = Decoder::<HubSide>::after_preface();
+    decoder.handle_bytes(&header(FRAME_BYTES_MAX as u32, 99, 0));
+    assert_eq!(
+        decoder.poll_frame().unwrap_err(),
+        DecodeError::UnknownKind { kind: 99 }
+    );
+    assert!(
+        decoder.capacity() <= READ_CHUNK_BYTES,
+        "nothing buffered for it"
+    );
+}
+
+#[test]
 fn archive_that_fails_validation_is_malformed() {
     // A relay whose body vector points far outside the archive.
     let mut wire = BytesMut::new();
