@@ -42,6 +42,11 @@ const BATCH: usize = 32;
 /// io_uring registered-buffer memory per glommio executor: small, because
 /// RLIMIT_MEMLOCK is 8 MiB on the bench machine (glommio's default is 10).
 const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
+/// How long the `*_spin` glommio variants spin before parking an idle
+/// executor (`LocalExecutorBuilder::spin_before_park`): parking and waking a
+/// whole executor from another core costs microseconds, which an executor
+/// that idles between bursts pays per burst unless it spins a little first.
+const GLOMMIO_SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// Pins the calling thread to `core`; a machine without it just runs unpinned.
 fn pin_to_core(core: usize) {
@@ -259,13 +264,18 @@ enum AsyncChannel {
 }
 
 impl ExecutorPair {
-    fn new(channel: AsyncChannel) -> Self {
+    fn new(channel: AsyncChannel, spin_before_park: Option<Duration>) -> Self {
         let (to_producer, producer_orders) = mpsc::channel::<u64>();
         let (to_consumer, consumer_orders) = mpsc::channel::<u64>();
         let (started_sender, started) = mpsc::channel();
         let (finished_sender, finished) = mpsc::channel();
         let builder = |core| {
-            LocalExecutorBuilder::new(Placement::Fixed(core)).io_memory(GLOMMIO_IO_MEMORY_BYTES)
+            let builder = LocalExecutorBuilder::new(Placement::Fixed(core))
+                .io_memory(GLOMMIO_IO_MEMORY_BYTES);
+            match spin_before_park {
+                Some(spin) => builder.spin_before_park(spin),
+                None => builder,
+            }
         };
         let executors = match channel {
             AsyncChannel::GlommioShared => {
@@ -372,6 +382,21 @@ fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group.measurement_time(Duration::from_secs(3));
 }
 
+/// Benches `channel` between two glommio executors, once with default
+/// executors (`name`) and once spinning before parking (`name_spin`).
+fn bench_executors(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    channel: AsyncChannel,
+) {
+    for (suffix, spin) in [("", None), ("_spin", Some(GLOMMIO_SPIN_BEFORE_PARK))] {
+        let pair = ExecutorPair::new(channel, spin);
+        group.bench_function(format!("{name}{suffix}"), |bencher| {
+            bencher.iter_custom(|messages| pair.transfer(messages))
+        });
+    }
+}
+
 fn single_items(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("ring/single");
     configure(&mut group);
@@ -380,18 +405,12 @@ fn single_items(criterion: &mut Criterion) {
     group.bench_function("crossbeam_array_queue", |bencher| {
         bencher.iter_custom(crossbeam_array_queue)
     });
-    {
-        let pair = ExecutorPair::new(AsyncChannel::GlommioShared);
-        group.bench_function("glommio_shared_channel", |bencher| {
-            bencher.iter_custom(|messages| pair.transfer(messages))
-        });
-    }
-    {
-        let pair = ExecutorPair::new(AsyncChannel::Mesh);
-        group.bench_function("mesh_glommio", |bencher| {
-            bencher.iter_custom(|messages| pair.transfer(messages))
-        });
-    }
+    bench_executors(
+        &mut group,
+        "glommio_shared_channel",
+        AsyncChannel::GlommioShared,
+    );
+    bench_executors(&mut group, "mesh_glommio", AsyncChannel::Mesh);
     group.finish();
 }
 
@@ -400,12 +419,7 @@ fn batches(criterion: &mut Criterion) {
     configure(&mut group);
     group.bench_function("mesh", |bencher| bencher.iter_custom(mesh_batch));
     group.bench_function("rtrb", |bencher| bencher.iter_custom(rtrb_batch));
-    {
-        let pair = ExecutorPair::new(AsyncChannel::MeshBatched);
-        group.bench_function("mesh_glommio", |bencher| {
-            bencher.iter_custom(|messages| pair.transfer(messages))
-        });
-    }
+    bench_executors(&mut group, "mesh_glommio", AsyncChannel::MeshBatched);
     group.finish();
 }
 

@@ -4,7 +4,7 @@ use std::future::poll_fn;
 use std::task::Poll;
 
 use crate::doorbell::Armed;
-use crate::ring::Shared;
+use crate::ring::{Shared, PRODUCER_WAKE_FREE_DIVISOR};
 use crate::sync::{Arc, Ordering};
 use crate::TryRecvError;
 
@@ -225,7 +225,17 @@ impl<T> Consumer<T> {
     }
 
     /// Hands every slot read so far back to the producer with one `Release`
-    /// store, then rings the producer's doorbell in case it waits for room.
+    /// store, then, once enough slots are free, rings the producer's doorbell
+    /// in case it waits for room.
+    ///
+    /// The threshold (hysteresis) keeps a producer parked on a full ring from
+    /// being woken for every batch the consumer frees, only to fill those few
+    /// slots and park again: each wake of another executor costs microseconds.
+    /// No wake-up is lost: the producer parks only when its re-check finds the
+    /// ring full, so while it sleeps the consumer keeps freeing slots until the
+    /// threshold is reached or the ring is empty (all free), and then rings.
+    /// Free slots are counted against `tail_cached`, which is never ahead of
+    /// the real tail, so the count errs toward ringing.
     #[inline(always)]
     fn release(&mut self) {
         self.check_invariants();
@@ -233,7 +243,10 @@ impl<T> Consumer<T> {
         // load of `head` that lets it overwrite them.
         self.shared.head.store(self.head_next, Ordering::Release);
         self.head_released = self.head_next;
-        self.shared.producer_bell.ring();
+        let free = self.capacity() - self.tail_cached.wrapping_sub(self.head_next);
+        if free >= self.capacity() / PRODUCER_WAKE_FREE_DIVISOR {
+            self.shared.producer_bell.ring();
+        }
     }
 
     #[inline(always)]

@@ -55,7 +55,7 @@ pub use cache_padded::CACHE_PADDING_BYTES;
 pub use consumer::Consumer;
 pub use error::{Closed, TryRecvError, TrySendError};
 pub use producer::Producer;
-pub use ring::{channel, RING_CAPACITY_MAX, RING_CAPACITY_MIN};
+pub use ring::{channel, PRODUCER_WAKE_FREE_DIVISOR, RING_CAPACITY_MAX, RING_CAPACITY_MIN};
 
 #[cfg(all(test, not(loom)))]
 mod tests;

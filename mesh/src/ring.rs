@@ -16,6 +16,14 @@ pub const RING_CAPACITY_MIN: usize = 2;
 /// ring, and the hub has one ring per ordered pair of shards.
 pub const RING_CAPACITY_MAX: usize = 1 << 16;
 
+/// A consumer wakes a producer parked on a full ring only once at least
+/// `capacity / PRODUCER_WAKE_FREE_DIVISOR` slots are free (half the ring), so
+/// the producer wakes to a useful amount of room rather than to every batch
+/// the consumer frees. With capacity 2 that is 1 slot: every release rings.
+/// A consumer that stops receiving with fewer slots free leaves the producer
+/// asleep until it receives again (or drops, which always rings).
+pub const PRODUCER_WAKE_FREE_DIVISOR: usize = 2;
+
 /// Creates a bounded single-producer single-consumer ring.
 ///
 /// `capacity` is rounded up to a power of two, and to at least

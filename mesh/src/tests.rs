@@ -348,3 +348,22 @@ fn both_ends_can_move_to_another_thread() {
     assert_send(&producer);
     assert_send(&consumer);
 }
+
+#[test]
+fn a_parked_producer_is_woken_only_once_half_the_ring_is_free() {
+    let (mut producer, mut consumer) = channel::<u32>(8);
+    let (wakes, waker) = counting_waker();
+    let mut context = Context::from_waker(&waker);
+    for value in 0..8 {
+        producer.try_send(value).unwrap();
+    }
+    let mut send = pin!(producer.send(8));
+    assert_eq!(send.as_mut().poll(&mut context), Poll::Pending);
+    for expected in 0..3 {
+        assert_eq!(consumer.try_recv(), Ok(expected));
+    }
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "3 of 8 free: below the threshold");
+    assert_eq!(consumer.try_recv(), Ok(3));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "4 of 8 free: rings");
+    assert_eq!(send.as_mut().poll(&mut context), Poll::Ready(Ok(())));
+}

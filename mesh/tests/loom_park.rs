@@ -35,6 +35,29 @@ fn consumer_and_producer_park_and_are_woken() {
 }
 
 #[test]
+fn producer_parked_on_a_full_ring_is_woken_at_half_free() {
+    support::check(|| {
+        const ITEMS: usize = 5;
+        // Capacity 4: the fifth send parks; it is rung only once 2 slots are free.
+        let (mut producer, mut consumer) = channel::<usize>(4);
+        let sender = thread::spawn(move || {
+            block_on(async move {
+                for value in 0..ITEMS {
+                    producer.send(value).await.expect("consumer gone early");
+                }
+            })
+        });
+        block_on(async move {
+            for expected in 0..ITEMS {
+                assert_eq!(consumer.recv().await, Some(expected));
+            }
+            assert_eq!(consumer.recv().await, None);
+        });
+        sender.join().unwrap();
+    });
+}
+
+#[test]
 fn batch_receiver_parks_and_is_woken_by_a_batch_publish() {
     support::check(|| {
         let (mut producer, mut consumer) = channel::<usize>(2);
