@@ -362,7 +362,11 @@ fn a_parked_producer_is_woken_only_once_half_the_ring_is_free() {
     for expected in 0..3 {
         assert_eq!(consumer.try_recv(), Ok(expected));
     }
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "3 of 8 free: below the threshold");
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        0,
+        "3 of 8 free: below the threshold"
+    );
     assert_eq!(consumer.try_recv(), Ok(3));
     assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "4 of 8 free: rings");
     assert_eq!(send.as_mut().poll(&mut context), Poll::Ready(Ok(())));
