@@ -163,15 +163,23 @@ impl<R: Role> Decoder<R> {
         self.end += len;
     }
 
-    /// Appends `bytes` (a convenience for callers that already own them).
-    pub fn handle_bytes(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let spare = self.spare();
-            let take = spare.len().min(bytes.len());
-            spare[..take].copy_from_slice(&bytes[..take]);
-            self.commit(take);
-            bytes = &bytes[take..];
-        }
+    /// Appends `bytes` (for callers that read into a buffer of their own,
+    /// such as one shared by many connections). Grows the buffer only to
+    /// what it must hold, so small reads stay cheap.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) {
+        self.consume_returned();
+        let pending = self.end - self.start;
+        let needed = pending + bytes.len();
+        // Geometric growth while bytes pile up unpolled: linear total copying.
+        let wanted = if pending > 0 && needed > self.buf.capacity() {
+            needed.max(doubled_within_bound(self.buf.capacity()))
+        } else {
+            needed
+        };
+        self.make_room(wanted);
+        let end = self.end;
+        self.buf.bytes_mut()[end..end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// The next complete frame, if one is buffered.
