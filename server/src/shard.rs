@@ -14,7 +14,8 @@ use std::{
 
 use bytes::Bytes;
 use relayhub_protocol::{
-    encode_deliver, ArchivedUserId, ErrorCode, ListReplyRef, LIST_PAGE_USERS_MAX, RECEIVERS_MAX,
+    encode_deliver, ArchivedUserId, DeliverRef, ErrorCode, ListReplyRef, LIST_PAGE_USERS_MAX,
+    RECEIVERS_MAX,
 };
 
 use crate::{
@@ -97,6 +98,21 @@ struct PendingList {
     limit: usize,
     users: Vec<u64>,
     answers_missing: usize,
+}
+
+/// Largest body a 1:1 local relay encodes straight into the receiver's
+/// queue (a copy into its reply buffer, no allocation) instead of a shared
+/// `Bytes` of its own. Bigger bodies get their own buffer, which the queue
+/// can hand to the kernel without growing the reply buffer.
+pub const INLINE_DELIVER_BYTES_MAX: usize = 4096;
+
+/// A delivery on its way into a local receiver's queue.
+#[derive(Clone, Copy)]
+enum Delivery<'a> {
+    /// The relay's shared `Deliver` frame.
+    Shared(&'a Bytes),
+    /// A small 1:1 delivery, encoded in place.
+    Inline(DeliverRef<'a>),
 }
 
 /// Mesh messages waiting in one shard's outbox beyond which its readers
@@ -207,12 +223,17 @@ impl Shard {
         if receivers.is_empty() {
             return;
         }
-        let frame = encode_deliver(from, body).expect("body within limits");
         if let [receiver] = receivers {
             let receiver = receiver.to_native();
             let target = owner(receiver, self.shards);
+            if target == self.index && body.len() <= INLINE_DELIVER_BYTES_MAX {
+                let delivery = Delivery::Inline(DeliverRef { from, body });
+                self.deliver_local(from, request, receiver, delivery);
+                return;
+            }
+            let frame = encode_deliver(from, body).expect("body within limits");
             if target == self.index {
-                self.deliver_local(from, request, receiver, &frame);
+                self.deliver_local(from, request, receiver, Delivery::Shared(&frame));
             } else {
                 let receivers = Receivers::One(receiver);
                 self.send_mesh(
@@ -227,12 +248,13 @@ impl Shard {
             }
             return;
         }
+        let frame = encode_deliver(from, body).expect("body within limits");
         let mut route = std::mem::take(&mut self.route);
         for receiver in receivers {
             let receiver = receiver.to_native();
             let target = owner(receiver, self.shards);
             if target == self.index {
-                self.deliver_local(from, request, receiver, &frame);
+                self.deliver_local(from, request, receiver, Delivery::Shared(&frame));
             } else {
                 route[target].push(receiver);
             }
@@ -257,10 +279,11 @@ impl Shard {
         self.route = route;
     }
 
-    fn deliver_local(&mut self, from: u64, request: u64, receiver: u64, frame: &Bytes) {
-        let pushed = match self.table.get(&receiver) {
-            None => Err(PushError::Closing),
-            Some(conn) => conn.borrow_mut().push_shared(frame.clone()),
+    fn deliver_local(&mut self, from: u64, request: u64, receiver: u64, delivery: Delivery<'_>) {
+        let pushed = match (self.table.get(&receiver), delivery) {
+            (None, _) => Err(PushError::Closing),
+            (Some(conn), Delivery::Shared(frame)) => conn.borrow_mut().push_shared(frame.clone()),
+            (Some(conn), Delivery::Inline(deliver)) => conn.borrow_mut().push_message(&deliver),
         };
         match pushed {
             Ok(()) => self.stats.deliveries.incr(),
@@ -399,7 +422,7 @@ impl Shard {
                 receivers,
             } => {
                 for &receiver in receivers.as_slice() {
-                    self.deliver_local(from, request, receiver, &frame);
+                    self.deliver_local(from, request, receiver, Delivery::Shared(&frame));
                 }
             }
             MeshMessage::Report {
@@ -486,5 +509,143 @@ impl Shard {
             conn.borrow_mut().close(Some((code, 0, 0)));
         }
         count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayhub_protocol::{
+        decode_frame, rkyv::util::AlignedVec, ClientSide, HubMessage, RelayRef,
+    };
+
+    /// Everything queued on `conn`, decoded.
+    fn queued(conn: &Conn) -> Vec<HubMessage> {
+        let mut bytes = AlignedVec::<16>::new();
+        let mut outbound = conn.borrow_mut();
+        let mut slices = Vec::new();
+        outbound.slices(&mut slices);
+        let written: usize = slices.iter().map(|s| s.len()).sum();
+        for slice in &slices {
+            bytes.extend_from_slice(slice);
+        }
+        drop(slices);
+        outbound.advance(written);
+        let mut messages = Vec::new();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let (frame, len) = decode_frame::<ClientSide>(&bytes[offset..]).expect("valid frames");
+            messages.push(frame.to_owned());
+            offset += len;
+        }
+        messages
+    }
+
+    fn relay(shard: &mut Shard, from: u64, receivers: &[u64], body: &[u8]) {
+        // Go through a real archive so the receivers are archived ids.
+        let mut wire = bytes::BytesMut::new();
+        relayhub_protocol::encode(
+            &RelayRef {
+                request: 9,
+                receivers,
+                body,
+            },
+            &mut wire,
+        )
+        .unwrap();
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&wire);
+        let (frame, _) = decode_frame::<relayhub_protocol::HubSide>(&aligned).unwrap();
+        let relayhub_protocol::ClientFrame::Relay(archived) = frame else {
+            unreachable!()
+        };
+        shard.relay(
+            from,
+            9,
+            archived.receivers.as_slice(),
+            archived.body.as_slice(),
+        );
+    }
+
+    fn shard_with(limit: usize, users: usize) -> (Shard, Vec<(u64, Conn)>) {
+        let mut shard = Shard::new(0, 1, 100, limit, Arc::default());
+        let conns = (0..users)
+            .map(|_| {
+                let conn = shard.accept().unwrap();
+                (shard.register(&conn), conn)
+            })
+            .collect();
+        (shard, conns)
+    }
+
+    #[test]
+    fn inline_and_shared_deliveries_decode_the_same() {
+        let (mut shard, conns) = shard_with(1 << 20, 3);
+        let (sender, receiver, other) = (conns[0].0, conns[1].0, conns[2].0);
+        let small = vec![1u8; INLINE_DELIVER_BYTES_MAX];
+        let large = vec![2u8; INLINE_DELIVER_BYTES_MAX + 1];
+        relay(&mut shard, sender, &[receiver], &small);
+        relay(&mut shard, sender, &[receiver], &large);
+        relay(&mut shard, sender, &[receiver, other], &small);
+        let expected = |body: &Vec<u8>| {
+            HubMessage::Deliver(relayhub_protocol::Deliver {
+                from: sender,
+                body: body.clone(),
+            })
+        };
+        assert_eq!(
+            queued(&conns[1].1),
+            [expected(&small), expected(&large), expected(&small)]
+        );
+        assert_eq!(queued(&conns[2].1), [expected(&small)]);
+        assert_eq!(shard.stats().deliveries.get(), 4);
+    }
+
+    #[test]
+    fn overflow_cuts_the_receiver_off_and_tells_the_sender() {
+        let (mut shard, conns) = shard_with(1000, 2);
+        let (sender, receiver) = (conns[0].0, conns[1].0);
+        relay(&mut shard, sender, &[receiver], &[0; 600]);
+        relay(&mut shard, sender, &[receiver], &[0; 600]);
+        relay(&mut shard, sender, &[receiver], &[0; 600]);
+        let errors: Vec<(u16, u64)> = queued(&conns[0].1)
+            .into_iter()
+            .map(|m| match m {
+                HubMessage::Error(e) => (e.code, e.detail),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (ErrorCode::ReceiverDropped.to_wire(), receiver),
+                (ErrorCode::UnknownReceiver.to_wire(), receiver),
+            ]
+        );
+        let cut = queued(&conns[1].1);
+        assert!(
+            matches!(cut.last(), Some(HubMessage::Error(e)) if e.code == ErrorCode::SlowConsumer.to_wire())
+        );
+        assert_eq!(shard.stats().slow_consumers.get(), 1);
+        assert_eq!(shard.connected(), 1);
+    }
+
+    #[test]
+    fn list_pages_exclude_the_caller_and_say_when_more_follow() {
+        let (mut shard, conns) = shard_with(1 << 20, 6);
+        let ids: Vec<u64> = conns.iter().map(|(id, _)| *id).collect();
+        shard.list(ids[0], 1, 0, 3);
+        shard.list(ids[0], 2, ids[3], 3);
+        let pages: Vec<(Vec<u64>, bool)> = queued(&conns[0].1)
+            .into_iter()
+            .map(|m| match m {
+                HubMessage::ListReply(r) => (r.users, r.more),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pages,
+            [(ids[1..4].to_vec(), true), (ids[4..6].to_vec(), false)]
+        );
     }
 }
