@@ -367,8 +367,8 @@ fn start_connection(context: &Rc<Context>, stream: TcpStream) {
 /// flush, and stops the reader by shutting the socket when it fails.
 async fn serve(context: Rc<Context>, stream: RefCell<TcpStream>, conn: Conn, socket: u64) {
     let fd = stream.borrow().as_raw_fd();
-    let mut session = Session::new(conn.clone());
     let reader = async {
+        let mut session = Session::new(conn.clone());
         let end = read_loop(&context, &stream, &mut session).await;
         finish_reading(&context, &session, end);
         session.user()
@@ -491,19 +491,12 @@ async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, conn: &Conn)
             closing_deadline = Some(Instant::now() + flush);
         }
         let written = match send_queued(fd, conn) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                let wait = wait_writable(stream, conn);
-                match closing_deadline {
-                    None => wait.await,
-                    Some(deadline) => {
-                        let timeout = async {
-                            sleep(deadline.saturating_duration_since(Instant::now())).await;
-                            Err(io::ErrorKind::TimedOut.into())
-                        };
-                        futures_lite::future::or(wait, timeout).await
-                    }
-                }
-            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => match closing_deadline {
+                None => wait_writable(stream, conn).await,
+                // Only closing connections race a timer: boxed, so the
+                // future every connection carries stays small.
+                Some(deadline) => Box::pin(wait_writable_until(stream, conn, deadline)).await,
+            },
             other => other,
         };
         match written {
@@ -519,6 +512,19 @@ async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, conn: &Conn)
     }
     // SAFETY: `fd` belongs to `stream`, which is still open (borrowed).
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// [`wait_writable`], giving up at `deadline`.
+async fn wait_writable_until(
+    stream: &RefCell<TcpStream>,
+    conn: &Conn,
+    deadline: Instant,
+) -> io::Result<usize> {
+    let timeout = async {
+        sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Err(io::ErrorKind::TimedOut.into())
+    };
+    futures_lite::future::or(wait_writable(stream, conn), timeout).await
 }
 
 /// One vectored, non-blocking write of the queue's front.
