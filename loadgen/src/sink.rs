@@ -39,6 +39,11 @@ const INPUT_BYTES: usize = 64 * 1024;
 /// consumer (a closed-loop load never gets near it).
 const OUTBOUND_BYTES_MAX: usize = 256 << 20;
 
+/// Forwarded runs of at least this many bytes go straight from the input
+/// buffer to an idle receiver's socket (no copy into its outbound buffer);
+/// smaller ones are queued so that one `send` carries many.
+const DIRECT_SEND_BYTES: usize = 64 * 1024;
+
 /// How often the loop looks at its stop flag and deadline.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -206,7 +211,16 @@ impl SinkLoop {
                     if conn.input.is_empty() {
                         conn.input = vec![0; INPUT_BYTES];
                     }
-                    &mut conn.input[conn.filled..]
+                    // Inside a large frame, read only up to its end: it is
+                    // then forwarded whole from the start of the buffer,
+                    // with no partial next frame to move to the front.
+                    let end = match FrameHeader::check(&conn.input[..conn.filled]) {
+                        Ok(header) if header.frame_len() > DIRECT_SEND_BYTES => {
+                            header.frame_len().min(conn.input.len())
+                        }
+                        _ => conn.input.len(),
+                    };
+                    &mut conn.input[conn.filled..end]
                 }
             };
             let room = buffer.len();
@@ -309,8 +323,22 @@ impl SinkLoop {
             for &(target, generation) in &routes {
                 match self.slots[target].as_mut() {
                     Some(to) if to.generation == generation => {
-                        to.out.extend_from_slice(&input[..complete]);
                         self.stats.forwarded_bytes += complete as u64;
+                        let mut sent = 0;
+                        if complete >= DIRECT_SEND_BYTES && to.out.is_empty() && !to.blocked {
+                            match poll::send(to.stream.as_raw_fd(), &input[..complete]) {
+                                Ok(Io::Done(written)) => sent = written,
+                                Ok(Io::WouldBlock) => {}
+                                Err(_) => {
+                                    self.close(target, false);
+                                    continue;
+                                }
+                            }
+                        }
+                        if sent == complete {
+                            continue;
+                        }
+                        to.out.extend_from_slice(&input[sent..complete]);
                         if to.out.len() - to.out_pos > OUTBOUND_BYTES_MAX {
                             self.close(target, true);
                         } else {
