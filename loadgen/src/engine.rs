@@ -167,6 +167,8 @@ pub struct ExecutorResult {
     pub connected: u64,
     /// Storm: ns from the start to the last connection ready.
     pub connect_ns: u64,
+    /// Open loop: how late messages were sent (actual minus scheduled, ns).
+    pub send_lag: Option<Histogram<u64>>,
 }
 
 /// Runs executor `index`'s part of a run: connects, waits for the start,

@@ -73,6 +73,11 @@ impl BodyTemplate {
         &self.bytes
     }
 
+    /// The whole body as last stamped.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// The filler after the header: the same for every message.
     pub fn tail(&self) -> &[u8] {
         &self.bytes[HEADER_BYTES..]

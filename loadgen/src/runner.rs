@@ -158,6 +158,12 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         total.errors += result.errors;
         total.connected += result.connected;
         total.connect_ns = total.connect_ns.max(result.connect_ns);
+        if let Some(lag) = result.send_lag {
+            match total.send_lag.as_mut() {
+                Some(sum) => sum.add(&lag).expect("same bounds"),
+                None => total.send_lag = Some(lag),
+            }
+        }
         for sample in result.error_samples {
             if total.error_samples.len() < crate::engine::ERROR_SAMPLES_MAX {
                 total.error_samples.push(sample);
@@ -208,6 +214,7 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         server_cpu_percent: None,
         loadgen_cpu_ns_per_delivery: None,
         server_cpu_ns_per_delivery: None,
+        send_lag: total.send_lag.as_ref().map(Percentiles::of),
         connections,
         histogram,
     }

@@ -114,6 +114,10 @@ pub struct Summary {
     pub loadgen_cpu_ns_per_delivery: Option<f64>,
     /// Traffic: the server's CPU time per delivery over the same span.
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Open loop: how late the loadgen sent messages (actual minus
+    /// scheduled send time), measured messages only. Small next to the
+    /// latencies: the loadgen kept the schedule.
+    pub send_lag: Option<Percentiles>,
     /// Storm and idle only.
     pub connections: Option<Connections>,
     /// The latency histogram (ns), for the .hgrm and .svg outputs.

@@ -210,9 +210,15 @@ fn sink_traffic_is_clean() {
     assert_clean(&loadgen(&format!(
         "--target {url} --clients 17 --scenario fanout --fanout 16 --body-bytes 1024 --cores 1"
     )));
-    assert_clean(&loadgen(&format!(
+    let open = loadgen(&format!(
         "--target {url} --clients 8 --scenario echo --rate 4000 --body-bytes 0"
-    )));
+    ));
+    assert_clean(&open);
+    let lag = open[0]
+        .send_lag
+        .as_ref()
+        .expect("open loop reports its send lag");
+    assert!(lag.count > 0 && lag.count <= open[0].sent, "{lag:?}");
     assert_clean(&loadgen(&format!(
         "--target {url} --clients 4 --window 4 --body-bytes 1048576"
     )));

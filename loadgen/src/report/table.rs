@@ -70,7 +70,7 @@ pub fn results(summaries: &[Summary]) -> String {
     };
     match first.scenario {
         Scenario::Traffic(_) => {
-            let header = [
+            let mut header = vec![
                 "target",
                 "deliveries/s",
                 "MB/s",
@@ -92,10 +92,14 @@ pub fn results(summaries: &[Summary]) -> String {
                     ns(s.server_cpu_ns_per_delivery)
                 )
             };
+            let open = matches!(first.load, crate::config::Load::Open { .. });
+            if open {
+                header.push("loadgen send lag p50/p99");
+            }
             let rows: Vec<Vec<String>> = summaries
                 .iter()
                 .map(|s| {
-                    vec![
+                    let mut row = vec![
                         s.target.clone(),
                         format_count(s.deliveries_per_s),
                         format!("{:.1}", s.megabytes_per_s),
@@ -111,7 +115,13 @@ pub fn results(summaries: &[Summary]) -> String {
                         s.errors.to_string(),
                         cpu(s),
                         per_delivery(s),
-                    ]
+                    ];
+                    if open {
+                        row.push(s.send_lag.as_ref().map_or("-".into(), |lag| {
+                            format!("{} / {}", format_us(lag.p50_us), format_us(lag.p99_us))
+                        }));
+                    }
+                    row
                 })
                 .collect();
             markdown(&header, &rows)

@@ -31,6 +31,9 @@ pub struct Template {
     request_in_prefix: Option<usize>,
     /// The body length this template is for.
     body_len: usize,
+    /// The whole message with the run's body (see [`fill`](Self::fill)),
+    /// for [`write_stamped`](Self::write_stamped).
+    whole: Vec<u8>,
 }
 
 const REQUEST_A: u64 = 0x1122_3344_5566_7788;
@@ -89,6 +92,7 @@ impl Template {
                 .filter(|&at| at >= body_end)
                 .map(|at| at - body_end),
             body_len,
+            whole: Vec::new(),
         };
         // Check against a third, independent encoding.
         let body_c = body_pattern(body_len, 77);
@@ -116,6 +120,35 @@ impl Template {
         if let Some(at) = self.request_in_suffix {
             let at = start + self.prefix.len() + self.body_len + at;
             out[at..at + 8].copy_from_slice(&request);
+        }
+    }
+
+    /// Stores the whole message with `body`, whose bytes after a head
+    /// every message rewrites are the same for the whole run.
+    pub fn fill(&mut self, body: &[u8]) {
+        assert_eq!(body.len(), self.body_len, "template body length");
+        let mut whole = BytesMut::new();
+        self.write(&mut whole, 0, body);
+        self.whole = whole.to_vec();
+    }
+
+    /// Appends the message whose body is the [`fill`](Self::fill) body with
+    /// its first bytes replaced by `head`: one copy and two patches.
+    #[inline]
+    pub fn write_stamped(&self, out: &mut BytesMut, request: u64, head: &[u8]) {
+        debug_assert_eq!(self.whole.len(), self.len(), "fill() first");
+        let start = out.len();
+        out.extend_from_slice(&self.whole);
+        let message = &mut out[start..];
+        let body_at = self.prefix.len();
+        message[body_at..body_at + head.len()].copy_from_slice(head);
+        let request = request.to_le_bytes();
+        if let Some(at) = self.request_in_prefix {
+            message[at..at + 8].copy_from_slice(&request);
+        }
+        if let Some(at) = self.request_in_suffix {
+            let at = body_at + self.body_len + at;
+            message[at..at + 8].copy_from_slice(&request);
         }
     }
 
@@ -170,6 +203,11 @@ mod tests {
             template.write(&mut got, request, &body);
             assert_eq!(&got[3..], &expected[..], "request {request}");
             assert_eq!(template.len(), expected.len());
+            let mut filled = template.clone();
+            filled.fill(&body);
+            let mut stamped = BytesMut::new();
+            filled.write_stamped(&mut stamped, request, &body[..body_len / 2]);
+            assert_eq!(stamped, expected, "stamped, request {request}");
             let mut split = BytesMut::new();
             template.write_head(&mut split, request, &body[..body_len / 2]);
             split.extend_from_slice(&body[body_len / 2..]);
