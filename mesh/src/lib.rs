@@ -21,8 +21,11 @@
 //! # Departures from the API agreed in issue 3
 //!
 //! Additions only: [`Producer::staged`], [`Consumer::capacity`] and
-//! [`Consumer::is_closed`] (a batch receive of 0 is otherwise ambiguous).
-//! [`Consumer::recv_batch`] panics when `max` is 0.
+//! [`Consumer::is_closed`] (a batch receive of 0 is otherwise ambiguous), and
+//! [`PRODUCER_WAKE_FREE_DIVISOR`]: a producer parked on a full ring is woken
+//! once half the ring is free, not after every freed batch.
+//! [`Consumer::recv_batch`] panics when `max` is 0. Dropping a `send` future
+//! before it completes drops its item.
 //!
 //! # Example
 //!
