@@ -82,6 +82,13 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_STATS_INTERVAL_MS", default_value_t = 0)]
     pub stats_interval_ms: u64,
 
+    /// Microseconds a shard with nothing to do spins before it sleeps in
+    /// io_uring. Waking a sleeping shard from another core (a cross-shard
+    /// relay) costs tens of microseconds or more; spinning trades idle CPU
+    /// for that latency (0 = sleep at once).
+    #[arg(long, env = "RELAYHUB_SPIN_BEFORE_PARK_US", default_value_t = 0)]
+    pub spin_before_park_us: u64,
+
     /// Pin shard i to the i-th allowed CPU (disable when sharing a machine).
     #[arg(long, env = "RELAYHUB_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,

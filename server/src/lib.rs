@@ -83,6 +83,7 @@ impl Hub {
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("relayhub-shard-{index}"))
                 .io_memory(startup::IO_MEMORY_BYTES)
+                .spin_before_park(Duration::from_micros(config.spin_before_park_us))
                 .spawn(move || async move {
                     let _ = ready.send(index);
                     driver::run_shard(index, config, fd, ends, shard_shared).await;
