@@ -7,11 +7,14 @@
 //!   limit checks and re-encoding, so every property is written once.
 //! - [`mirror`]: `Arbitrary` mirror types of every message, within the
 //!   protocol limits, for the `roundtrip` target.
+//! - [`hub`]: the `hub_session` harness: the hub's IO-free core
+//!   (relayhub-server's `Shard`, `Session`, `Outbound`) driven in memory.
 //! - [`seeds`]: the seed corpus, written by `src/bin/seed.rs`.
 //!
 //! Everything here panics (an assertion) when a property fails: that is
 //! how libFuzzer learns about a bug.
 
+pub mod hub;
 pub mod mirror;
 pub mod seeds;
 pub mod side;

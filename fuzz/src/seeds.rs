@@ -13,6 +13,7 @@ use relayhub_protocol::{
 };
 
 use crate::{
+    hub::{take_tally, Harness, SessionInput},
     mirror::RoundtripInput,
     side::{encode_client, encode_hub},
     stream::StreamInput,
@@ -443,4 +444,54 @@ fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Seeds of `hub_session`, found by search like [`roundtrip_seeds`]: a
+/// candidate is kept when running it reaches a check (see
+/// `hub::take_tally`) or an operation no earlier seed reached. Some
+/// candidates get an HTTP request or a preface spliced in, which random
+/// bytes would hardly ever spell.
+pub fn hub_session_seeds() -> Vec<Seed> {
+    const SPLICES: [&[u8]; 3] = [b"GET / HTTP/1.1\r\n\r\n", &PREFACE, b"RLYHUB\x02\x00"];
+    let mut seen = BTreeSet::new();
+    let mut seeds = Vec::new();
+    let mut state = 0x4b1d_5e55_1017_0000_u64;
+    take_tally();
+    for candidate in 0..40_000u32 {
+        let len = [48, 160, 400, 1200][candidate as usize % 4];
+        let mut bytes: Vec<u8> = (0..len).map(|_| splitmix64(&mut state) as u8).collect();
+        if candidate % 3 == 0 {
+            let splice = SPLICES[(candidate as usize / 3) % SPLICES.len()];
+            let at = splitmix64(&mut state) as usize % (len - splice.len());
+            bytes[at..at + splice.len()].copy_from_slice(splice);
+        }
+        let Ok(input) = SessionInput::arbitrary_take_rest(Unstructured::new(&bytes)) else {
+            continue;
+        };
+        let ran = std::panic::catch_unwind(|| Harness::run(&input));
+        let mut features: BTreeSet<String> = take_tally().into_keys().map(str::to_string).collect();
+        if ran.is_err() {
+            eprintln!(
+                "hub_session: seed candidate {candidate} fails a check; fuzzing will find it"
+            );
+            continue;
+        }
+        for op in &input.ops {
+            let name = format!("{op:?}");
+            features.insert(format!(
+                "op {}",
+                name.split([' ', '{']).next().unwrap_or("")
+            ));
+        }
+        let new: Vec<String> = features.difference(&seen).cloned().collect();
+        if new.is_empty() {
+            continue;
+        }
+        seeds.push(Seed {
+            name: format!("seed-{:03}", seeds.len()),
+            bytes,
+        });
+        seen.extend(new);
+    }
+    seeds
 }

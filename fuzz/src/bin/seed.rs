@@ -31,5 +31,8 @@ fn main() -> std::io::Result<()> {
     let roundtrip = seeds::roundtrip_seeds();
     let bytes = seeds::write(&root.join("roundtrip"), &roundtrip)?;
     println!("roundtrip: {} seeds, {bytes} bytes", roundtrip.len());
+    let hub = seeds::hub_session_seeds();
+    let bytes = seeds::write(&root.join("hub_session"), &hub)?;
+    println!("hub_session: {} seeds, {bytes} bytes", hub.len());
     Ok(())
 }
