@@ -314,6 +314,10 @@ async fn sweep_idle(context: Rc<Context>) {
             if outbound.state() != OutboundState::Open || now - outbound.activity_ms < timeout_ms {
                 continue;
             }
+            if !outbound.greeted {
+                // Idle before its preface: it has not seen ours yet.
+                let _ = outbound.push_raw(&PREFACE);
+            }
             outbound.close(Some((ErrorCode::IdleTimeout, 0, timeout_ms)));
             context.stats.idle_timeouts.incr();
             // SAFETY: `fd` is a live connection socket (it leaves the map

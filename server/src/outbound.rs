@@ -49,6 +49,9 @@ pub struct Outbound {
     /// When the client last sent bytes, in the shard clock's milliseconds
     /// (the idle sweeper compares it with the timeout).
     pub activity_ms: u64,
+    /// True once the hub's preface is queued: an error for a client that
+    /// has not seen it must be preceded by it.
+    pub greeted: bool,
 }
 
 impl Outbound {
@@ -62,6 +65,7 @@ impl Outbound {
             state: OutboundState::Open,
             writer: None,
             activity_ms: 0,
+            greeted: false,
         }
     }
 
@@ -111,6 +115,7 @@ impl Outbound {
     /// Queues raw bytes that are not a frame (the hub's preface).
     pub fn push_raw(&mut self, bytes: &[u8]) -> Result<(), PushError> {
         self.admit(bytes.len())?;
+        self.greeted |= bytes == relayhub_protocol::PREFACE;
         self.small.extend_from_slice(bytes);
         self.queued_bytes += bytes.len();
         self.wake_writer();

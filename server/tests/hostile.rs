@@ -199,6 +199,19 @@ fn idle_connections_are_closed_with_a_reason() {
 }
 
 #[test]
+fn a_client_idle_before_its_preface_gets_our_preface_then_the_reason() {
+    let hub = start(1, |config| config.idle_timeout_ms = 200);
+    let mut stream = TcpStream::connect(hub.local_addr()).unwrap();
+    stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let frames = hub_frames(&answer);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(error_code(&frames[0]), Some(ErrorCode::IdleTimeout));
+    hub.shutdown();
+}
+
+#[test]
 fn a_full_shard_refuses_with_server_full() {
     let hub = start(1, |config| config.connections_per_shard_max = 2);
     let _first = connect(&hub);
