@@ -79,14 +79,6 @@ pub fn take_tally() -> BTreeMap<&'static str, u64> {
     TALLY.with(|tally| std::mem::take(&mut *tally.borrow_mut()))
 }
 
-/// Known hub bug, found by this target (docs/fuzzing.md): when the idle
-/// timeout fires before the client's preface arrived, `driver.rs`
-/// (`finish_reading`) queues `Error(IdleTimeout)` without the hub's preface
-/// (unlike `Session::fatal` and `refuse`), so a relayhub client cannot
-/// decode it. While true, the harness supplies the missing preface instead
-/// of failing; a hub that sends the preface passes either way.
-pub const IDLE_BEFORE_PREFACE_OMITS_PREFACE: bool = true;
-
 /// Length of an encoded `Error` frame: what `Outbound::close` may queue
 /// past the limit.
 fn error_frame_len() -> usize {
@@ -330,9 +322,6 @@ struct Client {
     saw_close_flow: bool,
     /// The hub closed because of end of stream (no error frame then).
     closed_by_eof: bool,
-    /// The idle timeout fired before the preface arrived (see
-    /// [`IDLE_BEFORE_PREFACE_OMITS_PREFACE`]).
-    idle_before_welcome: bool,
     stream: Stream,
     http_bytes: Vec<u8>,
     view: Decoder<relayhub_protocol::ClientSide>,
@@ -476,14 +465,7 @@ impl Harness {
             }
             Op::Idle { client } => {
                 if let Some(c) = self.client_index(*client) {
-                    if self.clients[c].reading {
-                        let unwelcomed = self.clients[c].session.user() == 0;
-                        self.clients[c].idle_before_welcome = unwelcomed;
-                        let conn = self.clients[c].session.conn().clone();
-                        conn.borrow_mut()
-                            .close(Some((ErrorCode::IdleTimeout, 0, 1000)));
-                        self.stop_reading(c);
-                    }
+                    self.idle_timeout(c);
                 }
             }
             Op::Reset { client } => {
@@ -518,7 +500,6 @@ impl Harness {
                     preface_sent: false,
                     saw_close_flow: false,
                     closed_by_eof: false,
-                    idle_before_welcome: false,
                     stream: Stream::Unknown,
                     http_bytes: Vec::new(),
                     view: Decoder::new(),
@@ -744,6 +725,23 @@ impl Harness {
         self.maybe_disconnect(c);
     }
 
+    /// `driver::sweep_idle`: an open connection idle for the timeout gets
+    /// the hub's preface if it has not had it, `Error(IdleTimeout)`, and its
+    /// reader stopped (`SHUT_RD`, so the reader sees the end of stream).
+    fn idle_timeout(&mut self, c: usize) {
+        let conn = self.clients[c].session.conn().clone();
+        let mut outbound = conn.borrow_mut();
+        if outbound.state() != OutboundState::Open {
+            return;
+        }
+        if !outbound.greeted {
+            let _ = outbound.push_raw(&PREFACE);
+        }
+        outbound.close(Some((ErrorCode::IdleTimeout, 0, 1000)));
+        drop(outbound);
+        self.end_of_stream(c);
+    }
+
     fn end_of_stream(&mut self, c: usize) {
         let client = &mut self.clients[c];
         if !client.reading {
@@ -777,7 +775,7 @@ impl Harness {
         self.maybe_disconnect(c);
     }
 
-    /// `driver::connection`'s end: once reading and writing are both over.
+    /// `driver::serve`'s end: once reading and writing are both over.
     fn maybe_disconnect(&mut self, c: usize) {
         let client = &mut self.clients[c];
         if client.writer_done && !client.reading && !client.disconnected {
@@ -834,14 +832,6 @@ impl Harness {
             } else {
                 Stream::Frames
             };
-            if IDLE_BEFORE_PREFACE_OMITS_PREFACE
-                && client.idle_before_welcome
-                && bytes[0] != PREFACE[0]
-            {
-                // Known hub bug: supply the missing preface, check the rest.
-                tally("known bug: idle error without preface");
-                client.view.handle_bytes(&PREFACE);
-            }
         }
         if client.stream == Stream::Http {
             client.http_bytes.extend_from_slice(bytes);
