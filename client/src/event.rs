@@ -207,6 +207,10 @@ impl fmt::Display for Summary<'_> {
                 "the hub closed the connection after {detail} ms without traffic"
             ),
             ErrorCode::ShuttingDown => write!(f, "the hub is shutting down"),
+            ErrorCode::FrameTimeout => write!(
+                f,
+                "the hub closed the connection: a frame took more than {detail} ms to arrive"
+            ),
             ErrorCode::BadPreface => write!(f, "the hub refused this client's preface"),
             ErrorCode::UnsupportedVersion => write!(
                 f,

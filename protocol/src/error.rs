@@ -222,11 +222,14 @@ pub enum ErrorCode {
     /// A receiver's queue was full; that receiver was disconnected as a slow
     /// consumer and did not get the body. Keeps going. detail: the receiver id.
     ReceiverDropped = 13,
+    /// A frame (or the preface) was started but not finished within the
+    /// hub's frame timeout. Closes. detail: the timeout in ms.
+    FrameTimeout = 14,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadPreface,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -240,6 +243,7 @@ impl ErrorCode {
         ErrorCode::IdleTimeout,
         ErrorCode::ShuttingDown,
         ErrorCode::ReceiverDropped,
+        ErrorCode::FrameTimeout,
     ];
 
     /// The code as sent on the wire.
