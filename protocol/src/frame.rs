@@ -145,10 +145,32 @@ pub fn encode_deliver(from: u64, body: &[u8]) -> Result<bytes::Bytes, EncodeErro
 }
 
 /// The exact length of a `Deliver` frame carrying `body_len` bytes.
-pub fn deliver_frame_len(body_len: usize) -> usize {
-    // Body bytes, padded to 8, then the root: from (8) + vec header (8).
-    FRAME_HEADER_BYTES + body_len.next_multiple_of(8) + 16
+pub const fn deliver_frame_len(body_len: usize) -> usize {
+    FRAME_HEADER_BYTES + deliver_archive_len(body_len)
 }
+
+/// The archive length [`encode`] gives a `Deliver` with `body_len` body
+/// bytes: the body at position 0, zeros up to the root's alignment, then
+/// the root (`from`, the body's vector header).
+const fn deliver_archive_len(body_len: usize) -> usize {
+    body_len.next_multiple_of(align_of::<ArchivedDeliver>()) + size_of::<ArchivedDeliver>()
+}
+
+/// The archive length [`encode`] gives a `Relay` with `receivers` ids and
+/// `body_len` body bytes: the ids at position 0 (8-aligned), the body right
+/// after them, zeros up to the root's alignment, then the root (`request`
+/// and the two vector headers).
+const fn relay_archive_len(receivers: usize, body_len: usize) -> usize {
+    (receivers * size_of::<ArchivedUserId>() + body_len)
+        .next_multiple_of(align_of::<ArchivedRelay>())
+        + size_of::<ArchivedRelay>()
+}
+
+// The largest frames the protocol allows fit its frame limit: a `Deliver`
+// of a maximal body (what the hub sends for every relay), and a `Relay` to
+// `RECEIVERS_MAX` receivers with a maximal body (what a client may send).
+const _: () = assert!(deliver_archive_len(BODY_BYTES_MAX) <= FRAME_BYTES_MAX);
+const _: () = assert!(relay_archive_len(RECEIVERS_MAX, BODY_BYTES_MAX) <= FRAME_BYTES_MAX);
 
 /// A side of the connection: which frames it accepts, and how to check them.
 pub trait Role {
@@ -276,4 +298,44 @@ pub fn decode_frame<R: Role>(bytes: &[u8]) -> Result<(R::Frame<'_>, usize), Deco
         return Err(DecodeError::Incomplete { needed: frame_len });
     };
     Ok((R::parse(header.kind, archive)?, frame_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The const functions behind the compile-time limit checks agree with
+    /// what `encode` actually writes, up to the maximal frames.
+    #[test]
+    fn archive_length_functions_match_the_encoder() {
+        let receivers: Vec<u64> = (1..=RECEIVERS_MAX as u64).collect();
+        let body = vec![0xa5; BODY_BYTES_MAX];
+        for receivers_len in [0, 1, 2, 7, RECEIVERS_MAX] {
+            for body_len in [0, 1, 7, 8, 9, 4095, BODY_BYTES_MAX] {
+                let mut out = BytesMut::new();
+                let relay = RelayRef {
+                    request: 1,
+                    receivers: &receivers[..receivers_len],
+                    body: &body[..body_len],
+                };
+                let frame_len = encode(&relay, &mut out).unwrap();
+                assert_eq!(
+                    frame_len - FRAME_HEADER_BYTES,
+                    relay_archive_len(receivers_len, body_len),
+                    "relay of {receivers_len} receivers, {body_len} bytes"
+                );
+                let deliver = encode_deliver(u64::MAX, &body[..body_len]).unwrap();
+                assert_eq!(deliver.len(), deliver_frame_len(body_len));
+                assert_eq!(
+                    deliver.len() - FRAME_HEADER_BYTES,
+                    deliver_archive_len(body_len)
+                );
+            }
+        }
+        assert_eq!(
+            relay_archive_len(RECEIVERS_MAX, BODY_BYTES_MAX),
+            2_040 + 1_048_576 + 24
+        );
+        assert_eq!(deliver_archive_len(BODY_BYTES_MAX), 1_048_576 + 16);
+    }
 }
