@@ -221,6 +221,14 @@ impl<R: Role> Decoder<R> {
         }
     }
 
+    /// Puts back the frame last returned by [`poll_frame`](Self::poll_frame):
+    /// the next call returns it again. For a caller that cannot act on a
+    /// frame yet (the hub pauses a sender under backpressure) and must not
+    /// lose it.
+    pub fn unpoll(&mut self) {
+        self.returned_len = 0;
+    }
+
     fn fail(&mut self, error: DecodeError) -> DecodeError {
         debug_assert!(error.is_fatal());
         self.stage = Stage::Failed(error);
