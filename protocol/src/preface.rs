@@ -139,6 +139,28 @@ mod tests {
         );
     }
 
+    /// docs/protocol.md quotes `HTTP_REFUSAL` byte for byte, as lines that
+    /// end in `\r\n` or `\n` escapes inside a code block.
+    #[test]
+    fn http_refusal_matches_the_spec() {
+        let spec =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+                .expect("docs/protocol.md next to the crate");
+        let block = spec
+            .split("```text\n")
+            .find(|block| block.starts_with("HTTP/1.1 400"))
+            .and_then(|block| block.split("\n```").next())
+            .expect("a code block quoting HTTP_REFUSAL");
+        let quoted: String = block
+            .lines()
+            .map(|line| line.replace("\\r", "\r").replace("\\n", "\n"))
+            .collect();
+        assert_eq!(quoted.as_bytes(), HTTP_REFUSAL);
+        let words = spec.split_whitespace().collect::<Vec<_>>().join(" ");
+        let length = format!("exactly these {} bytes", HTTP_REFUSAL.len());
+        assert!(words.contains(&length), "the spec states its length");
+    }
+
     #[test]
     fn http_refusal_content_length_is_true() {
         let text = std::str::from_utf8(HTTP_REFUSAL).unwrap();

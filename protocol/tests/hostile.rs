@@ -384,3 +384,123 @@ proptest! {
         prop_assert_eq!(&decode_in_chunks(&wire, &chunks), &whole);
     }
 }
+
+/// A `Relay` archive built by hand: `elements` (a multiple of 8 bytes) is
+/// what lies before the root; each vector is `(position, count)`.
+fn hand_built_relay(elements: &[u8], receivers: (usize, u32), body: (usize, u32)) -> Vec<u8> {
+    assert_eq!(elements.len() % 8, 0);
+    let root = elements.len();
+    let mut archive = elements.to_vec();
+    archive.extend_from_slice(&1u64.to_le_bytes());
+    for (field, (position, count)) in [(8, receivers), (16, body)] {
+        let offset = position as i64 - (root + field) as i64;
+        archive.extend_from_slice(&(offset as i32).to_le_bytes());
+        archive.extend_from_slice(&count.to_le_bytes());
+    }
+    let mut frame = header(archive.len() as u32, kind::RELAY, 0).to_vec();
+    frame.extend_from_slice(&archive);
+    frame
+}
+
+/// What the hub's validator makes of a `Relay` whose vectors lie elsewhere
+/// than where `encode` puts them (docs/protocol.md, "What a receiver
+/// accepts"): in field order and apart is fine, gaps included; out of
+/// order, overlapping, or reaching into the root is `Malformed`; an empty
+/// vector counts too (the next vector must not start before it).
+#[test]
+fn vectors_must_lie_in_field_order_apart_and_before_the_root() {
+    let ids_then_body = [
+        &2u64.to_le_bytes()[..],
+        &3u64.to_le_bytes(),
+        b"hi\0\0\0\0\0\0",
+    ]
+    .concat();
+    let body_then_ids = [
+        &b"hi\0\0\0\0\0\0"[..],
+        &2u64.to_le_bytes(),
+        &3u64.to_le_bytes(),
+    ]
+    .concat();
+    let zeros = [0u8; 40];
+    let valid = [
+        // What `encode` writes.
+        (
+            "encoder layout",
+            hand_built_relay(&ids_then_body, (0, 2), (16, 2)),
+        ),
+        // Gaps before, between and after the vectors are not checked.
+        ("gaps", hand_built_relay(&zeros, (8, 1), (24, 2))),
+        // An empty vector anywhere at or after the cursor, even at the root.
+        (
+            "empty receivers at the root",
+            hand_built_relay(&zeros[..8], (8, 0), (8, 0)),
+        ),
+        (
+            "empty receivers, then body",
+            hand_built_relay(&zeros[..16], (0, 0), (0, 2)),
+        ),
+    ];
+    for (case, frame) in valid {
+        let results = decode_in_chunks(&with_preface(&frame), &[usize::MAX]);
+        assert!(
+            matches!(results.as_slice(), [Ok(ClientMessage::Relay(_))]),
+            "{case}: {results:?}"
+        );
+    }
+    let malformed = [
+        (
+            "body before receivers",
+            hand_built_relay(&body_then_ids, (8, 2), (0, 2)),
+        ),
+        (
+            "overlapping",
+            hand_built_relay(&zeros[..24], (0, 2), (8, 8)),
+        ),
+        (
+            "body reaching into the root",
+            hand_built_relay(&zeros[..24], (0, 1), (8, 24)),
+        ),
+        (
+            "receivers in the root",
+            hand_built_relay(&zeros[..8], (8, 1), (8, 0)),
+        ),
+        (
+            "vector at its own header",
+            hand_built_relay(&zeros[..8], (16, 1), (8, 0)),
+        ),
+        (
+            "empty receivers after the body",
+            hand_built_relay(&zeros[..24], (16, 0), (0, 2)),
+        ),
+        (
+            "misaligned receivers",
+            hand_built_relay(&zeros[..24], (4, 1), (16, 0)),
+        ),
+    ];
+    for (case, frame) in malformed {
+        let results = decode_in_chunks(&with_preface(&frame), &[usize::MAX]);
+        assert_eq!(
+            results,
+            vec![Err(DecodeError::Malformed {
+                kind: kind::RELAY,
+                reason: Malformed::Archive
+            })],
+            "{case}"
+        );
+    }
+}
+
+/// A header announcing a large frame makes the decoder offer (and so
+/// allocate) room for the whole frame before its bytes arrive; never more
+/// than `DECODER_BYTES_MAX`.
+#[test]
+fn a_large_header_reserves_its_frame_up_front() {
+    let mut decoder = Decoder::<HubSide>::after_preface();
+    decoder.handle_bytes(&header(FRAME_BYTES_MAX as u32, kind::ECHO, 0));
+    assert!(decoder.poll_frame().unwrap().is_none());
+    let spare = decoder.spare().len();
+    assert!(spare >= FRAME_BYTES_MAX, "room for the rest: {spare}");
+    assert!(decoder.capacity() >= FRAME_HEADER_BYTES + FRAME_BYTES_MAX);
+    assert!(decoder.capacity() <= DECODER_BYTES_MAX);
+    assert_eq!(DECODER_BYTES_MAX, 1_101_840);
+}
