@@ -13,6 +13,9 @@
 //!   [`channel`] and the capacity limits.
 //! - `producer`: [`Producer`], staging, publishing, async [`Producer::send`].
 //! - `consumer`: [`Consumer`], receiving one item or a batch, async receive.
+//! - `budget`: [`budget`], a byte budget across two threads ([`Spender`],
+//!   [`Refunder`]) that a ring's producer spends and its consumer refunds,
+//!   on the same doorbell.
 //! - `doorbell`: the park flag + `Waker` slot (eventcount) both ends sleep on.
 //! - `error`: [`TrySendError`], [`Closed`], [`TryRecvError`].
 //! - `cache_padded`: keeps each index on its own cache-line pair.
@@ -46,6 +49,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod budget;
 mod cache_padded;
 mod consumer;
 mod doorbell;
@@ -54,6 +58,7 @@ mod producer;
 mod ring;
 mod sync;
 
+pub use budget::{budget, BudgetClosed, Refunder, Spender};
 pub use cache_padded::CACHE_PADDING_BYTES;
 pub use consumer::Consumer;
 pub use error::{Closed, TryRecvError, TrySendError};

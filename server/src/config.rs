@@ -5,19 +5,56 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use relayhub_mesh::{RING_CAPACITY_MAX, RING_CAPACITY_MIN};
+use relayhub_protocol::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PREFACE_BYTES};
+
+use crate::shard::MESH_MESSAGE_OVERHEAD_BYTES;
 
 /// Default listen address: loopback, so a first run exposes nothing.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7878";
 
-/// Default bound on one connection's queued outbound bytes: 8 MiB, eight
-/// maximal deliveries. Worst case `connections * outbound_bytes_max`.
-pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 8 << 20;
+/// Default bound on one connection's queued outbound bytes: 64 MiB, room
+/// for 64 maximal deliveries, so a receiver that reads as fast as it can
+/// rides out ordinary fan-in of 1 MiB bodies (nats-server allows 64 MiB
+/// pending per client by default). It is a bound, not an allocation: an
+/// idle connection holds none of it. Worst case
+/// `connections * outbound_bytes_max` (docs/operations.md, "Memory bound").
+pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 64 << 20;
 
-/// Default connections per shard. A connection costs about 1 KiB idle.
+/// Smallest outbound limit the hub accepts: the hub's preface, a maximal
+/// frame (a 1 MiB delivery) and its header must fit, or a receiver could
+/// never be sent anything.
+pub const OUTBOUND_BYTES_MIN: usize = PREFACE_BYTES + FRAME_HEADER_BYTES + FRAME_BYTES_MAX;
+
+/// Default connections per shard. A connection costs about 2.4 KB idle.
 pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 100_000;
 
 /// Default idle timeout: 5 minutes without a frame from the client.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+
+/// Default frame timeout: 30 s from the first byte of a frame (or the
+/// preface) to its last. A 1 MiB frame needs a client link of about
+/// 35 KB/s to make it.
+pub const FRAME_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Default byte budget of the mesh towards one shard, applied twice per
+/// ordered pair of shards: to the outbox waiting for the ring, and to the
+/// ring itself. 8 MiB each: eight maximal relays. Worst case per ordered
+/// pair `2 * mesh_bytes_max + FRAME_BYTES_MAX`.
+pub const MESH_BYTES_MAX_DEFAULT: usize = 8 << 20;
+
+/// Smallest mesh budget: one maximal delivery must fit the ring.
+pub const MESH_BYTES_MIN: usize =
+    FRAME_HEADER_BYTES + FRAME_BYTES_MAX + MESH_MESSAGE_OVERHEAD_BYTES;
+
+/// Most connections per shard (a connection's table slot is a `u32`).
+pub const CONNECTIONS_PER_SHARD_LIMIT: usize = 1 << 24;
+
+/// Largest value any millisecond flag takes: 30 days.
+pub const DURATION_MS_LIMIT: u64 = 30 * 24 * 3600 * 1000;
+
+/// Largest `--spin-before-park-us`: 1 s.
+pub const SPIN_BEFORE_PARK_US_LIMIT: u64 = 1_000_000;
 
 /// Default time a closing connection gets to flush what is queued.
 pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
@@ -26,8 +63,8 @@ pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 5_000;
 
 /// Default slots in each mesh ring (one ring per ordered pair of shards).
-/// A slot is about 80 bytes: 4096 slots cost 320 KiB per ring, so
-/// `shards * (shards - 1) * 320 KiB` in all.
+/// A slot is `size_of::<MeshMessage>()` (56) bytes: 4096 slots cost
+/// 224 KiB per ring, so `shards * (shards - 1) * 224 KiB` in all.
 pub const MESH_RING_SLOTS_DEFAULT: usize = 4096;
 
 /// The hub's configuration (command line and environment).
@@ -62,9 +99,15 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_OUTBOUND_BYTES_MAX", default_value_t = OUTBOUND_BYTES_MAX_DEFAULT)]
     pub outbound_bytes_max: usize,
 
-    /// Close a connection that sent nothing for this long (0 = never).
+    /// Close a connection from which no complete frame arrived for this long
+    /// (0 = never).
     #[arg(long, env = "RELAYHUB_IDLE_TIMEOUT_MS", default_value_t = IDLE_TIMEOUT_MS_DEFAULT)]
     pub idle_timeout_ms: u64,
+
+    /// Close a connection whose frame (or preface) started arriving this
+    /// long ago and is still incomplete (0 = never).
+    #[arg(long, env = "RELAYHUB_FRAME_TIMEOUT_MS", default_value_t = FRAME_TIMEOUT_MS_DEFAULT)]
+    pub frame_timeout_ms: u64,
 
     /// How long a closing connection may take to flush its queue.
     #[arg(long, env = "RELAYHUB_CLOSE_FLUSH_MS", default_value_t = CLOSE_FLUSH_MS_DEFAULT)]
@@ -74,9 +117,15 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_SHUTDOWN_GRACE_MS", default_value_t = SHUTDOWN_GRACE_MS_DEFAULT)]
     pub shutdown_grace_ms: u64,
 
-    /// Slots per mesh ring (rounded up to a power of two).
+    /// Slots per mesh ring (rounded up to a power of two, at most 65536).
     #[arg(long, env = "RELAYHUB_MESH_RING_SLOTS", default_value_t = MESH_RING_SLOTS_DEFAULT)]
     pub mesh_ring_slots: usize,
+
+    /// Byte budget of relay bodies towards one other shard, for its outbox
+    /// and for its ring each. Past it, a connection relaying there pauses
+    /// (TCP backpressure) until the outbox drains to half.
+    #[arg(long, env = "RELAYHUB_MESH_BYTES_MAX", default_value_t = MESH_BYTES_MAX_DEFAULT)]
+    pub mesh_bytes_max: usize,
 
     /// Log per-shard counters every this many milliseconds (0 = only at exit).
     #[arg(long, env = "RELAYHUB_STATS_INTERVAL_MS", default_value_t = 0)]
@@ -100,7 +149,87 @@ impl Default for Config {
     }
 }
 
+/// A flag outside its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    /// The flag, as typed on the command line.
+    pub flag: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// Smallest value accepted.
+    pub min: u64,
+    /// Largest value accepted.
+    pub max: u64,
+}
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} must be between {} and {}, not {}",
+            self.flag, self.min, self.max, self.value
+        )
+    }
+}
+
 impl Config {
+    /// Checks every flag that has a bound (the shard count is checked at
+    /// start-up against the machine).
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let check = |flag, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(InvalidConfig {
+                    flag,
+                    value,
+                    min,
+                    max,
+                })
+            }
+        };
+        let size = |value: usize| value as u64;
+        check(
+            "--connections-per-shard-max",
+            size(self.connections_per_shard_max),
+            1,
+            size(CONNECTIONS_PER_SHARD_LIMIT),
+        )?;
+        check(
+            "--outbound-bytes-max",
+            size(self.outbound_bytes_max),
+            size(OUTBOUND_BYTES_MIN),
+            u64::from(u32::MAX) * 16,
+        )?;
+        check(
+            "--mesh-ring-slots",
+            size(self.mesh_ring_slots),
+            size(RING_CAPACITY_MIN),
+            size(RING_CAPACITY_MAX),
+        )?;
+        check(
+            "--mesh-bytes-max",
+            size(self.mesh_bytes_max),
+            size(MESH_BYTES_MIN),
+            u64::from(u32::MAX) * 16,
+        )?;
+        for (flag, value) in [
+            ("--idle-timeout-ms", self.idle_timeout_ms),
+            ("--frame-timeout-ms", self.frame_timeout_ms),
+            ("--close-flush-ms", self.close_flush_ms),
+            ("--shutdown-grace-ms", self.shutdown_grace_ms),
+            ("--stats-interval-ms", self.stats_interval_ms),
+        ] {
+            check(flag, value, 0, DURATION_MS_LIMIT)?;
+        }
+        check(
+            "--spin-before-park-us",
+            self.spin_before_park_us,
+            0,
+            SPIN_BEFORE_PARK_US_LIMIT,
+        )
+    }
+
     /// A configuration for tests: an ephemeral loopback port, `shards`
     /// shards, no pinning.
     pub fn for_tests(shards: usize) -> Config {

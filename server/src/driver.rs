@@ -1,7 +1,9 @@
-//! The glommio driver: one executor per shard, the accept loop, each
-//! connection's reader and writer, the mesh forwarders and consumers, and
-//! graceful shutdown. All protocol and routing decisions live in
-//! [`Session`] and [`Shard`]; this module only moves bytes.
+//! The glommio driver: one executor per shard runs the accept loop, one task
+//! per connection (its reader and writer side by side), a forwarder and a
+//! consumer per mesh ring, and one timer. Every decision is the core's
+//! ([`Shard`]): this module reads and writes sockets, moves mesh messages,
+//! sleeps until the core's next deadline, and turns the core's [`Event`]s
+//! into wake-ups and `shutdown(2)` calls.
 
 use std::{
     cell::{Cell, RefCell},
@@ -11,50 +13,59 @@ use std::{
     pin::Pin,
     rc::Rc,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::Poll,
+    task::{Poll, Waker},
     time::{Duration, Instant},
 };
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{
     net::{TcpListener, TcpStream},
     spawn_local,
     timer::sleep,
 };
-use relayhub_mesh::{Consumer, Producer, TrySendError};
-use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, PREFACE};
+use relayhub_mesh::{Consumer, Producer, Refunder, Spender, TrySendError};
+use relayhub_protocol::ErrorCode;
 use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
-    outbound::OutboundState,
-    session::{Flow, Session},
-    shard::{Conn, MeshMessage, Shard},
+    conn::ConnId,
+    outbound::Outbound,
+    shard::{self, Event, Limits, MeshMessage, Read, ReadReady, Shard, WriteReady},
     stats::ShardStats,
 };
-
-/// Bytes of the per-shard read buffer that idle and small-frame
-/// connections share (a connection holds a buffer only while a frame is
-/// partially received). 64 KiB per shard.
-pub const SHARD_READ_BYTES: usize = 64 << 10;
 
 /// Most mesh messages moved per forwarder or consumer batch.
 pub const MESH_BATCH_MAX: usize = 256;
 
+/// The timer's granularity: deadlines are served at the next multiple of
+/// this many milliseconds, so a burst of deadlines costs one wake-up. A
+/// timeout fires no earlier than its deadline and normally at most this
+/// much after it.
+pub const TIMER_SLACK_MS: u64 = 10;
+
 /// How often a shard checks for a shutdown request.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
-/// What every shard shares: the shutdown request and the global quiescence
-/// bookkeeping. Read-mostly; touched only at shutdown.
+/// How long past the grace period a shard waits for its aborted
+/// connections' tasks to end before it stops anyway.
+const SHUTDOWN_ABORT_MARGIN_MS: u64 = 1_000;
+
+/// Least time between two "accept failed" warnings of one shard.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pause before accepting again after an error other than running out of
+/// file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// What every shard shares: the shutdown request and the counters.
 pub struct Shared {
     /// Set once to start a graceful shutdown.
     pub shutdown: AtomicBool,
-    /// Shards that have stopped reading from clients.
-    stopped_reading: AtomicUsize,
-    /// Every shard's counters (mesh sent/received tell when the mesh is idle).
+    /// Every shard's counters.
     pub stats: Vec<Arc<ShardStats>>,
 }
 
@@ -63,56 +74,91 @@ impl Shared {
     pub fn new(stats: Vec<Arc<ShardStats>>) -> Shared {
         Shared {
             shutdown: AtomicBool::new(false),
-            stopped_reading: AtomicUsize::new(0),
             stats,
         }
     }
-
-    /// Mesh messages sent and not yet handled, across all shards.
-    fn mesh_in_flight(&self) -> u64 {
-        // Received first: a message is counted sent before it is received,
-        // so this order never reports fewer in flight than there were.
-        let received: u64 = self.stats.iter().map(|s| s.mesh_received.get()).sum();
-        let sent: u64 = self.stats.iter().map(|s| s.mesh_sent.get()).sum();
-        sent.saturating_sub(received)
-    }
 }
 
-/// A shard's mesh endpoints: a producer to and a consumer from every other
-/// shard (`None` at the shard's own index).
+/// A shard's mesh endpoints: towards and from every other shard (`None` at
+/// the shard's own index).
 pub struct MeshEnds {
-    /// Rings to other shards.
-    pub producers: Vec<Option<Producer<MeshMessage>>>,
-    /// Rings from other shards.
-    pub consumers: Vec<Option<Consumer<MeshMessage>>>,
+    /// Rings to other shards, with their byte budgets.
+    pub producers: Vec<Option<(Producer<MeshMessage>, Spender)>>,
+    /// Rings from other shards, with the refunds of their budgets.
+    pub consumers: Vec<Option<(Consumer<MeshMessage>, Refunder)>>,
+}
+
+/// What the driver keeps with each connection in the core's table.
+pub struct ConnIo {
+    fd: RawFd,
+    reader: Cell<Option<Waker>>,
+    writer: Cell<Option<Waker>>,
 }
 
 /// Per-shard driver state shared by its tasks.
 struct Context {
     config: Config,
-    shard: Rc<RefCell<Shard>>,
+    shard: RefCell<Shard<ConnIo>>,
     shared: Arc<Shared>,
     stats: Arc<ShardStats>,
-    /// The shared read buffer (see [`SHARD_READ_BYTES`]).
-    read_buffer: RefCell<Box<[u8]>>,
-    /// True once shutdown started: readers stop, sessions are closed.
-    stopping: Cell<bool>,
-    /// Live connections: their socket (to stop the reader at shutdown or
-    /// when idle) and outbound queue (for the idle sweeper).
-    sockets: RefCell<std::collections::HashMap<u64, (RawFd, Conn)>>,
-    next_socket: Cell<u64>,
-    /// When the shard started; `clock_ms` counts from here.
     started: Instant,
-    /// Coarse shard clock in ms, advanced by the idle sweeper: readers stamp
-    /// activity with it at the cost of a `Cell` read.
-    clock_ms: Cell<u64>,
+    /// The forwarder of each target, parked on an empty outbox.
+    forwarders: Vec<Cell<Option<Waker>>>,
+    /// Forwarders holding a batch not yet published into their ring.
+    forwarding: Cell<usize>,
+    timer: Cell<Option<Waker>>,
+    /// Set with [`Event::TimerChanged`]: the timer must look again.
+    timer_changed: Cell<bool>,
 }
 
 impl Context {
-    fn tick(&self) -> u64 {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.clock_ms.set(now);
-        now
+    /// The shard clock: milliseconds since the shard started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the core, then carries out the events it raised.
+    fn with_shard<R>(&self, f: impl FnOnce(&mut Shard<ConnIo>) -> R) -> R {
+        let mut shard = self.shard.borrow_mut();
+        let result = f(&mut shard);
+        self.dispatch(&mut shard);
+        result
+    }
+
+    fn dispatch(&self, shard: &mut Shard<ConnIo>) {
+        while let Some(event) = shard.poll_event() {
+            match event {
+                Event::Writable(id) => wake(shard, id, |io| &io.writer),
+                Event::Readable(id) => wake(shard, id, |io| &io.reader),
+                Event::StopReading(id) => shut(shard, id, libc::SHUT_RD),
+                Event::Abort(id) => shut(shard, id, libc::SHUT_RDWR),
+                Event::MeshOutbox(target) => {
+                    if let Some(waker) = self.forwarders[target].take() {
+                        waker.wake();
+                    }
+                }
+                Event::TimerChanged => {
+                    self.timer_changed.set(true);
+                    if let Some(waker) = self.timer.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wake(shard: &Shard<ConnIo>, id: ConnId, which: impl Fn(&ConnIo) -> &Cell<Option<Waker>>) {
+    if let Some(waker) = shard.conn(id).and_then(|conn| which(&conn.io).take()) {
+        waker.wake();
+    }
+}
+
+fn shut(shard: &Shard<ConnIo>, id: ConnId, how: libc::c_int) {
+    if let Some(conn) = shard.conn(id) {
+        // SAFETY: the fd belongs to a connection still in the table; its
+        // task closes it only after `handle_closed` removed it.
+        unsafe { libc::shutdown(conn.io.fd, how) };
     }
 }
 
@@ -127,42 +173,35 @@ pub async fn run_shard(
 ) {
     let shards = shared.stats.len();
     let stats = shared.stats[index].clone();
-    let shard = Shard::new(
-        index,
-        shards,
-        config.connections_per_shard_max,
-        config.outbound_bytes_max,
-        stats.clone(),
-    );
+    let shard = Shard::new(index, shards, Limits::from_config(&config), stats.clone());
     let context = Rc::new(Context {
         config,
-        shard: Rc::new(RefCell::new(shard)),
+        shard: RefCell::new(shard),
         shared,
         stats,
-        read_buffer: RefCell::new(vec![0; SHARD_READ_BYTES].into_boxed_slice()),
-        stopping: Cell::new(false),
-        sockets: RefCell::new(Default::default()),
-        next_socket: Cell::new(0),
         started: Instant::now(),
-        clock_ms: Cell::new(0),
+        forwarders: (0..shards).map(|_| Cell::new(None)).collect(),
+        forwarding: Cell::new(0),
+        timer: Cell::new(None),
+        timer_changed: Cell::new(false),
     });
     // SAFETY: the fd is a listening socket opened for this shard by
     // `startup::listeners` and handed to nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
 
-    for (target, producer) in mesh.producers.into_iter().enumerate() {
-        if let Some(producer) = producer {
-            spawn_local(forward(context.clone(), target, producer)).detach();
+    for (target, ends) in mesh.producers.into_iter().enumerate() {
+        if let Some((producer, spender)) = ends {
+            spawn_local(forward(context.clone(), target, producer, spender)).detach();
         }
     }
-    for consumer in mesh.consumers.into_iter().flatten() {
-        spawn_local(consume(context.clone(), consumer)).detach();
+    for (from, ends) in mesh.consumers.into_iter().enumerate() {
+        if let Some((consumer, refunder)) = ends {
+            spawn_local(consume(context.clone(), from, consumer, refunder)).detach();
+        }
     }
+    spawn_local(run_timers(context.clone())).detach();
     if context.config.stats_interval_ms > 0 {
         spawn_local(log_stats(context.clone(), index)).detach();
-    }
-    if context.config.idle_timeout_ms > 0 {
-        spawn_local(sweep_idle(context.clone())).detach();
     }
 
     accept_until_shutdown(&context, listener).await;
@@ -176,14 +215,26 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
         }
     };
     let accept_loop = async {
+        let mut reserve = Reserve::open();
+        let mut warnings = RateLimited::default();
         loop {
             match listener.accept().await {
                 Ok(stream) => start_connection(context, stream),
+                Err(error) if out_of_descriptors(&error) && reserve.release() => {
+                    // The reserve descriptor is free: take the waiting
+                    // client, tell it why, close it, re-arm the reserve.
+                    if let Ok(stream) = listener.accept().await {
+                        refuse(&stream, &shard::refusal_bytes(ErrorCode::ServerFull, 0));
+                        context.stats.fd_refusals.incr();
+                    }
+                    reserve = Reserve::open();
+                    warnings.warn("out of file descriptors: refusing clients with ServerFull");
+                }
                 Err(error) => {
-                    // Out of fds or memory: log, breathe, keep serving the
-                    // connections we have.
-                    warn!(%error, "accept failed");
-                    sleep(Duration::from_millis(10)).await;
+                    // Out of descriptors with no reserve, or out of memory:
+                    // keep serving the connections we have.
+                    warnings.warn(&format!("accept failed: {error}"));
+                    sleep(ACCEPT_RETRY).await;
                 }
             }
         }
@@ -192,50 +243,102 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
     drop(listener);
 }
 
-/// Graceful shutdown: stop reading, let the mesh drain, close every
-/// session with ShuttingDown after its queue, within the grace period.
+fn out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
+    let source = match error {
+        glommio::GlommioError::IoError(source) => source,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        _ => return false,
+    };
+    matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// One file descriptor held back so that, at the descriptor limit, the
+/// hub can still accept a client to tell it `ServerFull` instead of leaving
+/// it unanswered in the accept queue.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn open() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Frees the reserve; false when there was none to free.
+    fn release(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+/// A warning logged at most once per [`ACCEPT_WARNING_INTERVAL`], with how
+/// many were held back.
+#[derive(Default)]
+struct RateLimited {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    fn warn(&mut self, message: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < ACCEPT_WARNING_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        warn!(suppressed = self.suppressed, "{message}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Writes a refusal to a fresh socket without waiting (a few dozen bytes
+/// always fit an empty send buffer) and closes it.
+fn refuse(stream: &TcpStream, bytes: &[u8]) {
+    let fd = stream.as_raw_fd();
+    // SAFETY: `fd` is the open socket `stream` owns; `bytes` is valid for
+    // reads of its length.
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// Phase-by-phase graceful shutdown (the core's `shutdown.rs`): the driver
+/// starts it and waits until the core says it is finished, or the grace
+/// period is over and aborted connections had their margin.
 async fn shutdown(context: &Rc<Context>, index: usize) {
-    let deadline = Instant::now() + Duration::from_millis(context.config.shutdown_grace_ms);
-    context.stopping.set(true);
-    for &(fd, _) in context.sockets.borrow().values() {
-        // SAFETY: `fd` is a live connection socket (removed from the map
-        // before it is closed); SHUT_RD wakes its reader with end-of-file.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-    }
-    let shared = &context.shared;
-    shared.stopped_reading.fetch_add(1, Ordering::AcqRel);
-    // Every shard has stopped reading: no new relays. Then wait until the
-    // mesh is idle twice in a row (messages in flight can spawn reports).
-    let shards = shared.stats.len();
-    let mut idle_checks = 0;
-    while Instant::now() < deadline && idle_checks < 2 {
-        let all_stopped = shared.stopped_reading.load(Ordering::Acquire) == shards;
-        idle_checks = if all_stopped && shared.mesh_in_flight() == 0 {
-            idle_checks + 1
-        } else {
-            0
-        };
-        sleep(Duration::from_millis(2)).await;
-    }
-    let closed = context
-        .shard
-        .borrow_mut()
-        .close_all(ErrorCode::ShuttingDown);
+    let now = context.now_ms();
+    let deadline = now + context.config.shutdown_grace_ms;
+    let closing = context.with_shard(|shard| {
+        shard.handle_shutdown(now, deadline);
+        shard.connections()
+    });
     info!(
         shard = index,
-        sessions = closed,
-        "shutting down: flushing sessions"
+        connections = closing,
+        "shutting down: draining the mesh, then flushing"
     );
-    while context.stats.connections_open.get() > 0 && Instant::now() < deadline {
-        sleep(Duration::from_millis(5)).await;
-    }
-    let left = context.stats.connections_open.get();
-    if left > 0 {
-        warn!(
-            shard = index,
-            connections = left,
-            "grace period over: dropping connections"
-        );
+    loop {
+        let finished = context.shard.borrow().is_finished() && context.forwarding.get() == 0;
+        if finished {
+            break;
+        }
+        if context.now_ms() > deadline + SHUTDOWN_ABORT_MARGIN_MS {
+            let left = context.shard.borrow().connections();
+            warn!(
+                shard = index,
+                connections = left,
+                "grace period over: dropping connections"
+            );
+            break;
+        }
+        sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -248,45 +351,113 @@ async fn log_stats(context: Rc<Context>, index: usize) {
     }
 }
 
-/// Moves this shard's outbox for `target` into the ring, in batches.
-async fn forward(context: Rc<Context>, target: usize, mut producer: Producer<MeshMessage>) {
+/// Sleeps until the core's next deadline (rounded up to [`TIMER_SLACK_MS`])
+/// or until the core moves it earlier, then lets the core fire what is due.
+async fn run_timers(context: Rc<Context>) {
+    loop {
+        context.timer_changed.set(false);
+        let next = context.with_shard(|shard| shard.poll_timeout());
+        let changed = poll_fn(|cx| {
+            if context.timer_changed.take() {
+                Poll::Ready(())
+            } else {
+                context.timer.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        match next {
+            None => changed.await,
+            Some(deadline) => {
+                let target = deadline.div_ceil(TIMER_SLACK_MS) * TIMER_SLACK_MS;
+                let wait = Duration::from_millis(target.saturating_sub(context.now_ms()));
+                futures_lite::future::or(sleep(wait), changed).await;
+            }
+        }
+        let now = context.now_ms();
+        context.with_shard(|shard| shard.handle_timeout(now));
+    }
+}
+
+/// Moves this shard's outbox for `target` into the ring, in batches, within
+/// the ring's byte budget.
+async fn forward(
+    context: Rc<Context>,
+    target: usize,
+    mut producer: Producer<MeshMessage>,
+    mut budget: Spender,
+) {
     let mut batch = Vec::with_capacity(MESH_BATCH_MAX);
     loop {
         poll_fn(|cx| {
-            let mut shard = context.shard.borrow_mut();
-            shard.take_outbox(target, MESH_BATCH_MAX, &mut batch, cx.waker());
+            context.with_shard(|shard| shard.poll_mesh(target, MESH_BATCH_MAX, &mut batch));
             if batch.is_empty() {
+                context.forwarders[target].set(Some(cx.waker().clone()));
                 Poll::Pending
             } else {
                 Poll::Ready(())
             }
         })
         .await;
-        for message in batch.drain(..) {
-            match producer.try_stage(message) {
-                Ok(()) => {}
-                Err(TrySendError::Full(message)) => {
-                    context.stats.ring_full.incr();
-                    producer.publish();
-                    if producer.send(message).await.is_err() {
-                        return;
-                    }
-                }
-                Err(TrySendError::Closed(_)) => return,
-            }
+        context.forwarding.set(context.forwarding.get() + 1);
+        let delivered = forward_batch(&context, &mut batch, &mut producer, &mut budget).await;
+        context.forwarding.set(context.forwarding.get() - 1);
+        if !delivered {
+            return;
         }
-        producer.publish();
     }
 }
 
-/// Handles what another shard sends.
-async fn consume(context: Rc<Context>, mut consumer: Consumer<MeshMessage>) {
+/// Stages `batch` into the ring, waiting for budget or slots; false when
+/// the other shard is gone.
+async fn forward_batch(
+    context: &Context,
+    batch: &mut Vec<MeshMessage>,
+    producer: &mut Producer<MeshMessage>,
+    budget: &mut Spender,
+) -> bool {
+    for message in batch.drain(..) {
+        let weight = message.weight() as u64;
+        if !budget.try_spend(weight) {
+            context.stats.ring_full.incr();
+            producer.publish();
+            if budget.spend(weight).await.is_err() {
+                return false;
+            }
+        }
+        match producer.try_stage(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(message)) => {
+                context.stats.ring_full.incr();
+                producer.publish();
+                if producer.send(message).await.is_err() {
+                    return false;
+                }
+            }
+            Err(TrySendError::Closed(_)) => return false,
+        }
+    }
+    producer.publish();
+    true
+}
+
+/// Handles what shard `from` sends, refunding the ring's budget per batch.
+async fn consume(
+    context: Rc<Context>,
+    from: usize,
+    mut consumer: Consumer<MeshMessage>,
+    mut refunder: Refunder,
+) {
     loop {
+        let mut weight = 0;
+        let mut now = None;
         let received = consumer
             .recv_batch(MESH_BATCH_MAX, |message| {
-                context.shard.borrow_mut().handle_mesh(message)
+                weight += message.weight() as u64;
+                let now = *now.get_or_insert_with(|| context.now_ms());
+                context.with_shard(|shard| shard.handle_mesh(now, from, message));
             })
             .await;
+        refunder.refund(weight);
         if received == 0 {
             return;
         }
@@ -294,246 +465,132 @@ async fn consume(context: Rc<Context>, mut consumer: Consumer<MeshMessage>) {
     }
 }
 
-/// Bounds of the idle sweeper's period: an idle connection is closed
-/// between `idle_timeout_ms` and `idle_timeout_ms` plus one period after
-/// its last byte.
-const SWEEP_PERIOD_MIN: Duration = Duration::from_millis(10);
-const SWEEP_PERIOD_MAX: Duration = Duration::from_secs(1);
-
-/// Closes connections that sent nothing for the idle timeout. One sweep per
-/// shard instead of a timer per connection: idle connections cost no timer,
-/// and reads never arm or cancel one.
-async fn sweep_idle(context: Rc<Context>) {
-    let timeout_ms = context.config.idle_timeout_ms;
-    let period = (Duration::from_millis(timeout_ms) / 8).clamp(SWEEP_PERIOD_MIN, SWEEP_PERIOD_MAX);
-    loop {
-        sleep(period).await;
-        let now = context.tick();
-        for &(fd, ref conn) in context.sockets.borrow().values() {
-            let mut outbound = conn.borrow_mut();
-            if outbound.state() != OutboundState::Open || now - outbound.activity_ms < timeout_ms {
-                continue;
-            }
-            if !outbound.greeted {
-                // Idle before its preface: it has not seen ours yet.
-                let _ = outbound.push_raw(&PREFACE);
-            }
-            outbound.close(Some((ErrorCode::IdleTimeout, 0, timeout_ms)));
-            context.stats.idle_timeouts.incr();
-            // SAFETY: `fd` is a live connection socket (it leaves the map
-            // before it is closed); SHUT_RD ends its reader.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
-    }
-}
-
-/// Why a connection's reader stopped.
-#[derive(Debug)]
-enum ReadEnd {
-    /// The client closed its side (or the hub shut the read side).
-    Eof,
-    /// A protocol error or slow consumer: the outbound is already closing.
-    Closed,
-    /// The socket failed.
-    Failed(io::Error),
-}
-
-/// Sets up an accepted connection and spawns its one task (or a refusal).
+/// Takes an accepted connection into the core and spawns its task, or
+/// refuses it.
 fn start_connection(context: &Rc<Context>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let accepted = context.shard.borrow_mut().accept();
-    let conn = match accepted {
-        Ok(conn) => conn,
-        Err(code) => {
-            let detail = context.config.connections_per_shard_max;
-            spawn_local(refuse(stream, code, detail)).detach();
-            return;
-        }
+    let io = ConnIo {
+        fd: stream.as_raw_fd(),
+        reader: Cell::new(None),
+        writer: Cell::new(None),
     };
-    conn.borrow_mut().activity_ms = context.clock_ms.get();
-    let fd = stream.as_raw_fd();
-    let socket = context.next_socket.get();
-    context.next_socket.set(socket + 1);
-    context
-        .sockets
-        .borrow_mut()
-        .insert(socket, (fd, conn.clone()));
-    if context.stopping.get() {
-        // Accepted in the same instant shutdown began.
-        // SAFETY: `fd` is this connection's open socket.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    let now = context.now_ms();
+    match context.with_shard(|shard| shard.handle_accept(now, io)) {
+        Ok(id) => {
+            spawn_local(serve(context.clone(), stream, id)).detach();
+        }
+        Err(refusal) => refuse(&stream, &refusal.bytes),
     }
-    spawn_local(serve(context.clone(), RefCell::new(stream), conn, socket)).detach();
 }
 
 /// A connection's life: the reader and the writer run side by side in one
-/// task (one allocation per connection); the writer outlives the reader to
-/// flush, and stops the reader by shutting the socket when it fails.
-async fn serve(context: Rc<Context>, stream: RefCell<TcpStream>, conn: Conn, socket: u64) {
-    let fd = stream.borrow().as_raw_fd();
-    let reader = async {
-        let mut session = Session::new(conn.clone());
-        let end = read_loop(&context, &stream, &mut session).await;
-        finish_reading(&context, &session, end);
-        session.user()
-    };
-    let (user, ()) = futures_lite::future::zip(reader, write_loop(&context, &stream, &conn)).await;
-    context.sockets.borrow_mut().remove(&socket);
-    // SAFETY: the socket is still open (`stream` is dropped below); this
+/// task (one allocation per connection); the core decides when each stops.
+async fn serve(context: Rc<Context>, stream: TcpStream, id: ConnId) {
+    let fd = stream.as_raw_fd();
+    let stream = RefCell::new(stream);
+    futures_lite::future::zip(
+        read_loop(&context, &stream, id),
+        write_loop(&context, &stream, id),
+    )
+    .await;
+    // SAFETY: `stream` still owns the open socket (dropped below); this
     // makes sure the peer sees the end even if the writer gave up early.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-    context.shard.borrow_mut().disconnect(user);
+    context.with_shard(|shard| shard.handle_closed(id));
 }
 
-/// After the reader stops: close the outbound unless a shutdown will close
-/// it once the mesh has drained.
-fn finish_reading(context: &Context, session: &Session, end: ReadEnd) {
-    let mut conn = session.conn().borrow_mut();
-    let user = session.user();
-    match end {
-        ReadEnd::Eof | ReadEnd::Failed(_) if context.stopping.get() && user != 0 => {
-            // Shutdown: stay reachable until `close_all` closes us.
-        }
-        ReadEnd::Eof => conn.close(None),
-        ReadEnd::Failed(error) => {
-            debug!(user, %error, "read failed");
-            conn.close(None);
-        }
-        ReadEnd::Closed => {}
-    }
-    if conn.state() == OutboundState::Closing {
-        drop(conn);
-        // Unreachable from now on: later relays get UnknownReceiver.
-        context.shard.borrow_mut().forget(user);
-    }
-}
-
-async fn refuse(mut stream: TcpStream, code: ErrorCode, detail: usize) {
-    let mut frame = bytes::BytesMut::from(&PREFACE[..]);
-    encode(&ErrorFrame::new(code, 0, detail as u64), &mut frame).expect("an error frame fits");
-    let _ = stream.write_all(&frame).await;
-    let _ = stream.close().await;
-}
-
-async fn read_loop(
-    context: &Context,
-    stream: &RefCell<TcpStream>,
-    session: &mut Session,
-) -> ReadEnd {
-    loop {
-        let read = poll_fn(|cx| {
-            let mut stream = stream.borrow_mut();
-            let decoder = session.decoder();
-            if decoder.buffered_len() > 0 {
-                // A frame is partly here: read straight into its buffer.
-                let spare = decoder.spare();
-                let read = Pin::new(&mut *stream).poll_read(cx, spare);
-                if let Poll::Ready(Ok(read)) = read {
-                    decoder.commit(read);
-                }
-                return read;
-            }
-            let mut buffer = context.read_buffer.borrow_mut();
-            let read = Pin::new(&mut *stream).poll_read(cx, &mut buffer);
-            if let Poll::Ready(Ok(read)) = read {
-                decoder.handle_bytes(&buffer[..read]);
-            }
-            read
-        })
-        .await;
-        match read {
-            Ok(0) => return ReadEnd::Eof,
-            Ok(read) => context.stats.bytes_in.add(read as u64),
-            Err(error) => return ReadEnd::Failed(error),
-        }
-        session.conn().borrow_mut().activity_ms = context.clock_ms.get();
-        let flow = session.process(&mut context.shard.borrow_mut());
-        if session.decoder().buffered_len() == 0 {
-            session.decoder().release_idle();
-        }
-        if flow == Flow::Close {
-            return ReadEnd::Closed;
-        }
-        // Backpressure: while another shard's ring is full and our outbox
-        // long, stop reading (the client's TCP window fills instead of our
-        // memory).
-        poll_fn(|cx| {
-            if context.shard.borrow_mut().backpressure(cx.waker()) {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await;
-    }
-}
-
-/// Writes the connection's outbound queue until it is closed and drained,
-/// the socket fails, or a closing queue misses its flush deadline. Then
-/// shuts the socket down, which also stops a reader still waiting.
-async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, conn: &Conn) {
-    let fd = stream.borrow().as_raw_fd();
-    let flush = Duration::from_millis(context.config.close_flush_ms);
-    let mut closing_deadline: Option<Instant> = None;
+async fn read_loop(context: &Context, stream: &RefCell<TcpStream>, id: ConnId) {
     loop {
         let ready = poll_fn(|cx| {
-            let mut outbound = conn.borrow_mut();
-            if !outbound.is_empty() {
-                Poll::Ready(true)
-            } else if outbound.state() == OutboundState::Closing {
-                Poll::Ready(false)
-            } else {
-                outbound.park_writer(cx.waker());
-                Poll::Pending
+            let now = context.now_ms();
+            context.with_shard(|shard| match shard.poll_read(now, id) {
+                ReadReady::Read => Poll::Ready(true),
+                ReadReady::Stop => Poll::Ready(false),
+                ReadReady::Paused => {
+                    if let Some(conn) = shard.conn(id) {
+                        conn.io.reader.set(Some(cx.waker().clone()));
+                    }
+                    Poll::Pending
+                }
+            })
+        })
+        .await;
+        if !ready {
+            return;
+        }
+        let read = poll_fn(|cx| {
+            let mut shard = context.shard.borrow_mut();
+            let buffer = shard.read_buffer(id);
+            Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buffer)
+        })
+        .await;
+        let now = context.now_ms();
+        let read = match read {
+            Ok(0) => Read::End,
+            Ok(len) => Read::Bytes(len),
+            Err(error) => {
+                debug!(?id, %error, "read failed");
+                Read::Failed
             }
+        };
+        context.with_shard(|shard| shard.handle_read(now, id, read));
+        if !matches!(read, Read::Bytes(_)) {
+            return;
+        }
+    }
+}
+
+/// Writes the connection's outbound queue until the core says it is done
+/// (drained and closing, or aborted) or the socket fails.
+async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, id: ConnId) {
+    let fd = stream.borrow().as_raw_fd();
+    loop {
+        let ready = poll_fn(|cx| {
+            context.with_shard(|shard| match shard.poll_write(id) {
+                WriteReady::Write => Poll::Ready(true),
+                WriteReady::Done => Poll::Ready(false),
+                WriteReady::Idle => {
+                    if let Some(conn) = shard.conn(id) {
+                        conn.io.writer.set(Some(cx.waker().clone()));
+                    }
+                    Poll::Pending
+                }
+            })
         })
         .await;
         if !ready {
             break;
         }
-        if conn.borrow().state() == OutboundState::Closing && closing_deadline.is_none() {
-            closing_deadline = Some(Instant::now() + flush);
-        }
-        let written = match send_queued(fd, conn) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => match closing_deadline {
-                None => wait_writable(stream, conn).await,
-                // Only closing connections race a timer: boxed, so the
-                // future every connection carries stays small.
-                Some(deadline) => Box::pin(wait_writable_until(stream, conn, deadline)).await,
-            },
+        let sent = {
+            let shard = context.shard.borrow();
+            match shard.outbound(id) {
+                Some(outbound) => send_queued(fd, outbound),
+                None => break,
+            }
+        };
+        let written = match sent {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                wait_writable(context, stream, id).await
+            }
             other => other,
         };
         match written {
-            Ok(written) => {
-                conn.borrow_mut().advance(written);
-                context.stats.bytes_out.add(written as u64);
-            }
+            Ok(written) => context.with_shard(|shard| shard.handle_written(id, written)),
             Err(error) => {
-                debug!(%error, "writer stopped");
+                debug!(?id, %error, "write failed");
+                let now = context.now_ms();
+                context.with_shard(|shard| shard.handle_write_failed(now, id));
                 break;
             }
         }
     }
-    // SAFETY: `fd` belongs to `stream`, which is still open (borrowed).
+    // SAFETY: `fd` belongs to `stream`, which is still open (borrowed): the
+    // client sees the end after what was written.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
-/// [`wait_writable`], giving up at `deadline`.
-async fn wait_writable_until(
-    stream: &RefCell<TcpStream>,
-    conn: &Conn,
-    deadline: Instant,
-) -> io::Result<usize> {
-    let timeout = async {
-        sleep(deadline.saturating_duration_since(Instant::now())).await;
-        Err(io::ErrorKind::TimedOut.into())
-    };
-    futures_lite::future::or(wait_writable(stream, conn), timeout).await
-}
-
 /// One vectored, non-blocking write of the queue's front.
-fn send_queued(fd: RawFd, conn: &Conn) -> io::Result<usize> {
-    let outbound = conn.borrow();
+fn send_queued(fd: RawFd, outbound: &Outbound) -> io::Result<usize> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(crate::outbound::WRITE_SLICES_MAX);
     outbound.slices(&mut slices);
     // SAFETY: msghdr is plain data; zeroed is a valid empty header.
@@ -551,9 +608,17 @@ fn send_queued(fd: RawFd, conn: &Conn) -> io::Result<usize> {
 
 /// Waits until the socket takes bytes again, writing part of the queue's
 /// first buffer through glommio (which parks on io_uring until writable).
-async fn wait_writable(stream: &RefCell<TcpStream>, conn: &Conn) -> io::Result<usize> {
+/// An abort (`shutdown(2)` of the socket) ends the wait with an error.
+async fn wait_writable(
+    context: &Context,
+    stream: &RefCell<TcpStream>,
+    id: ConnId,
+) -> io::Result<usize> {
     poll_fn(|cx| {
-        let outbound = conn.borrow();
+        let shard = context.shard.borrow();
+        let Some(outbound) = shard.outbound(id) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
         let mut slices = Vec::with_capacity(1);
         outbound.slices(&mut slices);
         let first: &[u8] = slices.first().map_or(&[], |slice| slice);

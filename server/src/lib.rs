@@ -4,24 +4,39 @@
 //! through the mesh's SPSC rings. docs/architecture.md tells the whole story.
 //!
 //! # Layout
-//! - [`config`]: every flag and limit (clap, with `RELAYHUB_*` env vars).
+//! - [`config`]: every flag and limit (clap, with `RELAYHUB_*` env vars),
+//!   and [`Config::validate`].
 //! - [`ids`]: user id allocation and ownership arithmetic.
+//! - [`conn`]: one connection in the core: its state, decoder, outbound.
 //! - [`outbound`]: one connection's outbound queue and its byte limit.
-//! - [`session`]: one connection's protocol handling, IO-free.
-//! - [`shard`]: one shard's connections, routing and mesh messages, IO-free.
+//! - [`shard`]: the IO-free core: the connection table, frames, routing,
+//!   lists, mesh outboxes and budgets, timers, phased shutdown. Driven by
+//!   `handle_*`/`poll_*` calls with `now` passed in, and [`shard::Event`]s.
 //! - [`stats`]: per-shard counters readable from any thread.
 //! - [`startup`]: start-up checks and listener sockets, with clear errors.
-//! - `driver`: the glommio tasks that move bytes around the above.
+//! - `driver`: the glommio tasks that do the IO and the waiting for the core.
 //! - [`Hub`]: starts the shards, reports counters, shuts down gracefully.
+//!
+//! # Where to change what
+//!
+//! | change | where | also |
+//! | --- | --- | --- |
+//! | routing (who gets a relay) | `shard/routing.rs` | the fuzz oracle's delivery accounting (`fuzz/src/hub.rs`, `Harness::check`) |
+//! | a new client frame kind | `relayhub-protocol`, then `shard/frames.rs::handle_frame` | the fuzz `Request` enum and its expected replies |
+//! | a new limit | a `Config` field with its default constant, [`Config::validate`], [`shard::Limits`] | docs/operations.md (flags, memory bound); the fuzz harness's limits if it bounds a queue |
+//! | a new timeout | `shard/timers.rs` (`Connection::deadline`, `fire`) | the fuzz `Advance` operation |
+//! | a new counter | `stats.rs` (`stats!`) | docs/operations.md |
+//! | a new mesh message | `shard/mesh.rs` (`MeshMessage`, `weight`, `handle_mesh`) | the no-deadlock argument in docs/architecture.md |
+//! | how bytes move (sockets, rings, timers) | `driver.rs` only | nothing in the core |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+pub mod conn;
 mod driver;
 pub mod ids;
 pub mod outbound;
-pub mod session;
 pub mod shard;
 pub mod startup;
 pub mod stats;
@@ -29,7 +44,7 @@ pub mod stats;
 use std::{net::SocketAddr, sync::atomic::Ordering, sync::mpsc, sync::Arc, time::Duration};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use relayhub_mesh::channel;
+use relayhub_mesh::{budget, channel};
 
 pub use config::Config;
 pub use startup::StartError;
@@ -59,6 +74,7 @@ pub struct Hub {
 impl Hub {
     /// Starts every shard and returns once all of them accept connections.
     pub fn start(config: Config) -> Result<Hub, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let cpus = startup::allowed_cpus();
         let shards = config.shards.unwrap_or(cpus.len().max(1));
         if shards == 0 || shards > startup::SHARDS_MAX {
@@ -68,7 +84,7 @@ impl Hub {
         let (addr, fds) = startup::listeners(config.listen, shards)?;
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
         let shared = Arc::new(Shared::new(stats));
-        let mut mesh = mesh_ends(shards, config.mesh_ring_slots);
+        let mut mesh = mesh_ends(shards, config.mesh_ring_slots, config.mesh_bytes_max);
 
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let mut executors = Vec::with_capacity(shards);
@@ -171,7 +187,7 @@ fn abort(
 
 /// One ring per ordered pair of shards: shard `i` gets the producer of ring
 /// `i -> j` and shard `j` its consumer.
-fn mesh_ends(shards: usize, slots: usize) -> Vec<MeshEnds> {
+fn mesh_ends(shards: usize, slots: usize, bytes_max: usize) -> Vec<MeshEnds> {
     let mut ends: Vec<MeshEnds> = (0..shards)
         .map(|_| MeshEnds {
             producers: (0..shards).map(|_| None).collect(),
@@ -181,8 +197,9 @@ fn mesh_ends(shards: usize, slots: usize) -> Vec<MeshEnds> {
     for from in 0..shards {
         for to in (0..shards).filter(|&to| to != from) {
             let (producer, consumer) = channel(slots);
-            ends[from].producers[to] = Some(producer);
-            ends[to].consumers[from] = Some(consumer);
+            let (spender, refunder) = budget(bytes_max as u64);
+            ends[from].producers[to] = Some((producer, spender));
+            ends[to].consumers[from] = Some((consumer, refunder));
         }
     }
     ends

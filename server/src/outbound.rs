@@ -5,7 +5,7 @@
 //! relay); small replies are encoded straight into a coalescing buffer. The
 //! writer takes both as one vectored write. Order is exactly push order.
 
-use std::{collections::VecDeque, io::IoSlice, task::Waker};
+use std::{collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, Message};
@@ -44,14 +44,11 @@ pub struct Outbound {
     queued_bytes: usize,
     bytes_max: usize,
     state: OutboundState,
-    /// The writer task, parked until there is something to write.
-    writer: Option<Waker>,
-    /// When the client last sent bytes, in the shard clock's milliseconds
-    /// (the idle sweeper compares it with the timeout).
-    pub activity_ms: u64,
-    /// True once the hub's preface is queued: an error for a client that
-    /// has not seen it must be preceded by it.
-    pub greeted: bool,
+    /// The driver's writer waits for frames (see [`park_writer`](Self::park_writer)).
+    writer_parked: bool,
+    /// A push or close happened while the writer was parked: the shard
+    /// tells the driver to wake it (see [`take_wake`](Self::take_wake)).
+    wake_pending: bool,
 }
 
 impl Outbound {
@@ -63,9 +60,8 @@ impl Outbound {
             queued_bytes: 0,
             bytes_max,
             state: OutboundState::Open,
-            writer: None,
-            activity_ms: 0,
-            greeted: false,
+            writer_parked: false,
+            wake_pending: false,
         }
     }
 
@@ -115,7 +111,6 @@ impl Outbound {
     /// Queues raw bytes that are not a frame (the hub's preface).
     pub fn push_raw(&mut self, bytes: &[u8]) -> Result<(), PushError> {
         self.admit(bytes.len())?;
-        self.greeted |= bytes == relayhub_protocol::PREFACE;
         self.small.extend_from_slice(bytes);
         self.queued_bytes += bytes.len();
         self.wake_writer();
@@ -164,17 +159,21 @@ impl Outbound {
         self.wake_writer();
     }
 
-    /// Registers the writer to be woken by the next push or close.
-    pub fn park_writer(&mut self, waker: &Waker) {
-        match &self.writer {
-            Some(parked) if parked.will_wake(waker) => {}
-            _ => self.writer = Some(waker.clone()),
-        }
+    /// The writer found nothing to write and waits: the next push or close
+    /// sets [`take_wake`](Self::take_wake).
+    pub fn park_writer(&mut self) {
+        self.writer_parked = true;
+    }
+
+    /// True once after a push or close found the writer parked: the caller
+    /// must wake the writer.
+    pub fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake_pending)
     }
 
     fn wake_writer(&mut self) {
-        if let Some(waker) = self.writer.take() {
-            waker.wake();
+        if std::mem::take(&mut self.writer_parked) {
+            self.wake_pending = true;
         }
     }
 

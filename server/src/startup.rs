@@ -44,11 +44,14 @@ pub enum StartError {
     Bind(SocketAddr, io::Error),
     /// A shard's executor could not start (io_uring missing or refused).
     Executor(usize, String),
+    /// A flag is outside its bounds.
+    Config(crate::config::InvalidConfig),
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            StartError::Config(invalid) => write!(f, "{invalid}"),
             StartError::Shards(shards) => {
                 write!(f, "--shards must be between 1 and {SHARDS_MAX}, not {shards}")
             }

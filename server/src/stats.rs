@@ -110,14 +110,22 @@ stats! {
     limit_errors,
     /// Connections closed for a fatal protocol error.
     protocol_errors,
-    /// Connections closed for idleness.
+    /// Connections closed for idleness (no complete frame for the idle timeout).
     idle_timeouts,
+    /// Connections closed because a frame took longer than the frame timeout.
+    frame_timeouts,
+    /// Closing connections dropped because they missed their flush deadline.
+    flush_timeouts,
+    /// Connections accepted and refused at once because the hub was out of
+    /// file descriptors.
+    fd_refusals,
     /// Mesh messages sent to other shards.
     mesh_sent,
     /// Mesh messages received from other shards.
     mesh_received,
     /// Times a ring to another shard was full (the forwarder waited).
     ring_full,
-    /// Times a reader paused because its shard's mesh outbox was too long.
+    /// Times a reader paused because the mesh outbox its relay needed was
+    /// over its byte budget.
     backpressure_waits,
 }

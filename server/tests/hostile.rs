@@ -117,7 +117,7 @@ fn garbage_after_the_handshake_closes_only_that_connection() {
 fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
     const MESSAGES: usize = 400;
     const ROUND: usize = 4;
-    let limit = 1 << 20;
+    let limit = relayhub_server::config::OUTBOUND_BYTES_MIN;
     let hub = start(2, |config| config.outbound_bytes_max = limit);
     let mut sender = connect(&hub);
     let mut slow = connect(&hub);
@@ -228,7 +228,9 @@ fn a_full_shard_refuses_with_server_full() {
 
 #[test]
 fn a_client_that_never_reads_its_replies_is_cut_off() {
-    let hub = start(1, |config| config.outbound_bytes_max = 64 << 10);
+    let hub = start(1, |config| {
+        config.outbound_bytes_max = relayhub_server::config::OUTBOUND_BYTES_MIN
+    });
     let mut witness = connect(&hub);
     let mut stream = TcpStream::connect(hub.local_addr()).unwrap();
     stream.write_all(&PREFACE).unwrap();

@@ -1,0 +1,290 @@
+//! What shards send each other, the outbox towards each other shard with its
+//! byte budget, and the readers paused while an outbox is over budget.
+//!
+//! Memory: a relay body crossing to shard `t` is held once, in a shared
+//! `Bytes`, by the outbox towards `t` (at most `mesh_bytes_max` plus one
+//! message, because a relay is only routed while the outbox is within
+//! budget) and then by the ring to `t` (at most `mesh_bytes_max`, enforced by
+//! the driver's forwarder with the ring's byte budget). A connection whose
+//! relay would go to an over-budget outbox keeps that frame in its decoder
+//! and stops reading (TCP backpressure on that sender only); it resumes when
+//! the outbox is down to half the budget.
+
+use bytes::Bytes;
+use relayhub_protocol::ErrorCode;
+
+use super::{Event, Shard};
+use crate::{
+    conn::{ConnId, Pause},
+    ids::owner,
+};
+
+/// Bytes a mesh message is counted for besides its body: the message itself
+/// and its share of ring and outbox bookkeeping.
+pub const MESH_MESSAGE_OVERHEAD_BYTES: usize = 64;
+
+/// Receivers of one relay that live on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receivers {
+    /// The common 1:1 case, without an allocation.
+    One(u64),
+    /// Several receivers (at most `RECEIVERS_MAX`).
+    Many(Box<[u64]>),
+}
+
+impl Receivers {
+    pub(super) fn from_slice(users: &[u64]) -> Receivers {
+        match users {
+            [user] => Receivers::One(*user),
+            users => Receivers::Many(users.into()),
+        }
+    }
+
+    /// The receivers.
+    pub fn as_slice(&self) -> &[u64] {
+        match self {
+            Receivers::One(user) => std::slice::from_ref(user),
+            Receivers::Many(users) => users,
+        }
+    }
+}
+
+/// Receivers of one relay that did not get it, with the reason for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failures {
+    /// One receiver, without an allocation.
+    One((ErrorCode, u64)),
+    /// Several.
+    Many(Box<[(ErrorCode, u64)]>),
+}
+
+impl Failures {
+    pub(super) fn from_vec(failures: Vec<(ErrorCode, u64)>) -> Option<Failures> {
+        match failures.as_slice() {
+            [] => None,
+            [failure] => Some(Failures::One(*failure)),
+            _ => Some(Failures::Many(failures.into_boxed_slice())),
+        }
+    }
+
+    /// `(code, receiver)` pairs.
+    pub fn as_slice(&self) -> &[(ErrorCode, u64)] {
+        match self {
+            Failures::One(failure) => std::slice::from_ref(failure),
+            Failures::Many(failures) => failures,
+        }
+    }
+}
+
+/// What shards send each other through the mesh rings.
+#[derive(Debug)]
+pub enum MeshMessage {
+    /// Deliver a relay's shared `Deliver` frame to receivers on the target.
+    Deliver {
+        /// The sender, for error reports.
+        from: u64,
+        /// The sender's request id, for error reports.
+        request: u64,
+        /// The encoded `Deliver` frame, shared by every receiver.
+        frame: Bytes,
+        /// Receivers owned by the target shard.
+        receivers: Receivers,
+    },
+    /// Queue `Error` frames for user `to` (owned by the target): receivers
+    /// of its request that did not get the body.
+    Report {
+        /// The user to tell.
+        to: u64,
+        /// The request it concerns.
+        request: u64,
+        /// Which receivers, and why.
+        failures: Failures,
+    },
+    /// Asks the target for its connected ids above `after`.
+    ListQuery {
+        /// The asking shard.
+        origin: usize,
+        /// The asking shard's query id.
+        query: u64,
+        /// Only ids above this.
+        after: u64,
+        /// At most this many ids (the asker takes `limit` of the merge).
+        limit: usize,
+    },
+    /// The answer to a [`MeshMessage::ListQuery`].
+    ListAnswer {
+        /// The query answered.
+        query: u64,
+        /// Ascending ids, at most the query's limit plus one.
+        users: Vec<u64>,
+    },
+    /// Shutdown: the sender has finished round `round` (see `shutdown.rs`).
+    Drain {
+        /// 1: the sender stopped reading; 2: it has every round-1 marker.
+        round: u8,
+    },
+}
+
+impl MeshMessage {
+    /// The bytes this message is counted for against the mesh budgets.
+    pub fn weight(&self) -> usize {
+        let payload = match self {
+            MeshMessage::Deliver { frame, .. } => frame.len(),
+            MeshMessage::Report { failures, .. } => failures.as_slice().len() * 16,
+            MeshMessage::ListAnswer { users, .. } => users.len() * 8,
+            MeshMessage::ListQuery { .. } | MeshMessage::Drain { .. } => 0,
+        };
+        MESH_MESSAGE_OVERHEAD_BYTES + payload
+    }
+}
+
+/// The outboxes towards every other shard and the readers paused on them.
+pub(super) struct MeshState {
+    outboxes: Vec<std::collections::VecDeque<MeshMessage>>,
+    /// Weight of each outbox's messages.
+    outbox_bytes: Vec<usize>,
+    /// The forwarder towards each shard waits for messages.
+    forwarder_parked: Vec<bool>,
+    /// Connections paused on each outbox.
+    paused: Vec<Vec<ConnId>>,
+}
+
+impl MeshState {
+    pub(super) fn new(shards: usize) -> MeshState {
+        MeshState {
+            outboxes: (0..shards).map(|_| Default::default()).collect(),
+            outbox_bytes: vec![0; shards],
+            forwarder_parked: vec![false; shards],
+            paused: (0..shards).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Forgets every paused reader (shutdown: nobody reads any more).
+    pub(super) fn clear_paused(&mut self) {
+        self.paused.iter_mut().for_each(Vec::clear);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.outboxes.iter().all(|outbox| outbox.is_empty())
+    }
+}
+
+impl<Io> Shard<Io> {
+    /// Queues `message` for shard `target`.
+    pub(super) fn send_mesh(&mut self, _now_ms: u64, target: usize, message: MeshMessage) {
+        assert_ne!(target, self.index, "no ring to oneself");
+        self.stats.mesh_sent.incr();
+        self.mesh.outbox_bytes[target] += message.weight();
+        self.mesh.outboxes[target].push_back(message);
+        if std::mem::take(&mut self.mesh.forwarder_parked[target]) {
+            self.events.push_back(Event::MeshOutbox(target));
+        }
+    }
+
+    /// A remote shard among `receivers`' owners whose outbox is over budget.
+    pub(super) fn congested_target(
+        &self,
+        receivers: &[relayhub_protocol::ArchivedUserId],
+    ) -> Option<usize> {
+        let budget = self.limits.mesh_bytes_max;
+        receivers
+            .iter()
+            .map(|receiver| owner(receiver.to_native(), self.shards))
+            .find(|&target| target != self.index && self.mesh.outbox_bytes[target] > budget)
+    }
+
+    /// Pauses `id`'s input until the outbox towards `target` drains.
+    pub(super) fn pause(&mut self, id: ConnId, target: usize) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.paused_on.is_none() {
+            conn.paused_on = Some(Pause::Mesh(target));
+            self.mesh.paused[target].push(id);
+            self.stats.backpressure_waits.incr();
+        }
+    }
+
+    /// A remote outbox over budget (a List reaches every shard).
+    pub(super) fn any_congested(&self) -> Option<usize> {
+        let budget = self.limits.mesh_bytes_max;
+        (0..self.shards)
+            .find(|&target| target != self.index && self.mesh.outbox_bytes[target] > budget)
+    }
+
+    /// Lets a paused connection go on: its reader is woken.
+    pub(super) fn unpause(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.paused_on.take().is_some() {
+            self.events.push_back(Event::Readable(id));
+            self.rearm(id);
+        }
+    }
+
+    /// Moves up to `max` messages for `target` into `batch`. When there are
+    /// none, the forwarder is parked until [`Event::MeshOutbox`].
+    pub fn poll_mesh(&mut self, target: usize, max: usize, batch: &mut Vec<MeshMessage>) {
+        let outbox = &mut self.mesh.outboxes[target];
+        let take = outbox.len().min(max);
+        for message in outbox.drain(..take) {
+            self.mesh.outbox_bytes[target] -= message.weight();
+            batch.push(message);
+        }
+        if batch.is_empty() {
+            self.mesh.forwarder_parked[target] = true;
+        }
+        if self.mesh.outbox_bytes[target] <= self.limits.mesh_bytes_max / 2 {
+            self.resume(target);
+        }
+    }
+
+    /// Bytes waiting in the outbox towards `target`.
+    pub fn outbox_bytes(&self, target: usize) -> usize {
+        self.mesh.outbox_bytes[target]
+    }
+
+    fn resume(&mut self, target: usize) {
+        let paused = std::mem::take(&mut self.mesh.paused[target]);
+        for id in paused {
+            if self
+                .conn(id)
+                .is_some_and(|conn| conn.paused_on == Some(Pause::Mesh(target)))
+            {
+                self.unpause(id);
+            }
+        }
+    }
+
+    /// Handles one message from shard `from`.
+    pub fn handle_mesh(&mut self, now_ms: u64, from: usize, message: MeshMessage) {
+        match message {
+            MeshMessage::Deliver {
+                from: sender,
+                request,
+                frame,
+                receivers,
+            } => self.deliver_from_mesh(now_ms, sender, request, &frame, &receivers),
+            MeshMessage::Report {
+                to,
+                request,
+                failures,
+            } => self.report(now_ms, to, request, failures),
+            MeshMessage::ListQuery {
+                origin,
+                query,
+                after,
+                limit,
+            } => {
+                let users = self.local_users(after, limit, 0);
+                self.send_mesh(now_ms, origin, MeshMessage::ListAnswer { query, users });
+            }
+            MeshMessage::ListAnswer { query, users } => self.list_answer(now_ms, query, users),
+            MeshMessage::Drain { round } => self.drain_marker(now_ms, from, round),
+        }
+        // Counted after handling: whatever the message caused is counted as
+        // sent before the message is counted as received.
+        self.stats.mesh_received.incr();
+    }
+}

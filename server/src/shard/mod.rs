@@ -1,0 +1,526 @@
+//! One shard's core: its connections, their protocol handling, routing,
+//! the mesh outboxes, timers and shutdown, with no IO, no clock and no
+//! executor. Inputs are `handle_*` calls (with `now` in milliseconds passed
+//! in); outputs are `poll_*` calls and [`Event`]s the driver turns into
+//! wake-ups and socket operations. The glommio driver (`driver.rs`), the unit
+//! tests and the fuzz harness all drive this same type.
+//!
+//! - `mod.rs` (here): the connection table, reading, writing, closing.
+//! - `frames`: what each client frame does.
+//! - `routing`: relays to local receivers and to other shards, reports.
+//! - `list`: paged listing, gathered from every shard.
+//! - `mesh`: mesh messages, outboxes with byte budgets, paused readers.
+//! - `timers`: idle, frame and flush deadlines.
+//! - `shutdown`: the phased shutdown across shards.
+
+mod frames;
+mod list;
+mod mesh;
+mod routing;
+mod shutdown;
+mod timers;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
+
+use bytes::{Bytes, BytesMut};
+use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, PREFACE};
+
+pub use list::LISTS_PER_CONNECTION_MAX;
+pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES};
+pub use routing::INLINE_DELIVER_BYTES_MAX;
+
+use crate::{
+    config::Config,
+    conn::{ConnId, ConnState, Connection},
+    ids::IdAllocator,
+    stats::ShardStats,
+};
+
+/// Bytes of the per-shard read buffer that idle and small-frame connections
+/// share (a connection holds a buffer of its own only while a frame is
+/// partly received). 64 KiB per shard.
+pub const SHARD_READ_BYTES: usize = 64 << 10;
+
+/// The limits one shard enforces, from the hub's [`Config`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// See [`Config::connections_per_shard_max`].
+    pub connections_max: usize,
+    /// See [`Config::outbound_bytes_max`].
+    pub outbound_bytes_max: usize,
+    /// See [`Config::idle_timeout_ms`] (0 = off).
+    pub idle_timeout_ms: u64,
+    /// See [`Config::frame_timeout_ms`] (0 = off).
+    pub frame_timeout_ms: u64,
+    /// See [`Config::close_flush_ms`].
+    pub close_flush_ms: u64,
+    /// See [`Config::mesh_bytes_max`].
+    pub mesh_bytes_max: usize,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            connections_max: config.connections_per_shard_max,
+            outbound_bytes_max: config.outbound_bytes_max,
+            idle_timeout_ms: config.idle_timeout_ms,
+            frame_timeout_ms: config.frame_timeout_ms,
+            close_flush_ms: config.close_flush_ms,
+            mesh_bytes_max: config.mesh_bytes_max,
+        }
+    }
+}
+
+/// What the driver must do for the core. Each kind is queued at most once
+/// per cause (a writer is woken once per park, a reader once per pause), so
+/// the queue is bounded by the number of connections and shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Frames are queued for a connection whose writer waits: wake it.
+    Writable(ConnId),
+    /// A paused reader may go on: wake it.
+    Readable(ConnId),
+    /// Stop reading this connection (it is closing, or the hub shuts down):
+    /// end its read side so a pending read returns.
+    StopReading(ConnId),
+    /// The connection missed its flush deadline: drop it now.
+    Abort(ConnId),
+    /// The outbox towards this shard has messages: wake its forwarder.
+    MeshOutbox(usize),
+    /// The earliest deadline moved earlier than the one the driver sleeps
+    /// until: ask [`Shard::poll_timeout`] again.
+    TimerChanged,
+}
+
+/// Why a new connection was refused: write [`Refusal::bytes`] and close.
+#[derive(Debug)]
+pub struct Refusal<Io> {
+    /// The driver's value, handed back.
+    pub io: Io,
+    /// The hub's preface and an `Error(ServerFull)` frame.
+    pub bytes: Bytes,
+}
+
+/// What a connection's reader should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadReady {
+    /// Read into [`Shard::read_buffer`].
+    Read,
+    /// Wait for [`Event::Readable`] (mesh backpressure).
+    Paused,
+    /// Stop reading for good.
+    Stop,
+}
+
+/// What happened on a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// This many bytes were read into the last [`Shard::read_buffer`].
+    Bytes(usize),
+    /// The client closed its side (or the hub shut the read side).
+    End,
+    /// The socket failed.
+    Failed,
+}
+
+/// What a connection's writer should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteReady {
+    /// Write from [`Shard::outbound`] and report with [`Shard::handle_written`].
+    Write,
+    /// Nothing queued: wait for [`Event::Writable`].
+    Idle,
+    /// The connection is done (drained and closing, or aborted).
+    Done,
+}
+
+/// A shard's connections and routing state.
+pub struct Shard<Io> {
+    index: usize,
+    shards: usize,
+    limits: Limits,
+    ids: IdAllocator,
+    /// The connection table: every accepted connection, by slot.
+    slots: Vec<Slot<Io>>,
+    /// Free slots, reused last in, first out.
+    free: Vec<u32>,
+    /// Welcomed, reachable users owned by this shard, ordered for listing.
+    users: BTreeMap<u64, ConnId>,
+    events: VecDeque<Event>,
+    read_buffer: Box<[u8]>,
+    mesh: mesh::MeshState,
+    lists: list::Lists,
+    timers: timers::Timers,
+    shutdown: Option<shutdown::Shutdown>,
+    markers: shutdown::Markers,
+    /// Per-destination receivers of the relay being routed (reused).
+    route: Vec<Vec<u64>>,
+    stats: Arc<ShardStats>,
+}
+
+struct Slot<Io> {
+    generation: u32,
+    conn: Option<Connection<Io>>,
+}
+
+impl<Io> Shard<Io> {
+    /// Shard `index` of `shards`.
+    pub fn new(index: usize, shards: usize, limits: Limits, stats: Arc<ShardStats>) -> Shard<Io> {
+        assert!(index < shards, "shard {index} of {shards}");
+        Shard {
+            index,
+            shards,
+            ids: IdAllocator::new(index, shards),
+            slots: Vec::new(),
+            free: Vec::new(),
+            users: BTreeMap::new(),
+            events: VecDeque::new(),
+            read_buffer: vec![0; SHARD_READ_BYTES].into_boxed_slice(),
+            mesh: mesh::MeshState::new(shards),
+            lists: list::Lists::default(),
+            timers: timers::Timers::default(),
+            shutdown: None,
+            markers: shutdown::Markers::default(),
+            route: (0..shards).map(|_| Vec::new()).collect(),
+            stats,
+            limits,
+        }
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> &Arc<ShardStats> {
+        &self.stats
+    }
+
+    /// The limits this shard enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Welcomed users on this shard.
+    pub fn connected(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Accepted connections not yet closed by [`handle_closed`](Self::handle_closed).
+    pub fn connections(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A connection, if it is still in the table.
+    pub fn conn(&self, id: ConnId) -> Option<&Connection<Io>> {
+        let slot = self.slots.get(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.conn.as_ref()
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection<Io>> {
+        slot_conn(&mut self.slots, id)
+    }
+
+    /// Every connection's id (for shutdown and tests).
+    fn conn_ids(&self) -> Vec<ConnId> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.conn.as_ref().map(|conn| conn.id))
+            .collect()
+    }
+
+    /// The outbound queue of a connection (the driver writes from it).
+    pub fn outbound(&self, id: ConnId) -> Option<&crate::outbound::Outbound> {
+        self.conn(id).map(Connection::outbound)
+    }
+
+    // ----- accept -------------------------------------------------------
+
+    /// Takes a new connection into the table, or refuses it with
+    /// `ServerFull` (the shard is full, or shutting down).
+    pub fn handle_accept(&mut self, now_ms: u64, io: Io) -> Result<ConnId, Refusal<Io>> {
+        if self.connections() >= self.limits.connections_max || self.shutdown.is_some() {
+            self.stats.connections_refused.incr();
+            let detail = self.limits.connections_max as u64;
+            return Err(Refusal {
+                io,
+                bytes: refusal_bytes(ErrorCode::ServerFull, detail),
+            });
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.slots.len()).expect("connections fit in u32");
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                slot
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        let id = ConnId {
+            slot,
+            generation: entry.generation,
+        };
+        entry.conn = Some(Connection::new(
+            id,
+            now_ms,
+            self.limits.outbound_bytes_max,
+            io,
+        ));
+        self.stats.connections_open.incr();
+        self.rearm(id);
+        Ok(id)
+    }
+
+    /// Forgets a connection whose reader and writer have both finished, and
+    /// hands back the driver's value.
+    pub fn handle_closed(&mut self, id: ConnId) -> Option<Io> {
+        let slot = self.slots.get_mut(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let conn = slot.conn.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.slot);
+        if conn.user != 0 && self.users.get(&conn.user) == Some(&id) {
+            self.users.remove(&conn.user);
+        }
+        self.stats.connections_open.decr();
+        Some(conn.io)
+    }
+
+    // ----- reading ------------------------------------------------------
+
+    /// Whether the reader of `id` should read now. A reader resumed after a
+    /// pause first handles the frames it kept, and may pause again.
+    pub fn poll_read(&mut self, now_ms: u64, id: ConnId) -> ReadReady {
+        let stopping = self.shutdown.is_some();
+        let Some(conn) = self.conn_mut(id) else {
+            return ReadReady::Stop;
+        };
+        if stopping || conn.reading_stopped || !conn.takes_input() {
+            return ReadReady::Stop;
+        }
+        if conn.paused_on.is_some() {
+            return ReadReady::Paused;
+        }
+        if conn.decoder.buffered_len() > 0 {
+            // Frames kept through a pause: handle them before reading more.
+            self.process(now_ms, id);
+            return self.poll_read_settled(id);
+        }
+        ReadReady::Read
+    }
+
+    fn poll_read_settled(&self, id: ConnId) -> ReadReady {
+        match self.conn(id) {
+            Some(conn) if conn.takes_input() && !conn.reading_stopped => {
+                if conn.paused_on.is_some() {
+                    ReadReady::Paused
+                } else {
+                    ReadReady::Read
+                }
+            }
+            _ => ReadReady::Stop,
+        }
+    }
+
+    /// Where the next read of `id` goes: the decoder's own room when a
+    /// frame is partly buffered, else the shard's shared buffer. Report it
+    /// with [`handle_read`](Self::handle_read) before asking again.
+    pub fn read_buffer(&mut self, id: ConnId) -> &mut [u8] {
+        let slot = &mut self.slots[id.slot as usize];
+        assert_eq!(
+            slot.generation, id.generation,
+            "read_buffer of a closed connection"
+        );
+        let conn = slot
+            .conn
+            .as_mut()
+            .expect("read_buffer of a closed connection");
+        conn.reading_into_decoder = conn.decoder.buffered_len() > 0;
+        if conn.reading_into_decoder {
+            conn.decoder.spare()
+        } else {
+            &mut self.read_buffer
+        }
+    }
+
+    /// Handles what a read of `id` produced.
+    pub fn handle_read(&mut self, now_ms: u64, id: ConnId, read: Read) {
+        let stopping = self.shutdown.is_some();
+        let Some(conn) = slot_conn(&mut self.slots, id) else {
+            return;
+        };
+        match read {
+            Read::Bytes(0) | Read::End | Read::Failed => {
+                if stopping || !conn.takes_input() {
+                    // Shutdown ended the read side on purpose: the session
+                    // stays reachable until its queue is flushed.
+                    return;
+                }
+                // Half-close: everything before the end was handled; what
+                // is queued gets written, then the connection closes.
+                self.close(now_ms, id, None);
+            }
+            Read::Bytes(len) => {
+                if stopping || !conn.takes_input() || conn.reading_stopped {
+                    // Bytes read after the hub stopped reading are not handled.
+                    return;
+                }
+                if conn.reading_into_decoder {
+                    conn.decoder.commit(len);
+                } else {
+                    conn.decoder.handle_bytes(&self.read_buffer[..len]);
+                }
+                self.stats.bytes_in.add(len as u64);
+                self.process(now_ms, id);
+            }
+        }
+    }
+
+    // ----- writing ------------------------------------------------------
+
+    /// Whether the writer of `id` has something to write.
+    pub fn poll_write(&mut self, id: ConnId) -> WriteReady {
+        let Some(conn) = self.conn_mut(id) else {
+            return WriteReady::Done;
+        };
+        match conn.state {
+            ConnState::Aborted => WriteReady::Done,
+            _ if !conn.outbound.is_empty() => WriteReady::Write,
+            ConnState::Closing => WriteReady::Done,
+            ConnState::AwaitPreface | ConnState::Open => {
+                conn.outbound.park_writer();
+                WriteReady::Idle
+            }
+        }
+    }
+
+    /// `written` bytes of [`outbound`](Self::outbound) reached the socket.
+    pub fn handle_written(&mut self, id: ConnId, written: usize) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.outbound.advance(written);
+            self.stats.bytes_out.add(written as u64);
+        }
+    }
+
+    /// The socket refused a write: nothing more can reach this client.
+    pub fn handle_write_failed(&mut self, now_ms: u64, id: ConnId) {
+        self.close(now_ms, id, None);
+        self.abort(id);
+    }
+
+    // ----- closing ------------------------------------------------------
+
+    /// Stops handling input from `id`, makes it unreachable, queues the
+    /// closing error (after the hub's preface if the client has not had it:
+    /// this is the one place that rule lives) and lets the writer flush
+    /// until the flush deadline.
+    fn close(&mut self, now_ms: u64, id: ConnId, error: Option<(ErrorCode, u64, u64)>) {
+        let flush_ms = self.limits.close_flush_ms;
+        let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline_ms);
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if !conn.takes_input() {
+            return;
+        }
+        if let Some((code, _, _)) = error {
+            assert!(code.closes_connection(), "{code:?} does not close");
+            if !conn.greeted {
+                let _ = conn.outbound.push_raw(&PREFACE);
+                conn.greeted = true;
+            }
+        }
+        conn.outbound.close(error);
+        conn.state = ConnState::Closing;
+        conn.paused_on = None;
+        conn.flush_deadline_ms = match shutdown_deadline {
+            Some(deadline) => deadline.min(now_ms.saturating_add(flush_ms)),
+            None => now_ms.saturating_add(flush_ms),
+        };
+        let user = conn.user;
+        if user != 0 && self.users.get(&user) == Some(&id) {
+            self.users.remove(&user);
+        }
+        self.stop_reading(id);
+        self.note_pushed(id);
+        self.rearm(id);
+    }
+
+    /// The flush deadline passed (or the socket failed): the driver drops
+    /// the connection now.
+    fn abort(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state == ConnState::Aborted {
+            return;
+        }
+        conn.state = ConnState::Aborted;
+        self.events.push_back(Event::Abort(id));
+    }
+
+    fn stop_reading(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.reading_stopped {
+                conn.reading_stopped = true;
+                self.events.push_back(Event::StopReading(id));
+            }
+        }
+    }
+
+    /// After anything was queued on `id`: wake its writer if it waits.
+    fn note_pushed(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if conn.outbound.take_wake() {
+                self.events.push_back(Event::Writable(id));
+            }
+        }
+    }
+
+    /// Cuts `id` off for exceeding its outbound limit.
+    fn cut_slow_consumer(&mut self, now_ms: u64, id: ConnId) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        if !conn.takes_input() {
+            return;
+        }
+        let bytes_max = conn.outbound.bytes_max() as u64;
+        self.stats.slow_consumers.incr();
+        self.close(now_ms, id, Some((ErrorCode::SlowConsumer, 0, bytes_max)));
+    }
+}
+
+/// The connection in `id`'s slot, if it is still that connection. A free
+/// function so that callers can borrow other fields of the shard beside it.
+fn slot_conn<Io>(slots: &mut [Slot<Io>], id: ConnId) -> Option<&mut Connection<Io>> {
+    let slot = slots.get_mut(id.slot as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_mut()
+}
+
+/// The hub's preface and one closing `Error` frame: what a refused
+/// connection gets before the hub closes it.
+pub fn refusal_bytes(code: ErrorCode, detail: u64) -> Bytes {
+    let mut bytes = BytesMut::from(&PREFACE[..]);
+    encode(&ErrorFrame::new(code, 0, detail), &mut bytes).expect("an error frame fits");
+    bytes.freeze()
+}
+
+#[cfg(test)]
+mod tests;
