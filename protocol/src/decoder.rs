@@ -16,7 +16,7 @@ use crate::{
     error::DecodeError,
     frame::{FrameHeader, Role},
     limits::{FRAME_ALIGN_BYTES, FRAME_BYTES_MAX, FRAME_HEADER_BYTES},
-    preface::{check_preface, PREFACE_BYTES},
+    preface::{check_preface_in, PREFACE_BYTES, VERSION},
 };
 
 /// Bytes the decoder offers for one read when no larger frame is pending.
@@ -90,6 +90,11 @@ pub struct Decoder<R: Role> {
     /// Length of the frame last returned, consumed on the next call.
     returned_len: usize,
     stage: Stage,
+    /// The version the peer's preface carried (the connection's version),
+    /// or 0 before it was accepted.
+    version: u16,
+    /// The only version the preface may carry, or 0 for any of `R::VERSIONS`.
+    expected: u16,
     _role: PhantomData<R>,
 }
 
@@ -108,16 +113,66 @@ impl<R: Role> Decoder<R> {
             end: 0,
             returned_len: 0,
             stage: Stage::Preface,
+            version: 0,
+            expected: 0,
             _role: PhantomData,
         }
     }
 
-    /// A decoder for a stream whose preface was already checked.
+    /// A decoder for a stream whose preface was already checked, as
+    /// version 1.
     pub fn after_preface() -> Decoder<R> {
+        Decoder::after_preface_version(VERSION)
+    }
+
+    /// A decoder whose peer preface must carry exactly `version` (a client
+    /// that sent a version-2 preface expects the hub to answer with one);
+    /// any other version is `UnsupportedVersion`.
+    ///
+    /// # Panics
+    /// If this side does not speak `version` ([`Role::VERSIONS`]).
+    pub fn expecting(version: u16) -> Decoder<R> {
+        assert!(
+            R::VERSIONS.contains(&version),
+            "this side does not speak version {version}"
+        );
         Decoder {
-            stage: Stage::Frames,
+            expected: version,
             ..Decoder::new()
         }
+    }
+
+    /// A decoder for a stream whose preface (of `version`) was already
+    /// checked: say, a connection handed over by the shard that read its
+    /// preface, followed by [`handle_bytes`](Self::handle_bytes) with the
+    /// bytes that shard had already read ([`buffered`](Self::buffered)).
+    ///
+    /// # Panics
+    /// If this side does not speak `version` ([`Role::VERSIONS`]).
+    pub fn after_preface_version(version: u16) -> Decoder<R> {
+        assert!(
+            R::VERSIONS.contains(&version),
+            "this side does not speak version {version}"
+        );
+        Decoder {
+            stage: Stage::Frames,
+            version,
+            expected: version,
+            ..Decoder::new()
+        }
+    }
+
+    /// The connection's protocol version: the one the peer's preface
+    /// carried, once it was accepted; `None` before.
+    pub fn version(&self) -> Option<u16> {
+        (self.version != 0).then_some(self.version)
+    }
+
+    /// The bytes received and not yet consumed ([`buffered_len`](Self::buffered_len)
+    /// of them), preface included while it is pending: what a driver hands
+    /// on with a connection so that another decoder continues the stream.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf.bytes()[self.start + self.returned_len..self.end]
     }
 
     /// Bytes received and not yet consumed.
@@ -200,7 +255,7 @@ impl<R: Role> Decoder<R> {
             Err(DecodeError::Incomplete { .. }) => return Ok(None),
             Err(error) => return Err(self.fail(error)),
         };
-        if !R::accepts(header.kind) {
+        if !R::accepts_version(self.version, header.kind) {
             return Err(self.fail(DecodeError::UnknownKind { kind: header.kind }));
         }
         let frame_len = header.frame_len();
@@ -211,7 +266,7 @@ impl<R: Role> Decoder<R> {
         let archive_start = self.start + FRAME_HEADER_BYTES;
         debug_assert_eq!(archive_start % FRAME_ALIGN_BYTES, 0);
         let archive = &self.buf.bytes()[archive_start..self.start + frame_len];
-        match R::parse(header.kind, archive) {
+        match R::parse_version(self.version, header.kind, archive) {
             Ok(frame) => Ok(Some(frame)),
             Err(error) if !error.is_fatal() => Err(error),
             Err(error) => {
@@ -248,13 +303,17 @@ impl<R: Role> Decoder<R> {
             Stage::Preface => {}
         }
         let available = &self.buf.bytes()[self.start..self.end];
-        let complete = check_preface(&available[..available.len().min(PREFACE_BYTES)])
-            .map_err(|error| self.fail(error))?;
-        if complete {
+        let versions = match self.expected {
+            0 => R::VERSIONS,
+            version => version..=version,
+        };
+        let version = check_preface_in(available, versions).map_err(|error| self.fail(error))?;
+        if let Some(version) = version {
             self.start += PREFACE_BYTES;
             self.stage = Stage::Frames;
+            self.version = version;
         }
-        Ok(complete)
+        Ok(version.is_some())
     }
 
     fn consume_returned(&mut self) {

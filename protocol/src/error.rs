@@ -20,10 +20,15 @@ pub enum Malformed {
     /// The archive length is not a multiple of
     /// [`FRAME_ALIGN_BYTES`](crate::FRAME_ALIGN_BYTES).
     Misaligned,
-    /// The header's reserved flags are not zero.
+    /// Reserved flag bits are set: the header's `flags` (always reserved),
+    /// or a bit a message's own `flags` field does not define.
     Flags,
     /// bytecheck rejected the archive (bad pointer, bad length, bad bool...).
     Archive,
+    /// The archive is valid but its fields break a rule of the message
+    /// (a `Hello` with a resume token but no user, a `RelayV2` asking for
+    /// receipts without a message id; see docs/protocol-v2.md).
+    Field,
 }
 
 /// Everything that can go wrong turning bytes into frames.

@@ -12,6 +12,8 @@
 //! 16-byte aligned buffer every archive starts 8-byte aligned and is
 //! validated in place, without a realigning copy.
 
+use std::ops::RangeInclusive;
+
 use bytes::BytesMut;
 use rkyv::{
     rancor::{Failure, Strategy},
@@ -26,6 +28,7 @@ use crate::{
         LIST_PAGE_USERS_MAX, RECEIVERS_MAX,
     },
     message::{kind, *},
+    preface::VERSION,
 };
 
 /// The rkyv serializer every frame is archived with: it writes straight
@@ -183,6 +186,32 @@ pub trait Role {
     /// True for the kinds this side accepts: lets a decoder refuse an
     /// unknown kind as soon as the header is in, before buffering the frame.
     fn accepts(kind: u16) -> bool;
+
+    /// The protocol versions this side speaks: a [`Decoder::new`](crate::Decoder::new)
+    /// accepts a peer preface of any of them. Version 1 only, unless the
+    /// side says otherwise ([`HubSideV2`](crate::HubSideV2),
+    /// [`ClientSideV2`](crate::ClientSideV2)).
+    const VERSIONS: RangeInclusive<u16> = VERSION..=VERSION;
+
+    /// [`accepts`](Self::accepts) on a connection that negotiated `version`
+    /// (one of [`VERSIONS`](Self::VERSIONS)): which kinds a peer may send
+    /// depends on it. The decoder calls this one.
+    fn accepts_version(version: u16, kind: u16) -> bool {
+        let _ = version;
+        Self::accepts(kind)
+    }
+
+    /// [`parse`](Self::parse) on a connection that negotiated `version`.
+    /// Refuses a kind that [`accepts_version`](Self::accepts_version)
+    /// refuses. The decoder calls this one.
+    fn parse_version(
+        version: u16,
+        kind: u16,
+        archive: &[u8],
+    ) -> Result<Self::Frame<'_>, DecodeError> {
+        let _ = version;
+        Self::parse(kind, archive)
+    }
 }
 
 /// The hub's side: decodes what clients send.
@@ -193,7 +222,7 @@ pub enum HubSide {}
 #[derive(Debug)]
 pub enum ClientSide {}
 
-fn access<T>(kind: u16, archive: &[u8]) -> Result<&T, DecodeError>
+pub(crate) fn access<T>(kind: u16, archive: &[u8]) -> Result<&T, DecodeError>
 where
     T: Portable + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::low::LowValidator<'a, Failure>>,
 {
@@ -206,7 +235,12 @@ where
     })
 }
 
-fn check_limit(request: u64, limit: Limit, value: usize, max: usize) -> Result<(), DecodeError> {
+pub(crate) fn check_limit(
+    request: u64,
+    limit: Limit,
+    value: usize,
+    max: usize,
+) -> Result<(), DecodeError> {
     if value > max {
         return Err(DecodeError::LimitExceeded {
             request,
@@ -298,6 +332,23 @@ pub fn decode_frame<R: Role>(bytes: &[u8]) -> Result<(R::Frame<'_>, usize), Deco
         return Err(DecodeError::Incomplete { needed: frame_len });
     };
     Ok((R::parse(header.kind, archive)?, frame_len))
+}
+
+/// [`decode_frame`] on a connection that negotiated `version`: a kind that
+/// version does not define is an `UnknownKind`.
+pub fn decode_frame_version<R: Role>(
+    version: u16,
+    bytes: &[u8],
+) -> Result<(R::Frame<'_>, usize), DecodeError> {
+    let header = FrameHeader::check(bytes)?;
+    if !R::accepts_version(version, header.kind) {
+        return Err(DecodeError::UnknownKind { kind: header.kind });
+    }
+    let frame_len = header.frame_len();
+    let Some(archive) = bytes.get(FRAME_HEADER_BYTES..frame_len) else {
+        return Err(DecodeError::Incomplete { needed: frame_len });
+    };
+    Ok((R::parse_version(version, header.kind, archive)?, frame_len))
 }
 
 #[cfg(test)]

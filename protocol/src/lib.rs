@@ -12,6 +12,9 @@
 //!   the per-side validation ([`HubSide`], [`ClientSide`]).
 //! - [`decoder`]: the incremental decoder fed by any split of the stream.
 //! - [`error`]: typed decode/encode errors and the wire error codes.
+//! - [`v2`]: protocol version 2 (sessions, acknowledged relays, sequenced
+//!   deliveries; docs/protocol-v2.md): its messages, the sides that speak
+//!   both versions ([`HubSideV2`], [`ClientSideV2`]) and [`ErrorCodeV2`].
 //!
 //! # Example
 //! ```
@@ -39,6 +42,7 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod preface;
+pub mod v2;
 
 /// The rkyv version this crate archives with, for callers that name
 /// archived types.
@@ -47,10 +51,17 @@ pub use rkyv;
 pub use decoder::{Decoder, DECODER_BYTES_MAX, READ_CHUNK_BYTES};
 pub use error::{DecodeError, EncodeError, ErrorCode, Limit, Malformed};
 pub use frame::{
-    decode_frame, deliver_frame_len, encode, encode_deliver, ClientSide, FrameHeader, HubSide, Role,
+    decode_frame, decode_frame_version, deliver_frame_len, encode, encode_deliver, ClientSide,
+    FrameHeader, HubSide, Role,
 };
 pub use limits::*;
 pub use message::*;
 pub use preface::{
-    check_preface, preface_for, HTTP_REFUSAL, MAGIC, PREFACE, PREFACE_BYTES, VERSION,
+    check_hub_preface, check_preface, check_preface_in, hub_preface, preface_for, HTTP_REFUSAL,
+    MAGIC, PREFACE, PREFACE_BYTES, VERSION, VERSIONS_SUPPORTED, VERSION_2,
+};
+pub use v2::message::*;
+pub use v2::{
+    deliver_v2_frame_len, deliver_v2_prefix, deliver_v2_root, encode_deliver_v2,
+    relay_v2_frame_len, ClientSideV2, DeliverV2Meta, ErrorCodeV2, HubSideV2, DELIVER_V2_ROOT_BYTES,
 };

@@ -31,8 +31,14 @@ pub mod kind {
     pub const IDENTITY: u16 = 2;
     /// [`List`](super::List), client to hub.
     pub const LIST: u16 = 3;
-    /// [`Relay`](super::Relay), client to hub.
+    /// [`Relay`](super::Relay), client to hub (version 1 only).
     pub const RELAY: u16 = 4;
+    /// [`Hello`](super::Hello), client to hub (version 2): opens the session.
+    pub const HELLO: u16 = 5;
+    /// [`RelayV2`](super::RelayV2), client to hub (version 2).
+    pub const RELAY_V2: u16 = 6;
+    /// [`Ack`](super::Ack), client to hub (version 2).
+    pub const ACK: u16 = 7;
     /// [`Welcome`](super::Welcome), hub to client.
     pub const WELCOME: u16 = 128;
     /// [`EchoReply`](super::EchoReply), hub to client.
@@ -45,6 +51,14 @@ pub mod kind {
     pub const DELIVER: u16 = 132;
     /// [`Error`](super::Error), hub to client.
     pub const ERROR: u16 = 133;
+    /// [`WelcomeV2`](super::WelcomeV2), hub to client (version 2).
+    pub const WELCOME_V2: u16 = 134;
+    /// [`DeliverV2`](super::DeliverV2), hub to client (version 2).
+    pub const DELIVER_V2: u16 = 135;
+    /// [`Stored`](super::Stored), hub to client (version 2).
+    pub const STORED: u16 = 136;
+    /// [`Receipt`](super::Receipt), hub to client (version 2).
+    pub const RECEIPT: u16 = 137;
 }
 
 /// A message that travels as one frame: its kind, and how to archive it.
@@ -58,6 +72,7 @@ macro_rules! message {
         $(impl Message for $ty { const KIND: u16 = $kind; })+
     };
 }
+pub(crate) use message;
 
 /// Client to hub: send `body` back to me (a round trip through the hub).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -214,6 +229,7 @@ macro_rules! borrowed_twin {
         }
     };
 }
+pub(crate) use borrowed_twin;
 
 borrowed_twin! {
     /// Borrowed twin of [`Echo`].
@@ -333,7 +349,7 @@ pub enum HubMessage {
 
 /// Copies an archived value out (rkyv deserialization cannot fail for
 /// these types: they hold no pointers that need a pool).
-fn owned<T: Archive>(archived: &T::Archived) -> T
+pub(crate) fn owned<T: Archive>(archived: &T::Archived) -> T
 where
     T::Archived: Deserialize<T, rkyv::rancor::Strategy<(), rkyv::rancor::Panic>>,
 {

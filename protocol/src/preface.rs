@@ -5,6 +5,8 @@
 //! gets a clear refusal; a relayhub peer of another version fails on the
 //! version and is told which version this side speaks.
 
+use std::ops::RangeInclusive;
+
 use crate::error::DecodeError;
 
 /// The magic that opens every relayhub connection, in both directions.
@@ -12,6 +14,15 @@ pub const MAGIC: [u8; 6] = *b"RLYHUB";
 
 /// The protocol version this crate speaks. See docs/protocol.md, "Versioning".
 pub const VERSION: u16 = 1;
+
+/// Protocol version 2: sessions that survive reconnects, durable inboxes,
+/// acknowledgements. See docs/protocol-v2.md.
+pub const VERSION_2: u16 = 2;
+
+/// Every version this crate speaks, oldest first. A hub built on
+/// [`HubSideV2`](crate::HubSideV2) accepts a client preface of any of them
+/// and answers with a preface of the same version.
+pub const VERSIONS_SUPPORTED: RangeInclusive<u16> = VERSION..=VERSION_2;
 
 /// Length of the preface in bytes.
 pub const PREFACE_BYTES: usize = 8;
@@ -46,6 +57,27 @@ pub const fn preface_for(version: u16) -> [u8; PREFACE_BYTES] {
 /// error as soon as a byte disagrees: a peer that sends three bytes of
 /// garbage is refused at once, not after a timeout.
 pub fn check_preface(bytes: &[u8]) -> Result<bool, DecodeError> {
+    check_preface_in(bytes, VERSION..=VERSION).map(|version| version.is_some())
+}
+
+/// The hub's preface check: like [`check_preface`], but accepts every
+/// version in [`VERSIONS_SUPPORTED`] and returns the one the client chose.
+///
+/// `Ok(Some(version))` once a full, valid preface is present, `Ok(None)`
+/// while more bytes are needed, an error at the first byte that disagrees.
+pub fn check_hub_preface(bytes: &[u8]) -> Result<Option<u16>, DecodeError> {
+    check_preface_in(bytes, VERSIONS_SUPPORTED)
+}
+
+/// Checks a preface against any set of versions (a client expecting one
+/// version passes `v..=v`): `Ok(Some(version))` when complete and accepted,
+/// `Ok(None)` while incomplete, `UnsupportedVersion` for a version outside
+/// `versions`, `BadPreface` for bytes that are not the magic.
+pub fn check_preface_in(
+    bytes: &[u8],
+    versions: RangeInclusive<u16>,
+) -> Result<Option<u16>, DecodeError> {
+    let bytes = &bytes[..bytes.len().min(PREFACE_BYTES)];
     let seen = bytes.len().min(MAGIC.len());
     if bytes[..seen] != MAGIC[..seen] {
         // Found by fuzzing (docs/fuzzing.md): "GE" then "T /" must get the
@@ -55,7 +87,7 @@ pub fn check_preface(bytes: &[u8]) -> Result<bool, DecodeError> {
             .iter()
             .any(|method| bytes.len() < method.len() && method.starts_with(bytes));
         if may_become_http {
-            return Ok(false);
+            return Ok(None);
         }
         let looks_like_http = HTTP_METHODS
             .iter()
@@ -63,13 +95,27 @@ pub fn check_preface(bytes: &[u8]) -> Result<bool, DecodeError> {
         return Err(DecodeError::BadPreface { looks_like_http });
     }
     if bytes.len() < PREFACE_BYTES {
-        return Ok(false);
+        return Ok(None);
     }
     let version = u16::from_le_bytes([bytes[6], bytes[7]]);
-    if version != VERSION {
+    if !versions.contains(&version) {
         return Err(DecodeError::UnsupportedVersion { version });
     }
-    Ok(true)
+    Ok(Some(version))
+}
+
+/// The preface a hub speaking [`VERSIONS_SUPPORTED`] answers with: the
+/// client's version once it was accepted (`Some`, from
+/// [`Decoder::version`](crate::Decoder::version)), else (a bad magic, an
+/// unsupported version: `None`) the newest version it speaks, so that the
+/// client can read from bytes 6..8 which version to retry with.
+///
+/// A version-1 client therefore gets exactly [`PREFACE`].
+pub const fn hub_preface(negotiated: Option<u16>) -> [u8; PREFACE_BYTES] {
+    match negotiated {
+        Some(version) => preface_for(version),
+        None => preface_for(VERSION_2),
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +205,40 @@ mod tests {
         let words = spec.split_whitespace().collect::<Vec<_>>().join(" ");
         let length = format!("exactly these {} bytes", HTTP_REFUSAL.len());
         assert!(words.contains(&length), "the spec states its length");
+    }
+
+    #[test]
+    fn the_hub_check_accepts_both_versions_whole_and_in_parts() {
+        for version in VERSIONS_SUPPORTED {
+            let preface = preface_for(version);
+            assert_eq!(check_hub_preface(&preface), Ok(Some(version)));
+            for len in 0..PREFACE_BYTES {
+                assert_eq!(check_hub_preface(&preface[..len]), Ok(None), "prefix {len}");
+            }
+        }
+        for version in [0, 3, u16::MAX] {
+            assert_eq!(
+                check_hub_preface(&preface_for(version)),
+                Err(DecodeError::UnsupportedVersion { version })
+            );
+        }
+        assert_eq!(
+            check_preface_in(&preface_for(VERSION), VERSION_2..=VERSION_2),
+            Err(DecodeError::UnsupportedVersion { version: VERSION })
+        );
+    }
+
+    #[test]
+    fn the_v1_preface_is_unchanged() {
+        assert_eq!(PREFACE, *b"RLYHUB\x01\x00");
+        assert_eq!(hub_preface(Some(VERSION)), PREFACE);
+        assert_eq!(hub_preface(Some(VERSION_2)), *b"RLYHUB\x02\x00");
+        assert_eq!(hub_preface(None), preface_for(VERSION_2));
+        // Bytes past the preface do not change the answer.
+        let mut longer = PREFACE.to_vec();
+        longer.extend_from_slice(b"frames");
+        assert_eq!(check_preface(&longer), Ok(true));
+        assert_eq!(check_hub_preface(&longer), Ok(Some(VERSION)));
     }
 
     #[test]
