@@ -29,6 +29,15 @@ struct Shared {
     closed: AtomicBool,
 }
 
+// SAFETY: `refunded` and `closed` are atomics. The doorbell's waker slot is
+// touched only by its single waiter (the `Spender`, through `&mut self`) and
+// its single ringer (the `Refunder`, through `&mut self` or its drop), with
+// ownership of the slot handed over by the bell's state (doorbell.rs), so
+// sharing `Shared` between the two threads is sound.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
 /// Creates a budget of `units_max` units: a [`Spender`] for the sending
 /// side and a [`Refunder`] for the receiving side.
 ///
@@ -76,11 +85,6 @@ pub struct Spender {
     /// never ahead of the real value. In `0 ..= spent`.
     refunded_cached: u64,
 }
-
-// SAFETY: the spender only reads `refunded` and `closed` (atomics) and arms
-// and disarms the doorbell, which it may do from any one thread at a time
-// (it is the bell's single waiter; `&mut self` on every method).
-unsafe impl Send for Spender {}
 
 impl Spender {
     /// Units in flight as this side last saw them (an upper bound).
@@ -162,10 +166,6 @@ pub struct Refunder {
     /// Units refunded so far (only this side writes it).
     refunded: u64,
 }
-
-// SAFETY: the refunder only stores `refunded` and `closed` (atomics) and
-// rings the doorbell, as the bell's single ringer (`&mut self`, or drop).
-unsafe impl Send for Refunder {}
 
 impl Refunder {
     /// Gives back `units` and wakes the spender if it waits. Refund once

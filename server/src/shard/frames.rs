@@ -37,8 +37,7 @@ impl<Io> Shard<Io> {
         // connections: take it out of the table meanwhile.
         let mut decoder = std::mem::take(&mut conn.decoder);
         let mut completed = false;
-        loop {
-            let Some(conn) = self.conn(id) else { break };
+        while let Some(conn) = self.conn(id) {
             if !conn.takes_input() {
                 break;
             }
