@@ -63,8 +63,8 @@ pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 5_000;
 
 /// Default slots in each mesh ring (one ring per ordered pair of shards).
-/// A slot is `size_of::<MeshMessage>()` (56) bytes: 4096 slots cost
-/// 224 KiB per ring, so `shards * (shards - 1) * 224 KiB` in all.
+/// A slot is `MESH_SLOT_BYTES` (72) bytes: 4096 slots cost 288 KiB per
+/// ring, so `shards * (shards - 1) * 288 KiB` in all.
 pub const MESH_RING_SLOTS_DEFAULT: usize = 4096;
 
 /// The hub's configuration (command line and environment).

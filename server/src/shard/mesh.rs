@@ -23,6 +23,18 @@ use crate::{
 /// and its share of ring and outbox bookkeeping.
 pub const MESH_MESSAGE_OVERHEAD_BYTES: usize = 64;
 
+/// Bytes of one mesh ring slot (`size_of::<MeshMessage>()`): what
+/// `--mesh-ring-slots` costs per slot, per ring.
+pub const MESH_SLOT_BYTES: usize = 72;
+
+const _: () = assert!(std::mem::size_of::<MeshMessage>() <= MESH_SLOT_BYTES);
+// The ring budget's smallest value takes one maximal delivery.
+const _: () = assert!(
+    relayhub_protocol::deliver_frame_len(relayhub_protocol::BODY_BYTES_MAX)
+        + MESH_MESSAGE_OVERHEAD_BYTES
+        <= crate::config::MESH_BYTES_MIN
+);
+
 /// Receivers of one relay that live on one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receivers {

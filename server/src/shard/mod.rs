@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, PREFACE};
 
 pub use list::LISTS_PER_CONNECTION_MAX;
-pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES};
+pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
 pub use routing::INLINE_DELIVER_BYTES_MAX;
 
 use crate::{

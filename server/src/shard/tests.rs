@@ -556,3 +556,4 @@ fn a_full_shard_refuses_with_server_full() {
         (ErrorCode::ServerFull.to_wire(), 0, 1)
     );
 }
+
