@@ -21,10 +21,10 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:7878";
 /// `connections * outbound_bytes_max` (docs/operations.md, "Memory bound").
 pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 64 << 20;
 
-/// Smallest outbound limit the hub accepts: the hub's preface, a maximal
-/// frame (a 1 MiB delivery) and its header must fit, or a receiver could
-/// never be sent anything.
-pub const OUTBOUND_BYTES_MIN: usize = PREFACE_BYTES + FRAME_HEADER_BYTES + FRAME_BYTES_MAX;
+/// Smallest outbound limit the hub accepts: the hub's preface, its welcome
+/// and a maximal frame (a 1 MiB delivery) with its queue handles must fit,
+/// or a receiver could never be sent anything: 1 MiB + 40 KiB.
+pub const OUTBOUND_BYTES_MIN: usize = PREFACE_BYTES + FRAME_HEADER_BYTES + FRAME_BYTES_MAX + 4096;
 
 /// Default connections per shard. A connection costs about 2.4 KB idle.
 pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 100_000;

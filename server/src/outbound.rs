@@ -13,6 +13,11 @@ use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, Message};
 /// Most slices handed to one vectored write (the kernel's `UIO_MAXIOV` is 1024).
 pub const WRITE_SLICES_MAX: usize = 64;
 
+/// Bytes a queued shared frame is charged for besides its length: its
+/// `Bytes` handle and its slot in the queue, with the deque's growth. So a
+/// queue of many tiny frames stays within `bytes_max` in memory too.
+pub const SHARED_FRAME_HANDLE_BYTES: usize = 64;
+
 /// Where the queue is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutboundState {
@@ -89,15 +94,22 @@ impl Outbound {
         if self.state != OutboundState::Open {
             return Err(PushError::Closing);
         }
-        if self.queued_bytes + len > self.bytes_max {
+        if self.charged_bytes() + len > self.bytes_max {
             return Err(PushError::Overflow);
         }
         Ok(())
     }
 
+    /// What the queue counts against `bytes_max`: queued bytes plus each
+    /// shared frame's handle.
+    fn charged_bytes(&self) -> usize {
+        self.queued_bytes + self.frames.len() * SHARED_FRAME_HANDLE_BYTES
+    }
+
     /// Queues a shared frame (a delivery).
     pub fn push_shared(&mut self, frame: Bytes) -> Result<(), PushError> {
-        self.admit(frame.len())?;
+        // Two handles at most: `small` may be split off in front of it.
+        self.admit(frame.len() + 2 * SHARED_FRAME_HANDLE_BYTES)?;
         if !self.small.is_empty() {
             // Keep push order: what was encoded in place goes first.
             self.frames.push_back(self.small.split().freeze());
@@ -124,7 +136,7 @@ impl Outbound {
         }
         let before = self.small.len();
         let len = encode(message, &mut self.small).expect("hub replies fit in a frame");
-        if self.queued_bytes + len > self.bytes_max {
+        if self.charged_bytes() + len > self.bytes_max {
             self.small.truncate(before);
             return Err(PushError::Overflow);
         }
@@ -279,7 +291,7 @@ mod tests {
     #[test]
     fn refuses_past_the_limit_but_always_queues_the_closing_error() {
         let frame = relayhub_protocol::encode_deliver(1, &[0; 100]).unwrap();
-        let mut outbound = Outbound::new(frame.len() * 2);
+        let mut outbound = Outbound::new((frame.len() + 2 * SHARED_FRAME_HANDLE_BYTES) * 2);
         outbound.push_shared(frame.clone()).unwrap();
         outbound.push_shared(frame.clone()).unwrap();
         assert_eq!(

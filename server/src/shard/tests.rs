@@ -556,4 +556,3 @@ fn a_full_shard_refuses_with_server_full() {
         (ErrorCode::ServerFull.to_wire(), 0, 1)
     );
 }
-
