@@ -115,8 +115,10 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// A frame must arrive whole within this long once started (`FrameTimeout`), in ms.
     pub frame_timeout_ms: u64,
-    /// Bytes queued for an ephemeral connection before it is cut off
-    /// (`SlowConsumer`).
+    /// Bytes queued for a connection before it is cut off (`SlowConsumer`).
+    /// A durable session's deliveries are windowed and never cause it alone;
+    /// when it happens anyway (replies piling up), the connection closes and
+    /// the session survives.
     pub outbound_bytes_max: u64,
     /// Most unacked `DeliverV2` and `Receipt` entries on the wire to a durable
     /// session; the rest wait in the inbox.
