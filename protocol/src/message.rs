@@ -33,11 +33,11 @@ pub mod kind {
     pub const LIST: u16 = 3;
     /// [`Relay`](super::Relay), client to hub (version 1 only).
     pub const RELAY: u16 = 4;
-    /// [`Hello`](super::Hello), client to hub (version 2): opens the session.
+    /// [`Hello`](crate::Hello), client to hub (version 2): opens the session.
     pub const HELLO: u16 = 5;
-    /// [`RelayV2`](super::RelayV2), client to hub (version 2).
+    /// [`RelayV2`](crate::RelayV2), client to hub (version 2).
     pub const RELAY_V2: u16 = 6;
-    /// [`Ack`](super::Ack), client to hub (version 2).
+    /// [`Ack`](crate::Ack), client to hub (version 2).
     pub const ACK: u16 = 7;
     /// [`Welcome`](super::Welcome), hub to client.
     pub const WELCOME: u16 = 128;
@@ -51,13 +51,13 @@ pub mod kind {
     pub const DELIVER: u16 = 132;
     /// [`Error`](super::Error), hub to client.
     pub const ERROR: u16 = 133;
-    /// [`WelcomeV2`](super::WelcomeV2), hub to client (version 2).
+    /// [`WelcomeV2`](crate::WelcomeV2), hub to client (version 2).
     pub const WELCOME_V2: u16 = 134;
-    /// [`DeliverV2`](super::DeliverV2), hub to client (version 2).
+    /// [`DeliverV2`](crate::DeliverV2), hub to client (version 2).
     pub const DELIVER_V2: u16 = 135;
-    /// [`Stored`](super::Stored), hub to client (version 2).
+    /// [`Stored`](crate::Stored), hub to client (version 2).
     pub const STORED: u16 = 136;
-    /// [`Receipt`](super::Receipt), hub to client (version 2).
+    /// [`Receipt`](crate::Receipt), hub to client (version 2).
     pub const RECEIPT: u16 = 137;
 }
 

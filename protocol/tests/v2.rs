@@ -185,7 +185,7 @@ fn hub_message_v2() -> impl Strategy<Value = HubMessageV2> {
 }
 
 // ---------------------------------------------------------------------------
-// Helpers.
+// Encoding and draining streams.
 
 fn frame<M: Message>(message: &M) -> BytesMut {
     let mut out = BytesMut::new();
