@@ -50,11 +50,41 @@ pub const MESH_BYTES_MIN: usize =
 /// Most connections per shard (a connection's table slot is a `u32`).
 pub const CONNECTIONS_PER_SHARD_LIMIT: usize = 1 << 24;
 
-/// Largest value any millisecond flag takes: 30 days.
-pub const DURATION_MS_LIMIT: u64 = 30 * 24 * 3600 * 1000;
+/// Largest value any millisecond flag takes: 365 days.
+pub const DURATION_MS_LIMIT: u64 = 365 * 24 * 3600 * 1000;
+
+/// Largest `--inflight-messages-max`.
+pub const INFLIGHT_MESSAGES_LIMIT: u64 = 1 << 20;
+
+/// Largest `--inbox-messages-max`.
+pub const INBOX_MESSAGES_LIMIT: u64 = 1 << 32;
 
 /// Largest `--spin-before-park-us`: 1 s.
 pub const SPIN_BEFORE_PARK_US_LIMIT: u64 = 1_000_000;
+
+/// Default life of a durable session after its last connection closed:
+/// 7 days. A connected session never expires.
+pub const SESSION_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+
+/// Default life of an inbox entry, acked or not: 7 days (0 = forever).
+pub const MESSAGE_TTL_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+
+/// Default unacked entries on the wire to one durable session.
+pub const INFLIGHT_MESSAGES_MAX_DEFAULT: u64 = 256;
+
+/// Default unacked body bytes on the wire to one durable session: 4 MiB.
+/// One entry is always allowed, whatever its size.
+pub const INFLIGHT_BYTES_MAX_DEFAULT: u64 = 4 << 20;
+
+/// Default entries one inbox holds.
+pub const INBOX_MESSAGES_MAX_DEFAULT: u64 = 100_000;
+
+/// Default body bytes one inbox holds: 64 MiB.
+pub const INBOX_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+
+/// Default durable sessions one shard keeps (connected or not); past it a
+/// durable `Hello` gets an ephemeral session (`WelcomeV2.durable` false).
+pub const SESSIONS_PER_SHARD_MAX_DEFAULT: usize = 1_000_000;
 
 /// Default time a closing connection gets to flush what is queued.
 pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
@@ -126,6 +156,36 @@ pub struct Config {
     /// (TCP backpressure) until the outbox drains to half.
     #[arg(long, env = "RELAYHUB_MESH_BYTES_MAX", default_value_t = MESH_BYTES_MAX_DEFAULT)]
     pub mesh_bytes_max: usize,
+
+    /// How long a durable session outlives its last connection.
+    #[arg(long, env = "RELAYHUB_SESSION_EXPIRY_MS", default_value_t = SESSION_EXPIRY_MS_DEFAULT)]
+    pub session_expiry_ms: u64,
+
+    /// How long an inbox entry is kept, acked or not (0 = forever).
+    #[arg(long, env = "RELAYHUB_MESSAGE_TTL_MS", default_value_t = MESSAGE_TTL_MS_DEFAULT)]
+    pub message_ttl_ms: u64,
+
+    /// Most unacked entries on the wire to one durable session.
+    #[arg(long, env = "RELAYHUB_INFLIGHT_MESSAGES_MAX", default_value_t = INFLIGHT_MESSAGES_MAX_DEFAULT)]
+    pub inflight_messages_max: u64,
+
+    /// Most unacked body bytes on the wire to one durable session (capped
+    /// at --outbound-bytes-max minus 1 MiB + 40 KiB, so the window and one
+    /// maximal entry always fit the connection's queue).
+    #[arg(long, env = "RELAYHUB_INFLIGHT_BYTES_MAX", default_value_t = INFLIGHT_BYTES_MAX_DEFAULT)]
+    pub inflight_bytes_max: u64,
+
+    /// Most entries one durable session's inbox holds; past it, InboxFull.
+    #[arg(long, env = "RELAYHUB_INBOX_MESSAGES_MAX", default_value_t = INBOX_MESSAGES_MAX_DEFAULT)]
+    pub inbox_messages_max: u64,
+
+    /// Most body bytes one durable session's inbox holds; past it, InboxFull.
+    #[arg(long, env = "RELAYHUB_INBOX_BYTES_MAX", default_value_t = INBOX_BYTES_MAX_DEFAULT)]
+    pub inbox_bytes_max: u64,
+
+    /// Most durable sessions per shard, connected or not.
+    #[arg(long, env = "RELAYHUB_SESSIONS_PER_SHARD_MAX", default_value_t = SESSIONS_PER_SHARD_MAX_DEFAULT)]
+    pub sessions_per_shard_max: usize,
 
     /// Log per-shard counters every this many milliseconds (0 = only at exit).
     #[arg(long, env = "RELAYHUB_STATS_INTERVAL_MS", default_value_t = 0)]
@@ -213,7 +273,39 @@ impl Config {
             size(MESH_BYTES_MIN),
             u64::from(u32::MAX) * 16,
         )?;
+        check(
+            "--inflight-messages-max",
+            self.inflight_messages_max,
+            1,
+            INFLIGHT_MESSAGES_LIMIT,
+        )?;
+        check(
+            "--inflight-bytes-max",
+            self.inflight_bytes_max,
+            1,
+            u64::from(u32::MAX) * 16,
+        )?;
+        check(
+            "--inbox-messages-max",
+            self.inbox_messages_max,
+            1,
+            INBOX_MESSAGES_LIMIT,
+        )?;
+        check(
+            "--inbox-bytes-max",
+            self.inbox_bytes_max,
+            size(relayhub_protocol::BODY_BYTES_MAX),
+            u64::from(u32::MAX) * 16,
+        )?;
+        check(
+            "--sessions-per-shard-max",
+            size(self.sessions_per_shard_max),
+            0,
+            size(CONNECTIONS_PER_SHARD_LIMIT) * 16,
+        )?;
         for (flag, value) in [
+            ("--session-expiry-ms", self.session_expiry_ms),
+            ("--message-ttl-ms", self.message_ttl_ms),
             ("--idle-timeout-ms", self.idle_timeout_ms),
             ("--frame-timeout-ms", self.frame_timeout_ms),
             ("--close-flush-ms", self.close_flush_ms),

@@ -2,7 +2,7 @@
 //! decoder and outbound queue, and the timestamps its timers are computed
 //! from. No socket: the driver's per-connection `Io` value rides along.
 
-use relayhub_protocol::{Decoder, HubSide};
+use relayhub_protocol::{Decoder, HubSideV2};
 
 use crate::outbound::Outbound;
 
@@ -22,6 +22,9 @@ pub struct ConnId {
 pub enum ConnState {
     /// Accepted; the client's preface has not fully arrived. Not reachable.
     AwaitPreface,
+    /// A version-2 client's preface arrived; its `Hello` has not. Not
+    /// reachable.
+    AwaitHello,
     /// Welcomed: has a user id and is reachable by relays and lists.
     Open,
     /// No more input is handled; the outbound drains, then the driver
@@ -29,6 +32,20 @@ pub enum ConnState {
     Closing,
     /// The flush deadline passed: the driver drops the socket now.
     Aborted,
+    /// The socket went to the shard that owns the session it resumes; the
+    /// driver drops its copy without shutting the socket down.
+    HandedOff,
+}
+
+/// What kind of session a welcomed connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionKind {
+    /// Version 1, or a version-2 ephemeral session: at most once, gone
+    /// with the connection.
+    Ephemeral,
+    /// A version-2 durable session (its state lives in the shard's
+    /// session table and outlives the connection).
+    Durable,
 }
 
 /// Why a connection's input waits.
@@ -38,6 +55,9 @@ pub enum Pause {
     Mesh(usize),
     /// The connection has `LISTS_PER_CONNECTION_MAX` lists in flight.
     Lists,
+    /// The connection has `RELAYS_PENDING_PER_CONNECTION_MAX` version-2
+    /// relays waiting for other shards' answers.
+    Relays,
 }
 
 /// One connection's state in the core.
@@ -46,7 +66,17 @@ pub struct Connection<Io> {
     pub(crate) state: ConnState,
     /// The user id once welcomed, 0 before.
     pub(crate) user: u64,
-    pub(crate) decoder: Decoder<HubSide>,
+    pub(crate) decoder: Decoder<HubSideV2>,
+    /// The protocol version the client's preface announced (0 before it).
+    pub(crate) version: u16,
+    /// The session kind, once welcomed.
+    pub(crate) kind: SessionKind,
+    /// Highest `message_id` an ephemeral version-2 sender relayed (a
+    /// durable one keeps it in its session).
+    pub(crate) message_id_high: u64,
+    /// Version-2 relays of this connection waiting for other shards before
+    /// their `Stored` can go out.
+    pub(crate) relays_pending: u16,
     pub(crate) outbound: Outbound,
     /// True once the hub's preface is queued: an error for a client that
     /// has not seen it must follow it.
@@ -81,6 +111,10 @@ impl<Io> Connection<Io> {
             state: ConnState::AwaitPreface,
             user: 0,
             decoder: Decoder::new(),
+            version: 0,
+            kind: SessionKind::Ephemeral,
+            message_id_high: 0,
+            relays_pending: 0,
             outbound: Outbound::new(outbound_bytes_max),
             greeted: false,
             last_frame_ms: now_ms,
@@ -115,8 +149,17 @@ impl<Io> Connection<Io> {
         self.decoder.capacity()
     }
 
-    /// True while frames are still handled (welcomed or awaiting the preface).
+    /// True while frames are still handled (welcomed or awaiting the
+    /// preface or `Hello`).
     pub(crate) fn takes_input(&self) -> bool {
-        matches!(self.state, ConnState::AwaitPreface | ConnState::Open)
+        matches!(
+            self.state,
+            ConnState::AwaitPreface | ConnState::AwaitHello | ConnState::Open
+        )
+    }
+
+    /// The protocol version the client speaks (1 until its preface says).
+    pub fn version(&self) -> u16 {
+        self.version.max(1)
     }
 }

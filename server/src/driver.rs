@@ -27,7 +27,7 @@ use glommio::{
     timer::sleep,
 };
 use relayhub_mesh::{Consumer, Producer, Refunder, Spender, TrySendError};
-use relayhub_protocol::ErrorCode;
+use relayhub_protocol::ErrorCodeV2;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -109,6 +109,8 @@ struct Context {
     timer: Cell<Option<Waker>>,
     /// Set with [`Event::TimerChanged`]: the timer must look again.
     timer_changed: Cell<bool>,
+    /// This context, for tasks spawned from inside a core call.
+    me: std::rc::Weak<Context>,
 }
 
 impl Context {
@@ -128,6 +130,21 @@ impl Context {
     fn dispatch(&self, shard: &mut Shard<ConnIo>) {
         while let Some(event) = shard.poll_event() {
             match event {
+                Event::HandOff(id) => {
+                    let fd = shard.conn(id).and_then(|conn| {
+                        // SAFETY: `conn.io.fd` is the open socket of a
+                        // connection still in the table; `dup` makes a second
+                        // descriptor of it for the shard that takes it over.
+                        let fd = unsafe { libc::dup(conn.io.fd) };
+                        (fd >= 0).then_some(fd)
+                    });
+                    shard.handle_handed_off(self.now_ms(), id, fd);
+                }
+                Event::Adopt => {
+                    while let Some(adoption) = shard.poll_adoption() {
+                        self.adopt(shard, adoption);
+                    }
+                }
                 Event::Writable(id) => wake(shard, id, |io| &io.writer),
                 Event::Readable(id) => wake(shard, id, |io| &io.reader),
                 Event::StopReading(id) => shut(shard, id, libc::SHUT_RD),
@@ -144,6 +161,27 @@ impl Context {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Context {
+    /// Takes over a socket another shard handed over.
+    fn adopt(&self, shard: &mut Shard<ConnIo>, adoption: shard::Adoption) {
+        // SAFETY: the descriptor was duplicated for this shard by the one
+        // that accepted the socket, and is owned by nobody else.
+        let stream = unsafe { TcpStream::from_raw_fd(adoption.fd) };
+        let io = ConnIo {
+            fd: adoption.fd,
+            reader: Cell::new(None),
+            writer: Cell::new(None),
+        };
+        match shard.handle_adopt(self.now_ms(), io, &adoption.buffered) {
+            Ok(id) => {
+                let context = self.me.upgrade().expect("the context outlives its tasks");
+                spawn_local(serve(context, stream, id)).detach();
+            }
+            Err(refusal) => refuse(&stream, &refusal.bytes),
         }
     }
 }
@@ -174,7 +212,8 @@ pub async fn run_shard(
     let shards = shared.stats.len();
     let stats = shared.stats[index].clone();
     let shard = Shard::new(index, shards, Limits::from_config(&config), stats.clone());
-    let context = Rc::new(Context {
+    let context = Rc::new_cyclic(|me| Context {
+        me: me.clone(),
         config,
         shard: RefCell::new(shard),
         shared,
@@ -224,7 +263,7 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
                     // The reserve descriptor is free: take the waiting
                     // client, tell it why, close it, re-arm the reserve.
                     if let Ok(stream) = listener.accept().await {
-                        refuse(&stream, &shard::refusal_bytes(ErrorCode::ServerFull, 0));
+                        refuse(&stream, &shard::refusal_bytes(ErrorCodeV2::ServerFull, 0));
                         context.stats.fd_refusals.incr();
                     }
                     reserve = Reserve::open();
@@ -493,9 +532,11 @@ async fn serve(context: Rc<Context>, stream: TcpStream, id: ConnId) {
         write_loop(&context, &stream, id),
     )
     .await;
-    // SAFETY: `stream` still owns the open socket (dropped below); this
-    // makes sure the peer sees the end even if the writer gave up early.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    if !handed_off(&context, id) {
+        // SAFETY: `stream` still owns the open socket (dropped below); this
+        // makes sure the peer sees the end even if the writer gave up early.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
     context.with_shard(|shard| shard.handle_closed(id));
 }
 
@@ -584,9 +625,21 @@ async fn write_loop(context: &Context, stream: &RefCell<TcpStream>, id: ConnId) 
             }
         }
     }
-    // SAFETY: `fd` belongs to `stream`, which is still open (borrowed): the
-    // client sees the end after what was written.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    if !handed_off(context, id) {
+        // SAFETY: `fd` belongs to `stream`, which is still open (borrowed):
+        // the client sees the end after what was written.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+}
+
+/// True when the connection's socket went to another shard: it must not be
+/// shut down here (that would end it there too), only closed.
+fn handed_off(context: &Context, id: ConnId) -> bool {
+    context
+        .shard
+        .borrow()
+        .conn(id)
+        .is_some_and(|conn| conn.state() == crate::conn::ConnState::HandedOff)
 }
 
 /// One vectored, non-blocking write of the queue's front.

@@ -8,7 +8,10 @@
 use std::{collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
-use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, Message};
+use relayhub_protocol::{
+    deliver_frame_len, deliver_v2_root, encode, kind, ArchivedDeliver, DeliverV2Meta,
+    Error as ErrorFrame, ErrorCodeV2, Message, FRAME_HEADER_BYTES,
+};
 
 /// Most slices handed to one vectored write (the kernel's `UIO_MAXIOV` is 1024).
 pub const WRITE_SLICES_MAX: usize = 64;
@@ -17,6 +20,33 @@ pub const WRITE_SLICES_MAX: usize = 64;
 /// `Bytes` handle and its slot in the queue, with the deque's growth. So a
 /// queue of many tiny frames stays within `bytes_max` in memory too.
 pub const SHARED_FRAME_HANDLE_BYTES: usize = 64;
+
+/// Bytes of a version-1 `Deliver` frame's root (`from` and the body's
+/// vector), after the padded body.
+pub const V1_DELIVER_ROOT_BYTES: usize = std::mem::size_of::<ArchivedDeliver>();
+
+/// Largest body [`Outbound::push_deliver_v2`] copies into the queue instead
+/// of sharing the relay's buffer.
+pub const INLINE_BODY_BYTES_MAX: usize = 4096;
+
+/// The body length of a version-1 `Deliver` frame built by the hub
+/// (`encode_deliver`): the last 4 bytes of its root.
+pub fn deliver_body_len(frame: &[u8]) -> usize {
+    let tail: [u8; 4] = frame[frame.len() - 4..].try_into().expect("4 bytes");
+    let len = u32::from_le_bytes(tail) as usize;
+    assert_eq!(
+        deliver_frame_len(len),
+        frame.len(),
+        "a Deliver frame of the hub's own"
+    );
+    len
+}
+
+/// The body of a version-1 `Deliver` frame built by the hub.
+pub fn deliver_body(frame: &Bytes) -> Bytes {
+    let len = deliver_body_len(frame);
+    frame.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len)
+}
 
 /// Where the queue is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +150,40 @@ impl Outbound {
         Ok(())
     }
 
+    /// Queues a version-2 `DeliverV2` built around a shared version-1
+    /// `Deliver` frame's body: the hub keeps one `Deliver` frame per relay
+    /// and shard, and each version-2 receiver gets its own 8-byte header
+    /// and 40-byte root around the same body bytes (small bodies are copied
+    /// in place instead, as for replies).
+    pub fn push_deliver_v2(
+        &mut self,
+        v1_frame: &Bytes,
+        meta: DeliverV2Meta,
+    ) -> Result<(), PushError> {
+        let body_len = deliver_body_len(v1_frame);
+        let root = deliver_v2_root(meta, body_len);
+        let padded = &v1_frame[FRAME_HEADER_BYTES..v1_frame.len() - V1_DELIVER_ROOT_BYTES];
+        let len = FRAME_HEADER_BYTES + padded.len() + root.len();
+        self.admit(len + 2 * SHARED_FRAME_HANDLE_BYTES)?;
+        let archive_len = u32::try_from(len - FRAME_HEADER_BYTES).expect("a frame length fits u32");
+        self.small.extend_from_slice(&archive_len.to_le_bytes());
+        self.small
+            .extend_from_slice(&kind::DELIVER_V2.to_le_bytes());
+        self.small.extend_from_slice(&0u16.to_le_bytes());
+        if padded.len() <= INLINE_BODY_BYTES_MAX {
+            self.small.extend_from_slice(padded);
+        } else {
+            self.frames.push_back(self.small.split().freeze());
+            self.frames.push_back(
+                v1_frame.slice(FRAME_HEADER_BYTES..v1_frame.len() - V1_DELIVER_ROOT_BYTES),
+            );
+        }
+        self.small.extend_from_slice(&root);
+        self.queued_bytes += len;
+        self.wake_writer();
+        Ok(())
+    }
+
     /// Queues raw bytes that are not a frame (the hub's preface).
     pub fn push_raw(&mut self, bytes: &[u8]) -> Result<(), PushError> {
         self.admit(bytes.len())?;
@@ -148,22 +212,22 @@ impl Outbound {
     /// Queues a non-fatal error for this connection's client.
     pub fn push_error(
         &mut self,
-        code: ErrorCode,
+        code: ErrorCodeV2,
         request: u64,
         detail: u64,
     ) -> Result<(), PushError> {
         debug_assert!(!code.closes_connection());
-        self.push_message(&ErrorFrame::new(code, request, detail))
+        self.push_message(&ErrorFrame::new_v2(code, request, detail))
     }
 
     /// Stops taking frames: queues a last error (past the limit if need be,
     /// so the client always learns why) and lets the writer drain and close.
-    pub fn close(&mut self, error: Option<(ErrorCode, u64, u64)>) {
+    pub fn close(&mut self, error: Option<(ErrorCodeV2, u64, u64)>) {
         if self.state == OutboundState::Closing {
             return;
         }
         if let Some((code, request, detail)) = error {
-            let len = encode(&ErrorFrame::new(code, request, detail), &mut self.small)
+            let len = encode(&ErrorFrame::new_v2(code, request, detail), &mut self.small)
                 .expect("an error frame fits");
             self.queued_bytes += len;
         }
@@ -289,6 +353,28 @@ mod tests {
     }
 
     #[test]
+    fn a_deliver_v2_around_a_shared_body_decodes_like_a_whole_one() {
+        use relayhub_protocol::{encode_deliver_v2, DeliverV2Meta};
+        for body_len in [0, 1, 7, 8, 9, 4095, 4096, 4097, 70_000] {
+            let body: Vec<u8> = (0..body_len).map(|i| i as u8).collect();
+            let v1 = relayhub_protocol::encode_deliver(3, &body).unwrap();
+            assert_eq!(deliver_body(&v1), body);
+            let meta = DeliverV2Meta {
+                from: 3,
+                seq: 9,
+                message_id: 11,
+                flags: 1,
+            };
+            let mut outbound = Outbound::new(1 << 20);
+            outbound.push_deliver_v2(&v1, meta).unwrap();
+            assert_eq!(
+                drain(&mut outbound),
+                encode_deliver_v2(meta, &body).unwrap()
+            );
+        }
+    }
+
+    #[test]
     fn refuses_past_the_limit_but_always_queues_the_closing_error() {
         let frame = relayhub_protocol::encode_deliver(1, &[0; 100]).unwrap();
         let mut outbound = Outbound::new((frame.len() + 2 * SHARED_FRAME_HANDLE_BYTES) * 2);
@@ -299,7 +385,7 @@ mod tests {
             Err(PushError::Overflow)
         );
         assert_eq!(outbound.queued_bytes(), frame.len() * 2);
-        outbound.close(Some((ErrorCode::SlowConsumer, 0, 1)));
+        outbound.close(Some((ErrorCodeV2::SlowConsumer, 0, 1)));
         assert!(
             outbound.queued_bytes() > frame.len() * 2,
             "the error is queued past the limit"

@@ -125,6 +125,32 @@ stats! {
     mesh_received,
     /// Times a ring to another shard was full (the forwarder waited).
     ring_full,
+    /// Durable sessions created.
+    sessions_created,
+    /// Durable sessions resumed.
+    sessions_resumed,
+    /// Resumes refused (unknown or expired session, wrong or old token).
+    resumes_rejected,
+    /// Resumes that took a session over from a live connection.
+    takeovers,
+    /// Durable sessions expired (detached for `--session-expiry-ms`).
+    sessions_expired,
+    /// Inbox entries stored.
+    stored,
+    /// Inbox entries acked.
+    acked,
+    /// Inbox entries dropped by `--message-ttl-ms` or with their session.
+    messages_expired,
+    /// Relays to a receiver whose inbox was full.
+    inbox_full,
+    /// Version-2 relays answered as duplicates of a stored `message_id`.
+    duplicates,
+    /// Receipts that could not be delivered (sender gone or inbox full).
+    receipts_dropped,
+    /// Connections handed to the shard owning the session they resume.
+    handoffs_out,
+    /// Connections taken over from another shard.
+    handoffs_in,
     /// Times a reader paused because the mesh outbox its relay needed was
     /// over its byte budget.
     backpressure_waits,

@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 use relayhub_protocol::{
-    ClientFrame, DecodeError, EchoReplyRef, IdentityReply, Welcome, HTTP_REFUSAL, PREFACE,
+    kind, ClientFrameV2, DecodeError, EchoReplyRef, ErrorCodeV2, IdentityReply, Welcome,
+    HTTP_REFUSAL, PREFACE, VERSION,
 };
 
-use super::Shard;
+use super::{sessions::HelloOutcome, Event, Shard};
 use crate::{
     conn::{ConnId, ConnState},
     outbound::PushError,
@@ -21,6 +22,9 @@ pub(super) enum Handled {
     Paused,
     /// The connection's own replies overflowed its queue.
     Overflow,
+    /// The connection's `Hello` resumes a session another shard owns: the
+    /// frame stays in the decoder and the connection goes there.
+    HandOff(usize),
 }
 
 impl<Io> Shard<Io> {
@@ -46,7 +50,8 @@ impl<Io> Shard<Io> {
                     Ok(false) => break,
                     Ok(true) => {
                         completed = true;
-                        self.welcome(id);
+                        let version = decoder.version().unwrap_or(VERSION);
+                        self.preface(id, version);
                         continue;
                     }
                     Err(error) => {
@@ -65,7 +70,7 @@ impl<Io> Shard<Io> {
                 Err(error) if !error.is_fatal() => {
                     completed = true;
                     self.stats.limit_errors.incr();
-                    let (code, request, detail) = (error.code(), error.request(), error.detail());
+                    let (code, request, detail) = self.error_parts(id, &error);
                     self.push(id, |outbound| outbound.push_error(code, request, detail))
                 }
                 Err(error) => {
@@ -82,6 +87,12 @@ impl<Io> Shard<Io> {
                 Handled::Overflow => {
                     // The client does not read its own replies.
                     self.cut_slow_consumer(now_ms, id);
+                    break;
+                }
+                Handled::HandOff(target) => {
+                    decoder.unpoll();
+                    let buffered = Bytes::copy_from_slice(decoder.buffered());
+                    self.hand_off(id, target, buffered);
                     break;
                 }
             }
@@ -106,9 +117,17 @@ impl<Io> Shard<Io> {
         self.rearm(id);
     }
 
-    /// The client's preface arrived: give it a user id, make it reachable
-    /// and queue the hub's preface and welcome.
-    fn welcome(&mut self, id: ConnId) {
+    /// The client's preface arrived. Version 1: give it a user id, make it
+    /// reachable and queue the hub's preface and welcome. Version 2: wait
+    /// for its `Hello` (the hub's preface goes out with the `WelcomeV2`, so
+    /// a connection handed to another shard has nothing in flight).
+    fn preface(&mut self, id: ConnId, version: u16) {
+        let conn = self.conn_mut(id).expect("a connection in the table");
+        conn.version = version;
+        if version != VERSION {
+            conn.state = ConnState::AwaitHello;
+            return;
+        }
         let user = self.ids.allocate();
         self.users.insert(user, id);
         self.stats.connections_accepted.incr();
@@ -128,6 +147,30 @@ impl<Io> Shard<Io> {
         self.note_pushed(id);
     }
 
+    /// The wire code, request and detail for a decode error on `id`: a
+    /// version-1 connection gets version 1's codes.
+    fn error_parts(&self, id: ConnId, error: &DecodeError) -> (ErrorCodeV2, u64, u64) {
+        let version = self.conn(id).map_or(VERSION, |conn| conn.version());
+        if version == VERSION {
+            (error.code().into(), error.request(), error.detail())
+        } else {
+            (error.code_v2(), error.request(), error.detail_v2())
+        }
+    }
+
+    /// Sends the connection to the shard that owns the session its `Hello`
+    /// resumes, with every byte it sent from the `Hello` on.
+    fn hand_off(&mut self, id: ConnId, target: usize, buffered: Bytes) {
+        let conn = self.conn_mut(id).expect("a connection in the table");
+        conn.state = ConnState::HandedOff;
+        conn.reading_stopped = true;
+        self.handoffs.insert(id, (target, buffered));
+        self.stats.handoffs_out.incr();
+        self.events.push_back(Event::HandOff(id));
+        self.events.push_back(Event::Writable(id));
+        self.events.push_back(Event::Readable(id));
+    }
+
     /// A fatal decode error: tell the client why, in words it can read, and
     /// close.
     fn fatal(&mut self, now_ms: u64, id: ConnId, error: DecodeError) {
@@ -144,34 +187,64 @@ impl<Io> Shard<Io> {
             self.close(now_ms, id, None);
             return;
         }
-        let reason = (error.code(), error.request(), error.detail());
+        let reason = self.error_parts(id, &error);
         self.close(now_ms, id, Some(reason));
     }
 
-    fn handle_frame(&mut self, now_ms: u64, id: ConnId, frame: ClientFrame<'_>) -> Handled {
-        let user = self.conn(id).map_or(0, |conn| conn.user);
+    fn handle_frame(&mut self, now_ms: u64, id: ConnId, frame: ClientFrameV2<'_>) -> Handled {
+        let Some(conn) = self.conn(id) else {
+            return Handled::Done;
+        };
+        let (user, state) = (conn.user, conn.state);
+        if state == ConnState::AwaitHello {
+            let ClientFrameV2::Hello(hello) = frame else {
+                let kind = frame.kind();
+                self.close(
+                    now_ms,
+                    id,
+                    Some((ErrorCodeV2::HelloRequired, 0, u64::from(kind))),
+                );
+                return Handled::Done;
+            };
+            return match self.hello(now_ms, id, hello) {
+                HelloOutcome::Done => Handled::Done,
+                HelloOutcome::HandOff(target) => Handled::HandOff(target),
+            };
+        }
         match frame {
-            ClientFrame::Relay(relay) => self.relay(
+            ClientFrameV2::Hello(_) => {
+                let detail = u64::from(kind::HELLO);
+                self.close(now_ms, id, Some((ErrorCodeV2::HelloRequired, 0, detail)));
+                Handled::Done
+            }
+            ClientFrameV2::Relay(relay) => self.relay(
                 now_ms,
                 id,
-                user,
-                relay.request.to_native(),
+                super::routing::RelayRequest {
+                    from: user,
+                    request: relay.request.to_native(),
+                    message_id: 0,
+                    receipt: false,
+                    version: VERSION,
+                },
                 relay.receivers.as_slice(),
                 relay.body.as_slice(),
             ),
-            ClientFrame::Identity(identity) => self.push(id, |outbound| {
+            ClientFrameV2::RelayV2(relay) => self.relay_v2(now_ms, id, user, relay),
+            ClientFrameV2::Ack(ack) => self.ack(now_ms, id, ack.upto.to_native()),
+            ClientFrameV2::Identity(identity) => self.push(id, |outbound| {
                 outbound.push_message(&IdentityReply {
                     request: identity.request.to_native(),
                     user,
                 })
             }),
-            ClientFrame::Echo(echo) => self.push(id, |outbound| {
+            ClientFrameV2::Echo(echo) => self.push(id, |outbound| {
                 outbound.push_message(&EchoReplyRef {
                     request: echo.request.to_native(),
                     body: echo.body.as_slice(),
                 })
             }),
-            ClientFrame::List(list) => {
+            ClientFrameV2::List(list) => {
                 if let Some(target) = self.any_congested() {
                     self.pause(id, target);
                     return Handled::Paused;

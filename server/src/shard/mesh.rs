@@ -11,7 +11,7 @@
 //! the outbox is down to half the budget.
 
 use bytes::Bytes;
-use relayhub_protocol::ErrorCode;
+use relayhub_protocol::ErrorCodeV2;
 
 use super::{Event, Shard};
 use crate::{
@@ -23,9 +23,9 @@ use crate::{
 /// and its share of ring and outbox bookkeeping.
 pub const MESH_MESSAGE_OVERHEAD_BYTES: usize = 64;
 
-/// Bytes of one mesh ring slot (`size_of::<MeshMessage>()`): what
+/// Bytes of one mesh ring slot (at least `size_of::<MeshMessage>()`): what
 /// `--mesh-ring-slots` costs per slot, per ring.
-pub const MESH_SLOT_BYTES: usize = 72;
+pub const MESH_SLOT_BYTES: usize = 96;
 
 const _: () = assert!(std::mem::size_of::<MeshMessage>() <= MESH_SLOT_BYTES);
 // The ring budget's smallest value takes one maximal delivery.
@@ -65,13 +65,13 @@ impl Receivers {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failures {
     /// One receiver, without an allocation.
-    One((ErrorCode, u64)),
+    One((ErrorCodeV2, u64)),
     /// Several.
-    Many(Box<[(ErrorCode, u64)]>),
+    Many(Box<[(ErrorCodeV2, u64)]>),
 }
 
 impl Failures {
-    pub(super) fn from_vec(failures: Vec<(ErrorCode, u64)>) -> Option<Failures> {
+    pub(super) fn from_vec(failures: Vec<(ErrorCodeV2, u64)>) -> Option<Failures> {
         match failures.as_slice() {
             [] => None,
             [failure] => Some(Failures::One(*failure)),
@@ -80,7 +80,7 @@ impl Failures {
     }
 
     /// `(code, receiver)` pairs.
-    pub fn as_slice(&self) -> &[(ErrorCode, u64)] {
+    pub fn as_slice(&self) -> &[(ErrorCodeV2, u64)] {
         match self {
             Failures::One(failure) => std::slice::from_ref(failure),
             Failures::Many(failures) => failures,
@@ -101,6 +101,42 @@ pub enum MeshMessage {
         frame: Bytes,
         /// Receivers owned by the target shard.
         receivers: Receivers,
+        /// The sender's `message_id` (0: none).
+        message_id: u64,
+        /// A version-2 relay's ticket on the sender's shard, answered with
+        /// [`MeshMessage::Handled`]; 0 for version 1.
+        ticket: u64,
+        /// The sender asked for receipts.
+        receipt: bool,
+    },
+    /// The target's receivers of version-2 relay `ticket` were handled.
+    Handled {
+        /// The ticket on the sender's shard.
+        ticket: u64,
+        /// The sender.
+        to: u64,
+        /// The sender's request id.
+        request: u64,
+        /// Receivers that did not get it, and why.
+        failures: Option<Failures>,
+    },
+    /// Durable receiver `receiver` acked a message `to` asked receipts for.
+    Receipt {
+        /// The sender of the message.
+        to: u64,
+        /// Its `message_id`.
+        message_id: u64,
+        /// Who acked it.
+        receiver: u64,
+    },
+    /// A connection whose `Hello` resumes a session the target owns: its
+    /// socket (a descriptor the sending shard duplicated for it) and every
+    /// byte read from the `Hello` on.
+    Adopt {
+        /// The socket's descriptor, now the target's to close.
+        fd: i32,
+        /// The connection's bytes from its `Hello` on.
+        buffered: Bytes,
     },
     /// Queue `Error` frames for user `to` (owned by the target): receivers
     /// of its request that did not get the body.
@@ -143,6 +179,11 @@ impl MeshMessage {
         let payload = match self {
             MeshMessage::Deliver { frame, .. } => frame.len(),
             MeshMessage::Report { failures, .. } => failures.as_slice().len() * 16,
+            MeshMessage::Handled { failures, .. } => failures
+                .as_ref()
+                .map_or(0, |failures| failures.as_slice().len() * 16),
+            MeshMessage::Adopt { buffered, .. } => buffered.len(),
+            MeshMessage::Receipt { .. } => 0,
             MeshMessage::ListAnswer { users, .. } => users.len() * 8,
             MeshMessage::ListQuery { .. } | MeshMessage::Drain { .. } => 0,
         };
@@ -277,7 +318,34 @@ impl<Io> Shard<Io> {
                 request,
                 frame,
                 receivers,
-            } => self.deliver_from_mesh(now_ms, sender, request, &frame, &receivers),
+                message_id,
+                ticket,
+                receipt,
+            } => {
+                let relay = super::routing::RelayRequest {
+                    from: sender,
+                    request,
+                    message_id,
+                    receipt,
+                    version: if ticket == 0 { 1 } else { 2 },
+                };
+                self.deliver_from_mesh(now_ms, relay, &frame, &receivers, ticket)
+            }
+            MeshMessage::Handled {
+                ticket,
+                to,
+                request,
+                failures,
+            } => self.relay_handled(now_ms, ticket, to, request, failures),
+            MeshMessage::Receipt {
+                to,
+                message_id,
+                receiver,
+            } => self.send_receipt(now_ms, to, message_id, receiver),
+            MeshMessage::Adopt { fd, buffered } => {
+                self.adoptions.push_back(super::Adoption { fd, buffered });
+                self.events.push_back(Event::Adopt);
+            }
             MeshMessage::Report {
                 to,
                 request,

@@ -17,6 +17,7 @@ mod frames;
 mod list;
 mod mesh;
 mod routing;
+mod sessions;
 mod shutdown;
 mod timers;
 
@@ -26,11 +27,13 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCode, PREFACE};
+use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2, PREFACE};
+use std::collections::HashMap;
 
 pub use list::LISTS_PER_CONNECTION_MAX;
 pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
-pub use routing::INLINE_DELIVER_BYTES_MAX;
+pub use routing::{INLINE_DELIVER_BYTES_MAX, RELAYS_PENDING_PER_CONNECTION_MAX};
+pub use sessions::{ENTRY_BYTES, SESSION_BYTES, SESSION_SWEEP_MS};
 
 use crate::{
     config::Config,
@@ -59,6 +62,20 @@ pub struct Limits {
     pub close_flush_ms: u64,
     /// See [`Config::mesh_bytes_max`].
     pub mesh_bytes_max: usize,
+    /// See [`Config::session_expiry_ms`].
+    pub session_expiry_ms: u64,
+    /// See [`Config::message_ttl_ms`] (0 = forever).
+    pub message_ttl_ms: u64,
+    /// See [`Config::inflight_messages_max`].
+    pub inflight_messages_max: u64,
+    /// See [`Config::inflight_bytes_max`].
+    pub inflight_bytes_max: u64,
+    /// See [`Config::inbox_messages_max`].
+    pub inbox_messages_max: u64,
+    /// See [`Config::inbox_bytes_max`].
+    pub inbox_bytes_max: u64,
+    /// See [`Config::sessions_per_shard_max`].
+    pub sessions_max: usize,
 }
 
 impl Limits {
@@ -71,6 +88,20 @@ impl Limits {
             frame_timeout_ms: config.frame_timeout_ms,
             close_flush_ms: config.close_flush_ms,
             mesh_bytes_max: config.mesh_bytes_max,
+            session_expiry_ms: config.session_expiry_ms,
+            message_ttl_ms: config.message_ttl_ms,
+            inflight_messages_max: config.inflight_messages_max,
+            // The window and one maximal entry always fit the outbound queue,
+            // so the hub never cuts a durable receiver off for its own sends.
+            inflight_bytes_max: config.inflight_bytes_max.min(
+                (config
+                    .outbound_bytes_max
+                    .saturating_sub(crate::config::OUTBOUND_BYTES_MIN) as u64)
+                    .max(1),
+            ),
+            inbox_messages_max: config.inbox_messages_max,
+            inbox_bytes_max: config.inbox_bytes_max,
+            sessions_max: config.sessions_per_shard_max,
         }
     }
 }
@@ -94,6 +125,22 @@ pub enum Event {
     /// The earliest deadline moved earlier than the one the driver sleeps
     /// until: ask [`Shard::poll_timeout`] again.
     TimerChanged,
+    /// The connection resumes a session another shard owns: duplicate its
+    /// socket's descriptor, pass it to [`Shard::handle_handed_off`], and
+    /// drop the connection without shutting the socket down.
+    HandOff(ConnId),
+    /// Another shard handed over connections: take them with
+    /// [`Shard::poll_adoption`] and [`Shard::handle_adopt`].
+    Adopt,
+}
+
+/// A connection another shard handed over (see [`Event::Adopt`]).
+#[derive(Debug)]
+pub struct Adoption {
+    /// The socket's descriptor, now this shard's.
+    pub fd: i32,
+    /// The connection's bytes from its `Hello` on.
+    pub buffered: Bytes,
 }
 
 /// Why a new connection was refused: write [`Refusal::bytes`] and close.
@@ -157,6 +204,14 @@ pub struct Shard<Io> {
     timers: timers::Timers,
     shutdown: Option<shutdown::Shutdown>,
     markers: shutdown::Markers,
+    sessions: sessions::Sessions,
+    /// Connections being handed to another shard: the target and their
+    /// bytes, until the driver has their descriptor.
+    handoffs: HashMap<ConnId, (usize, Bytes)>,
+    adoptions: VecDeque<Adoption>,
+    /// Version-2 relays waiting for other shards, by ticket.
+    pending_stored: HashMap<u64, routing::PendingStored>,
+    next_ticket: u64,
     /// Per-destination receivers of the relay being routed (reused).
     route: Vec<Vec<u64>>,
     stats: Arc<ShardStats>,
@@ -185,6 +240,11 @@ impl<Io> Shard<Io> {
             timers: timers::Timers::default(),
             shutdown: None,
             markers: shutdown::Markers::default(),
+            sessions: sessions::Sessions::default(),
+            handoffs: HashMap::new(),
+            adoptions: VecDeque::new(),
+            pending_stored: HashMap::new(),
+            next_ticket: 0,
             route: (0..shards).map(|_| Vec::new()).collect(),
             stats,
             limits,
@@ -252,7 +312,7 @@ impl<Io> Shard<Io> {
             let detail = self.limits.connections_max as u64;
             return Err(Refusal {
                 io,
-                bytes: refusal_bytes(ErrorCode::ServerFull, detail),
+                bytes: refusal_bytes(ErrorCodeV2::ServerFull, detail),
             });
         }
         let slot = match self.free.pop() {
@@ -397,10 +457,10 @@ impl<Io> Shard<Io> {
             return WriteReady::Done;
         };
         match conn.state {
-            ConnState::Aborted => WriteReady::Done,
+            ConnState::Aborted | ConnState::HandedOff => WriteReady::Done,
             _ if !conn.outbound.is_empty() => WriteReady::Write,
             ConnState::Closing => WriteReady::Done,
-            ConnState::AwaitPreface | ConnState::Open => {
+            ConnState::AwaitPreface | ConnState::AwaitHello | ConnState::Open => {
                 conn.outbound.park_writer();
                 WriteReady::Idle
             }
@@ -427,7 +487,7 @@ impl<Io> Shard<Io> {
     /// closing error (after the hub's preface if the client has not had it:
     /// this is the one place that rule lives) and lets the writer flush
     /// until the flush deadline.
-    fn close(&mut self, now_ms: u64, id: ConnId, error: Option<(ErrorCode, u64, u64)>) {
+    fn close(&mut self, now_ms: u64, id: ConnId, error: Option<(ErrorCodeV2, u64, u64)>) {
         let flush_ms = self.limits.close_flush_ms;
         let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline_ms);
         let Some(conn) = self.conn_mut(id) else {
@@ -439,7 +499,8 @@ impl<Io> Shard<Io> {
         if let Some((code, _, _)) = error {
             assert!(code.closes_connection(), "{code:?} does not close");
             if !conn.greeted {
-                let _ = conn.outbound.push_raw(&PREFACE);
+                let preface = relayhub_protocol::preface_for(conn.version());
+                let _ = conn.outbound.push_raw(&preface);
                 conn.greeted = true;
             }
         }
@@ -454,9 +515,55 @@ impl<Io> Shard<Io> {
         if user != 0 && self.users.get(&user) == Some(&id) {
             self.users.remove(&user);
         }
+        self.detach(now_ms, id, user);
         self.stop_reading(id);
         self.note_pushed(id);
         self.rearm(id);
+    }
+
+    // ----- handing connections between shards ----------------------------
+
+    /// The driver duplicated the socket of a connection raised in
+    /// [`Event::HandOff`] (`None`: it could not): send it to its owner.
+    pub fn handle_handed_off(&mut self, now_ms: u64, id: ConnId, fd: Option<i32>) {
+        let Some((target, buffered)) = self.handoffs.remove(&id) else {
+            return;
+        };
+        match fd {
+            Some(fd) => self.send_mesh(now_ms, target, MeshMessage::Adopt { fd, buffered }),
+            None => {
+                // Out of descriptors: the client retries its resume.
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.state = ConnState::AwaitHello;
+                    conn.reading_stopped = false;
+                }
+                self.close(now_ms, id, Some((ErrorCodeV2::ServerFull, 0, 0)));
+            }
+        }
+    }
+
+    /// The next connection another shard handed over.
+    pub fn poll_adoption(&mut self) -> Option<Adoption> {
+        self.adoptions.pop_front()
+    }
+
+    /// Takes over a connection another shard handed over: its preface was
+    /// checked there; its `Hello` and what followed are in `buffered`.
+    pub fn handle_adopt(
+        &mut self,
+        now_ms: u64,
+        io: Io,
+        buffered: &[u8],
+    ) -> Result<ConnId, Refusal<Io>> {
+        let id = self.handle_accept(now_ms, io)?;
+        self.stats.handoffs_in.incr();
+        let conn = self.conn_mut(id).expect("just accepted");
+        conn.version = relayhub_protocol::VERSION_2;
+        conn.state = ConnState::AwaitHello;
+        conn.decoder = relayhub_protocol::Decoder::after_preface_version(conn.version);
+        conn.decoder.handle_bytes(buffered);
+        self.process(now_ms, id);
+        Ok(id)
     }
 
     /// The flush deadline passed (or the socket failed): the driver drops
@@ -500,7 +607,7 @@ impl<Io> Shard<Io> {
         }
         let bytes_max = conn.outbound.bytes_max() as u64;
         self.stats.slow_consumers.incr();
-        self.close(now_ms, id, Some((ErrorCode::SlowConsumer, 0, bytes_max)));
+        self.close(now_ms, id, Some((ErrorCodeV2::SlowConsumer, 0, bytes_max)));
     }
 }
 
@@ -516,11 +623,13 @@ fn slot_conn<Io>(slots: &mut [Slot<Io>], id: ConnId) -> Option<&mut Connection<I
 
 /// The hub's preface and one closing `Error` frame: what a refused
 /// connection gets before the hub closes it.
-pub fn refusal_bytes(code: ErrorCode, detail: u64) -> Bytes {
+pub fn refusal_bytes(code: ErrorCodeV2, detail: u64) -> Bytes {
     let mut bytes = BytesMut::from(&PREFACE[..]);
-    encode(&ErrorFrame::new(code, 0, detail), &mut bytes).expect("an error frame fits");
+    encode(&ErrorFrame::new_v2(code, 0, detail), &mut bytes).expect("an error frame fits");
     bytes.freeze()
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v2;

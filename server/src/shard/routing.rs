@@ -1,12 +1,20 @@
 //! Relays: each receiver's owner shard, local deliveries into receivers'
-//! queues, mesh messages for the others, and errors reported back to the
-//! sender wherever it lives.
+//! queues or inboxes, mesh messages for the others, errors reported back to
+//! the sender wherever it lives, and the `Stored` answer of a version-2
+//! relay once every receiver's shard has handled it.
 
 use bytes::Bytes;
-use relayhub_protocol::{encode_deliver, ArchivedUserId, DeliverRef, ErrorCode, RECEIVERS_MAX};
+use relayhub_protocol::{
+    encode_deliver, flags, ArchivedRelayV2, ArchivedUserId, DeliverRef, DeliverV2Ref, ErrorCodeV2,
+    Stored, RECEIVERS_MAX, VERSION,
+};
 
-use super::{frames::Handled, Failures, MeshMessage, Receivers, Shard};
-use crate::{conn::ConnId, ids::owner, outbound::PushError};
+use super::{frames::Handled, sessions::Item, Failures, MeshMessage, Receivers, Shard};
+use crate::{
+    conn::{ConnId, Pause},
+    ids::owner,
+    outbound::PushError,
+};
 
 /// Largest body a 1:1 local relay encodes straight into the receiver's
 /// queue (a copy into its reply buffer, no allocation) instead of a shared
@@ -14,16 +22,89 @@ use crate::{conn::ConnId, ids::owner, outbound::PushError};
 /// can hand to the kernel without growing the reply buffer.
 pub const INLINE_DELIVER_BYTES_MAX: usize = 4096;
 
-/// A delivery on its way into a local receiver's queue.
+/// Most version-2 relays one connection has waiting for other shards'
+/// answers (their `Stored`); its next relay waits (its input pauses).
+pub const RELAYS_PENDING_PER_CONNECTION_MAX: u16 = 1024;
+
+/// What a relay is, besides its receivers and body.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RelayRequest {
+    pub(super) from: u64,
+    pub(super) request: u64,
+    /// The sender's `message_id` (0: none, and always for version 1).
+    pub(super) message_id: u64,
+    /// The sender asked for receipts.
+    pub(super) receipt: bool,
+    /// The sender's protocol version.
+    pub(super) version: u16,
+}
+
+/// A version-2 relay waiting for other shards before its `Stored`.
+pub(super) struct PendingStored {
+    conn: ConnId,
+    request: u64,
+    message_id: u64,
+    shards_missing: usize,
+}
+
+/// A delivery on its way into a local receiver.
 #[derive(Clone, Copy)]
 enum Delivery<'a> {
-    /// The relay's shared `Deliver` frame.
+    /// The relay's shared version-1 `Deliver` frame.
     Shared(&'a Bytes),
     /// A small 1:1 delivery, encoded in place.
-    Inline(DeliverRef<'a>),
+    Inline(&'a [u8]),
 }
 
 impl<Io> Shard<Io> {
+    /// A version-2 relay: a retry of a stored `message_id` is answered at
+    /// once as a duplicate; anything else is routed, and `Stored` follows
+    /// once every receiver's shard has handled it.
+    pub(super) fn relay_v2(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        from: u64,
+        relay: &ArchivedRelayV2,
+    ) -> Handled {
+        let request = relay.request.to_native();
+        let message_id = relay.message_id.to_native();
+        if message_id != 0 && message_id <= *self.message_id_high(id) {
+            self.stats.duplicates.incr();
+            let stored = Stored {
+                request,
+                message_id,
+                duplicate: true,
+            };
+            self.push_stored(now_ms, id, stored);
+            return Handled::Done;
+        }
+        let conn = self.conn_mut(id).expect("the sender is in the table");
+        if conn.relays_pending >= RELAYS_PENDING_PER_CONNECTION_MAX {
+            conn.paused_on = Some(Pause::Relays);
+            self.stats.backpressure_waits.incr();
+            return Handled::Paused;
+        }
+        let request_of = RelayRequest {
+            from,
+            request,
+            message_id,
+            receipt: relay.flags.to_native() & flags::RECEIPT != 0,
+            version: 2,
+        };
+        let handled = self.relay(
+            now_ms,
+            id,
+            request_of,
+            relay.receivers.as_slice(),
+            relay.body.as_slice(),
+        );
+        if matches!(handled, Handled::Done) && message_id != 0 {
+            *self.message_id_high(id) = message_id;
+        }
+        handled
+    }
+
     /// Routes one relay from `id` (limits already checked by the decoder).
     /// Pauses instead, routing nothing, when a shard it must reach has a
     /// full outbox.
@@ -31,8 +112,7 @@ impl<Io> Shard<Io> {
         &mut self,
         now_ms: u64,
         id: ConnId,
-        from: u64,
-        request: u64,
+        relay: RelayRequest,
         receivers: &[ArchivedUserId],
         body: &[u8],
     ) -> Handled {
@@ -49,17 +129,12 @@ impl<Io> Shard<Io> {
             let receiver = receiver.to_native();
             let target = owner(receiver, self.shards);
             if target == self.index && body.len() <= INLINE_DELIVER_BYTES_MAX {
-                let delivery = Delivery::Inline(DeliverRef { from, body });
-                if let Some(code) = self.deliver_local(now_ms, receiver, delivery) {
-                    self.report(now_ms, from, request, Failures::One((code, receiver)));
-                }
+                let failure = self.deliver_local(now_ms, &relay, receiver, Delivery::Inline(body));
+                self.finish_local(now_ms, id, &relay, failure.map(|code| (code, receiver)));
                 return Handled::Done;
             }
         }
-        if receivers.is_empty() {
-            return Handled::Done;
-        }
-        let frame = encode_deliver(from, body).expect("a relay's body fits a deliver frame");
+        let frame = encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame");
         let mut route = std::mem::take(&mut self.route);
         let mut failures = Vec::new();
         for receiver in receivers {
@@ -68,69 +143,207 @@ impl<Io> Shard<Io> {
             if target != self.index {
                 route[target].push(receiver);
             } else if let Some(code) =
-                self.deliver_local(now_ms, receiver, Delivery::Shared(&frame))
+                self.deliver_local(now_ms, &relay, receiver, Delivery::Shared(&frame))
             {
                 failures.push((code, receiver));
             }
         }
+        let ticket = if relay.version == VERSION {
+            0
+        } else {
+            self.next_ticket += 1;
+            self.next_ticket
+        };
+        let mut shards_missing = 0;
         for (target, users) in route.iter_mut().enumerate() {
             if users.is_empty() {
                 continue;
             }
-            let receivers = Receivers::from_slice(users);
-            users.clear();
+            shards_missing += 1;
             let message = MeshMessage::Deliver {
-                from,
-                request,
+                from: relay.from,
+                request: relay.request,
                 frame: frame.clone(),
-                receivers,
+                receivers: Receivers::from_slice(users),
+                message_id: relay.message_id,
+                ticket,
+                receipt: relay.receipt,
             };
+            users.clear();
             self.send_mesh(now_ms, target, message);
         }
         self.route = route;
         if let Some(failures) = Failures::from_vec(failures) {
-            self.report(now_ms, from, request, failures);
+            self.report(now_ms, relay.from, relay.request, failures);
+        }
+        if relay.version != VERSION {
+            if shards_missing == 0 {
+                self.answer_stored(now_ms, id, &relay);
+            } else {
+                let pending = PendingStored {
+                    conn: id,
+                    request: relay.request,
+                    message_id: relay.message_id,
+                    shards_missing,
+                };
+                self.pending_stored.insert(ticket, pending);
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.relays_pending += 1;
+                }
+            }
         }
         Handled::Done
     }
 
-    /// A mesh `Deliver` from another shard: hand the shared frame to each
-    /// local receiver, and report the ones that could not take it.
-    pub(super) fn deliver_from_mesh(
+    /// A 1:1 local relay is done: its error (if any), then its `Stored`.
+    fn finish_local(
         &mut self,
         now_ms: u64,
-        from: u64,
-        request: u64,
-        frame: &Bytes,
-        receivers: &Receivers,
+        id: ConnId,
+        relay: &RelayRequest,
+        failure: Option<(ErrorCodeV2, u64)>,
     ) {
-        let mut failures = Vec::new();
-        for &receiver in receivers.as_slice() {
-            if let Some(code) = self.deliver_local(now_ms, receiver, Delivery::Shared(frame)) {
-                failures.push((code, receiver));
-            }
+        if let Some(failure) = failure {
+            self.report(now_ms, relay.from, relay.request, Failures::One(failure));
         }
-        if let Some(failures) = Failures::from_vec(failures) {
-            self.report(now_ms, from, request, failures);
+        if relay.version != VERSION {
+            self.answer_stored(now_ms, id, relay);
         }
     }
 
-    /// Queues one delivery for a local receiver; the error code for the
-    /// sender when it could not.
+    fn answer_stored(&mut self, now_ms: u64, id: ConnId, relay: &RelayRequest) {
+        let stored = Stored {
+            request: relay.request,
+            message_id: relay.message_id,
+            duplicate: false,
+        };
+        self.push_stored(now_ms, id, stored);
+    }
+
+    /// A mesh `Deliver` from another shard: hand the shared frame to each
+    /// local receiver, report the ones that could not take it, and answer a
+    /// version-2 relay's ticket.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deliver_from_mesh(
+        &mut self,
+        now_ms: u64,
+        relay: RelayRequest,
+        frame: &Bytes,
+        receivers: &Receivers,
+        ticket: u64,
+    ) {
+        let mut failures = Vec::new();
+        for &receiver in receivers.as_slice() {
+            if let Some(code) =
+                self.deliver_local(now_ms, &relay, receiver, Delivery::Shared(frame))
+            {
+                failures.push((code, receiver));
+            }
+        }
+        let failures = Failures::from_vec(failures);
+        if ticket == 0 {
+            if let Some(failures) = failures {
+                self.report(now_ms, relay.from, relay.request, failures);
+            }
+            return;
+        }
+        let target = owner(relay.from, self.shards);
+        let message = MeshMessage::Handled {
+            ticket,
+            to: relay.from,
+            request: relay.request,
+            failures,
+        };
+        self.send_mesh(now_ms, target, message);
+    }
+
+    /// Another shard handled its receivers of our version-2 relay `ticket`.
+    pub(super) fn relay_handled(
+        &mut self,
+        now_ms: u64,
+        ticket: u64,
+        to: u64,
+        request: u64,
+        failures: Option<Failures>,
+    ) {
+        if let Some(failures) = failures {
+            self.report(now_ms, to, request, failures);
+        }
+        let Some(pending) = self.pending_stored.get_mut(&ticket) else {
+            return;
+        };
+        pending.shards_missing -= 1;
+        if pending.shards_missing > 0 {
+            return;
+        }
+        let pending = self.pending_stored.remove(&ticket).expect("present");
+        let Some(conn) = self.conn_mut(pending.conn) else {
+            return;
+        };
+        conn.relays_pending -= 1;
+        let paused = conn.paused_on == Some(Pause::Relays);
+        let stored = Stored {
+            request: pending.request,
+            message_id: pending.message_id,
+            duplicate: false,
+        };
+        self.push_stored(now_ms, pending.conn, stored);
+        if paused {
+            self.unpause(pending.conn);
+        }
+    }
+
+    /// Hands one delivery to a local receiver: into its inbox when it has a
+    /// durable session, else onto its connection (version 1's `Deliver`,
+    /// or `DeliverV2` with `seq` 0). The error code for the sender when it
+    /// could not.
     fn deliver_local(
         &mut self,
         now_ms: u64,
+        relay: &RelayRequest,
         receiver: u64,
         delivery: Delivery<'_>,
-    ) -> Option<ErrorCode> {
+    ) -> Option<ErrorCodeV2> {
+        if self.is_durable(receiver) {
+            let frame = match delivery {
+                Delivery::Shared(frame) => frame.clone(),
+                Delivery::Inline(body) => {
+                    encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame")
+                }
+            };
+            let item = Item::Message {
+                from: relay.from,
+                message_id: relay.message_id,
+                frame,
+                receipt: relay.receipt && relay.message_id != 0,
+            };
+            return self.store(now_ms, receiver, item).err();
+        }
         let Some(&id) = self.users.get(&receiver) else {
             self.stats.unknown_receivers.incr();
-            return Some(ErrorCode::UnknownReceiver);
+            return Some(ErrorCodeV2::UnknownReceiver);
         };
         let conn = self.conn_mut(id).expect("reachable users are in the table");
-        let pushed = match delivery {
-            Delivery::Shared(frame) => conn.outbound.push_shared(frame.clone()),
-            Delivery::Inline(deliver) => conn.outbound.push_message(&deliver),
+        let meta = relayhub_protocol::DeliverV2Meta {
+            from: relay.from,
+            seq: 0,
+            message_id: relay.message_id,
+            flags: 0,
+        };
+        let pushed = match (conn.version() == VERSION, delivery) {
+            (true, Delivery::Shared(frame)) => conn.outbound.push_shared(frame.clone()),
+            (true, Delivery::Inline(body)) => conn.outbound.push_message(&DeliverRef {
+                from: relay.from,
+                body,
+            }),
+            (false, Delivery::Shared(frame)) => conn.outbound.push_deliver_v2(frame, meta),
+            (false, Delivery::Inline(body)) => conn.outbound.push_message(&DeliverV2Ref {
+                from: relay.from,
+                seq: 0,
+                message_id: relay.message_id,
+                flags: 0,
+                body,
+            }),
         };
         self.note_pushed(id);
         match pushed {
@@ -140,16 +353,18 @@ impl<Io> Shard<Io> {
             }
             Err(PushError::Closing) => {
                 self.stats.unknown_receivers.incr();
-                Some(ErrorCode::UnknownReceiver)
+                Some(ErrorCodeV2::UnknownReceiver)
             }
             Err(PushError::Overflow) => {
                 self.cut_slow_consumer(now_ms, id);
-                Some(ErrorCode::ReceiverDropped)
+                Some(ErrorCodeV2::ReceiverDropped)
             }
         }
     }
 
     /// Tells `to` (on any shard) that some receivers of its request failed.
+    /// A version-1 sender gets version 1's codes: a refusal it cannot know
+    /// (`InboxFull`, ...) is `ReceiverDropped`, "did not get the body".
     pub(super) fn report(&mut self, now_ms: u64, to: u64, request: u64, failures: Failures) {
         let target = owner(to, self.shards);
         if target != self.index {
@@ -166,8 +381,14 @@ impl<Io> Shard<Io> {
             return;
         };
         let conn = self.conn_mut(id).expect("reachable users are in the table");
+        let version_one = conn.version() == VERSION;
         let mut overflow = false;
         for &(code, receiver) in failures.as_slice() {
+            let code = if version_one && code.v1().is_none() {
+                ErrorCodeV2::ReceiverDropped
+            } else {
+                code
+            };
             overflow |=
                 conn.outbound.push_error(code, request, receiver) == Err(PushError::Overflow);
         }

@@ -15,7 +15,7 @@
 //! The grace period bounds all three phases: at its end the shard closes
 //! whatever is left, and connections still flushing are aborted.
 
-use relayhub_protocol::ErrorCode;
+use relayhub_protocol::ErrorCodeV2;
 
 use super::{MeshMessage, Shard};
 use crate::conn::ConnState;
@@ -126,10 +126,13 @@ impl<Io> Shard<Io> {
         }
         for id in self.conn_ids() {
             let takes_input = self.conn(id).is_some_and(|conn| {
-                matches!(conn.state, ConnState::AwaitPreface | ConnState::Open)
+                matches!(
+                    conn.state,
+                    ConnState::AwaitPreface | ConnState::AwaitHello | ConnState::Open
+                )
             });
             if takes_input {
-                self.close(now_ms, id, Some((ErrorCode::ShuttingDown, 0, 0)));
+                self.close(now_ms, id, Some((ErrorCodeV2::ShuttingDown, 0, 0)));
             }
         }
     }

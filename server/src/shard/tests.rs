@@ -16,7 +16,7 @@ use crate::conn::ConnId;
 const IDLE_MS: u64 = 2_000;
 const FRAME_MS: u64 = 500;
 
-fn limits() -> Limits {
+pub(super) fn limits() -> Limits {
     Limits {
         connections_max: 100,
         outbound_bytes_max: 64 << 20,
@@ -24,24 +24,31 @@ fn limits() -> Limits {
         frame_timeout_ms: FRAME_MS,
         close_flush_ms: 1_000,
         mesh_bytes_max: 4 << 20,
+        session_expiry_ms: 60_000,
+        message_ttl_ms: 0,
+        inflight_messages_max: 4,
+        inflight_bytes_max: 1 << 20,
+        inbox_messages_max: 16,
+        inbox_bytes_max: 8 << 20,
+        sessions_max: 100,
     }
 }
 
 /// Shards and the clients connected to them, all in memory.
-struct Net {
-    shards: Vec<Shard<()>>,
-    now_ms: u64,
+pub(super) struct Net {
+    pub(super) shards: Vec<Shard<()>>,
+    pub(super) now_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Client {
-    shard: usize,
-    id: ConnId,
-    user: u64,
+pub(super) struct Client {
+    pub(super) shard: usize,
+    pub(super) id: ConnId,
+    pub(super) user: u64,
 }
 
 impl Net {
-    fn new(shards: usize, limits: Limits) -> Net {
+    pub(super) fn new(shards: usize, limits: Limits) -> Net {
         Net {
             shards: (0..shards)
                 .map(|index| Shard::new(index, shards, limits.clone(), Arc::default()))
@@ -52,7 +59,7 @@ impl Net {
 
     /// Accepts a connection on `shard` and sends its preface; returns the
     /// client after reading its welcome.
-    fn connect(&mut self, shard: usize) -> Client {
+    pub(super) fn connect(&mut self, shard: usize) -> Client {
         let id = self.accept(shard);
         self.send(shard, id, &PREFACE);
         let user = self.shards[shard].conn(id).unwrap().user();
@@ -61,7 +68,7 @@ impl Net {
         Client { shard, id, user }
     }
 
-    fn accept(&mut self, shard: usize) -> ConnId {
+    pub(super) fn accept(&mut self, shard: usize) -> ConnId {
         self.shards[shard]
             .handle_accept(self.now_ms, ())
             .map_err(|_| "refused")
@@ -69,7 +76,7 @@ impl Net {
     }
 
     /// The driver's read path: bytes into `read_buffer`, then `handle_read`.
-    fn send(&mut self, shard: usize, id: ConnId, mut bytes: &[u8]) {
+    pub(super) fn send(&mut self, shard: usize, id: ConnId, mut bytes: &[u8]) {
         let now = self.now_ms;
         let shard = &mut self.shards[shard];
         while !bytes.is_empty() {
@@ -84,13 +91,17 @@ impl Net {
         }
     }
 
-    fn send_message<M: relayhub_protocol::Message>(&mut self, client: Client, message: &M) {
+    pub(super) fn send_message<M: relayhub_protocol::Message>(
+        &mut self,
+        client: Client,
+        message: &M,
+    ) {
         let mut wire = BytesMut::new();
         encode(message, &mut wire).unwrap();
         self.send(client.shard, client.id, &wire);
     }
 
-    fn relay(&mut self, client: Client, request: u64, receivers: &[u64], body: &[u8]) {
+    pub(super) fn relay(&mut self, client: Client, request: u64, receivers: &[u64], body: &[u8]) {
         self.send_message(
             client,
             &RelayRef {
@@ -102,7 +113,7 @@ impl Net {
     }
 
     /// The raw bytes queued for `id` (the driver's write path).
-    fn take_bytes(&mut self, shard: usize, id: ConnId) -> Vec<u8> {
+    pub(super) fn take_bytes(&mut self, shard: usize, id: ConnId) -> Vec<u8> {
         let shard = &mut self.shards[shard];
         let mut out = Vec::new();
         while shard.poll_write(id) == WriteReady::Write {
@@ -120,13 +131,13 @@ impl Net {
     }
 
     /// Frames queued for `id`, decoded; the hub's preface is skipped.
-    fn take_output(&mut self, shard: usize, id: ConnId) -> Vec<HubMessage> {
+    pub(super) fn take_output(&mut self, shard: usize, id: ConnId) -> Vec<HubMessage> {
         let bytes = self.take_bytes(shard, id);
         decode_all(&bytes)
     }
 
     /// Moves every mesh message until all outboxes are empty.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         loop {
             let mut moved = false;
             for from in 0..self.shards.len() {
@@ -148,14 +159,14 @@ impl Net {
         }
     }
 
-    fn advance(&mut self, ms: u64) {
+    pub(super) fn advance(&mut self, ms: u64) {
         self.now_ms += ms;
         for shard in &mut self.shards {
             shard.handle_timeout(self.now_ms);
         }
     }
 
-    fn events(&mut self, shard: usize) -> Vec<Event> {
+    pub(super) fn events(&mut self, shard: usize) -> Vec<Event> {
         std::iter::from_fn(|| self.shards[shard].poll_event()).collect()
     }
 }

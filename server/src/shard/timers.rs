@@ -15,7 +15,7 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap};
 
-use relayhub_protocol::ErrorCode;
+use relayhub_protocol::ErrorCodeV2;
 
 use super::{Event, Shard};
 use crate::conn::{ConnId, ConnState, Connection};
@@ -41,7 +41,7 @@ impl<Io> Connection<Io> {
     /// The connection's next deadline and what it is for.
     fn deadline(&self, limits: &super::Limits) -> Option<(u64, Due)> {
         match self.state {
-            ConnState::AwaitPreface | ConnState::Open => {
+            ConnState::AwaitPreface | ConnState::AwaitHello | ConnState::Open => {
                 if self.paused_on.is_some() {
                     // Waiting for the hub, not for the client.
                     return None;
@@ -60,7 +60,7 @@ impl<Io> Connection<Io> {
                 }
             }
             ConnState::Closing => Some((self.flush_deadline_ms, Due::Flush)),
-            ConnState::Aborted => None,
+            ConnState::Aborted | ConnState::HandedOff => None,
         }
     }
 }
@@ -99,11 +99,10 @@ impl<Io> Shard<Io> {
             .heap
             .peek()
             .map(|Reverse((deadline, _))| *deadline);
-        let shutdown = self.shutdown_deadline();
-        let next = match (connection, shutdown) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [connection, self.shutdown_deadline(), self.sweep_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         self.timers.driver_deadline_ms = Some(next.unwrap_or(u64::MAX));
         next
     }
@@ -111,6 +110,7 @@ impl<Io> Shard<Io> {
     /// Fires every deadline at or before `now_ms`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.shutdown_timeout(now_ms);
+        self.sweep_sessions(now_ms);
         while let Some(&Reverse((deadline, id))) = self.timers.heap.peek() {
             if deadline > now_ms {
                 break;
@@ -137,12 +137,12 @@ impl<Io> Shard<Io> {
             Due::Idle => {
                 self.stats.idle_timeouts.incr();
                 let timeout = self.limits.idle_timeout_ms;
-                self.close(now_ms, id, Some((ErrorCode::IdleTimeout, 0, timeout)));
+                self.close(now_ms, id, Some((ErrorCodeV2::IdleTimeout, 0, timeout)));
             }
             Due::Frame => {
                 self.stats.frame_timeouts.incr();
                 let timeout = self.limits.frame_timeout_ms;
-                self.close(now_ms, id, Some((ErrorCode::FrameTimeout, 0, timeout)));
+                self.close(now_ms, id, Some((ErrorCodeV2::FrameTimeout, 0, timeout)));
             }
             Due::Flush => {
                 self.stats.flush_timeouts.incr();

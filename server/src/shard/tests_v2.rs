@@ -1,0 +1,438 @@
+//! Version 2 in memory: durable sessions, inboxes, the inflight window,
+//! acks, redelivery, resume on another shard (hand-off), takeover, retry
+//! dedup, expiry and mixed versions.
+
+use bytes::BytesMut;
+use relayhub_protocol::{
+    decode_frame_version, encode, flags, preface_for, Ack, ClientSideV2, ErrorCodeV2, Hello,
+    HubMessageV2, Identity, RelayRef, RelayV2Ref, ResumeToken, PREFACE_BYTES, VERSION_2,
+};
+
+use super::tests::{limits, Client, Net};
+use super::*;
+
+/// A version-2 client as the tests see it.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    client: Client,
+    token: ResumeToken,
+}
+
+fn decode_v2(bytes: &[u8]) -> Vec<HubMessageV2> {
+    let mut aligned = relayhub_protocol::rkyv::util::AlignedVec::<16>::new();
+    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
+        PREFACE_BYTES
+    } else {
+        0
+    };
+    aligned.extend_from_slice(&bytes[start..]);
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset < aligned.len() {
+        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
+            .expect("valid version-2 frames");
+        messages.push(frame.to_owned());
+        offset += len;
+    }
+    messages
+}
+
+fn wire<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode(message, &mut out).unwrap();
+    out
+}
+
+impl Net {
+    fn output_v2(&mut self, client: Client) -> Vec<HubMessageV2> {
+        let bytes = self.take_bytes(client.shard, client.id);
+        decode_v2(&bytes)
+    }
+
+    /// Opens a version-2 connection on `shard` with `hello`; runs a
+    /// hand-off to the owner shard as the driver would.
+    fn hello(&mut self, shard: usize, hello: Hello) -> (Client, Vec<HubMessageV2>) {
+        let id = self.accept(shard);
+        let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+        bytes.extend_from_slice(&wire(&hello));
+        self.send(shard, id, &bytes);
+        let events = self.events(shard);
+        let (shard, id) = if events.contains(&Event::HandOff(id)) {
+            self.shards[shard].handle_handed_off(self.now_ms, id, Some(99));
+            assert_eq!(self.shards[shard].poll_write(id), WriteReady::Done);
+            assert_eq!(
+                self.shards[shard].poll_read(self.now_ms, id),
+                ReadReady::Stop
+            );
+            assert!(self.shards[shard].handle_closed(id).is_some());
+            self.settle();
+            let target = (0..self.shards.len())
+                .find(|&target| self.shards[target].poll_event_peek_adopt())
+                .expect("an owner adopted the connection");
+            let adoption = self.shards[target].poll_adoption().expect("adoption");
+            assert_eq!(adoption.fd, 99);
+            let id = self.shards[target]
+                .handle_adopt(self.now_ms, (), &adoption.buffered)
+                .map_err(|_| "refused")
+                .unwrap();
+            (target, id)
+        } else {
+            (shard, id)
+        };
+        let user = self.shards[shard].conn(id).map_or(0, |conn| conn.user());
+        let client = Client { shard, id, user };
+        let messages = self.output_v2(client);
+        (client, messages)
+    }
+
+    fn new_session(&mut self, shard: usize, durable: bool) -> Session {
+        let (client, messages) = self.hello(shard, Hello::new_session(1, durable));
+        let HubMessageV2::WelcomeV2(welcome) = &messages[0] else {
+            panic!("expected WelcomeV2, got {messages:?}");
+        };
+        assert_eq!(welcome.user, client.user);
+        assert_eq!(welcome.durable, durable);
+        Session {
+            client,
+            token: welcome.token,
+        }
+    }
+
+    fn resume(&mut self, shard: usize, session: Session) -> (Session, Vec<HubMessageV2>) {
+        let (client, mut messages) =
+            self.hello(shard, Hello::resume(2, session.client.user, session.token));
+        let HubMessageV2::WelcomeV2(welcome) = messages.remove(0) else {
+            panic!("expected WelcomeV2, got {messages:?}");
+        };
+        assert!(welcome.resumed);
+        assert_ne!(welcome.token, session.token, "tokens rotate");
+        let session = Session {
+            client,
+            token: welcome.token,
+        };
+        (session, messages)
+    }
+
+    fn relay_v2(&mut self, from: Client, request: u64, message_id: u64, to: &[u64], body: &[u8]) {
+        self.send_message(
+            from,
+            &RelayV2Ref {
+                request,
+                message_id,
+                flags: 0,
+                receivers: to,
+                body,
+            },
+        );
+    }
+
+    /// The client closes its connection; the driver's task ends.
+    fn disconnect(&mut self, client: Client) {
+        let shard = &mut self.shards[client.shard];
+        shard.handle_read(self.now_ms, client.id, Read::End);
+        while shard.poll_write(client.id) == WriteReady::Write {
+            let len = shard.outbound(client.id).unwrap().queued_bytes();
+            shard.handle_written(client.id, len);
+        }
+        assert!(shard.handle_closed(client.id).is_some());
+    }
+}
+
+impl<Io> Shard<Io> {
+    /// True when an adoption is waiting (test helper).
+    fn poll_event_peek_adopt(&self) -> bool {
+        !self.adoptions.is_empty()
+    }
+}
+
+fn delivers(messages: &[HubMessageV2]) -> Vec<(u64, u64, Vec<u8>, bool)> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            HubMessageV2::DeliverV2(deliver) => Some((
+                deliver.from,
+                deliver.seq,
+                deliver.body.clone(),
+                deliver.flags & flags::REDELIVERY != 0,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stored(messages: &[HubMessageV2]) -> Vec<(u64, bool)> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            HubMessageV2::Stored(stored) => Some((stored.request, stored.duplicate)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(messages: &[HubMessageV2]) -> Vec<(u16, u64)> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            HubMessageV2::Error(error) => Some((error.code, error.detail)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn offline_messages_wait_in_the_inbox_and_come_in_order_on_resume_elsewhere() {
+    let mut net = Net::new(2, limits());
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(1, true);
+    net.disconnect(receiver.client);
+    for request in 1..=3 {
+        let body = format!("message {request}");
+        net.relay_v2(
+            sender.client,
+            request,
+            request,
+            &[receiver.client.user],
+            body.as_bytes(),
+        );
+    }
+    net.settle();
+    assert_eq!(
+        stored(&net.output_v2(sender.client)),
+        [(1, false), (2, false), (3, false)]
+    );
+    // Resume on the shard that does not own the session: handed over.
+    let (receiver, messages) = net.resume(0, receiver);
+    assert_eq!(receiver.client.shard, 1);
+    let got = delivers(&messages);
+    let expected: Vec<_> = (1..=3)
+        .map(|seq| {
+            (
+                sender.client.user,
+                seq,
+                format!("message {seq}").into_bytes(),
+                false,
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // Live messages follow.
+    net.relay_v2(sender.client, 4, 4, &[receiver.client.user], b"live");
+    net.settle();
+    assert_eq!(delivers(&net.output_v2(receiver.client))[0].1, 4);
+    net.send_message(receiver.client, &Ack { upto: 4 });
+    assert_eq!(net.shards[1].inbox_len(receiver.client.user), Some(0));
+}
+
+#[test]
+fn the_inflight_window_holds_and_a_full_inbox_refuses() {
+    let mut net = Net::new(1, limits());
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(0, true);
+    let inbox_max = limits().inbox_messages_max;
+    for request in 1..=inbox_max + 1 {
+        net.relay_v2(
+            sender.client,
+            request,
+            request,
+            &[receiver.client.user],
+            b"x",
+        );
+    }
+    let window = limits().inflight_messages_max as usize;
+    assert_eq!(delivers(&net.output_v2(receiver.client)).len(), window);
+    let answers = net.output_v2(sender.client);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::InboxFull.to_wire(), receiver.client.user)]
+    );
+    assert_eq!(
+        stored(&answers).len() as u64,
+        inbox_max + 1,
+        "every relay gets Stored"
+    );
+    // An ack opens the window again.
+    net.send_message(receiver.client, &Ack { upto: 2 });
+    let more = delivers(&net.output_v2(receiver.client));
+    assert_eq!(more.iter().map(|d| d.1).collect::<Vec<_>>(), [5, 6]);
+}
+
+#[test]
+fn a_takeover_closes_the_old_connection_and_redelivers_what_it_did_not_ack() {
+    let mut net = Net::new(1, limits());
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(0, true);
+    for request in 1..=3 {
+        net.relay_v2(
+            sender.client,
+            request,
+            request,
+            &[receiver.client.user],
+            b"m",
+        );
+    }
+    assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 3);
+    net.send_message(receiver.client, &Ack { upto: 1 });
+    let old = receiver.client;
+    let (receiver, messages) = net.resume(0, receiver);
+    let old_messages = net.output_v2(old);
+    assert_eq!(
+        errors(&old_messages),
+        [(ErrorCodeV2::SessionTakenOver.to_wire(), 0)]
+    );
+    assert_eq!(
+        delivers(&messages)
+            .iter()
+            .map(|d| (d.1, d.3))
+            .collect::<Vec<_>>(),
+        [(2, true), (3, true)]
+    );
+    assert_eq!(net.shards[0].stats().takeovers.get(), 1);
+    let _ = receiver;
+}
+
+#[test]
+fn resumes_with_a_wrong_or_outdated_token_are_rejected() {
+    let mut net = Net::new(1, limits());
+    let first = net.new_session(0, true);
+    net.disconnect(first.client);
+    let mut wrong = first;
+    wrong.token[0] ^= 1;
+    let (_, messages) = net.hello(0, Hello::resume(7, wrong.client.user, wrong.token));
+    assert_eq!(
+        errors(&messages),
+        [(ErrorCodeV2::ResumeRejected.to_wire(), 0)]
+    );
+    // Someone else's id with our token.
+    let other = net.new_session(0, true);
+    let (_, messages) = net.hello(0, Hello::resume(7, other.client.user, first.token));
+    assert_eq!(
+        errors(&messages),
+        [(ErrorCodeV2::ResumeRejected.to_wire(), 0)]
+    );
+    // The current token works; the one before it stays valid until the
+    // new one is used (a lost WelcomeV2 cannot lock the client out).
+    let (second, _) = net.resume(0, first);
+    net.disconnect(second.client);
+    let (third, _) = net.resume(0, first);
+    net.disconnect(third.client);
+    // `second`'s token was replaced before it was ever used: refused.
+    let (_, messages) = net.hello(0, Hello::resume(7, first.client.user, second.token));
+    assert_eq!(
+        errors(&messages),
+        [(ErrorCodeV2::ResumeRejected.to_wire(), 0)]
+    );
+    let (fourth, _) = net.resume(0, third);
+    net.disconnect(fourth.client);
+    // Once the newest token was used, the ones before it are dead.
+    for old in [first.token, second.token] {
+        let (_, messages) = net.hello(0, Hello::resume(7, first.client.user, old));
+        assert_eq!(
+            errors(&messages),
+            [(ErrorCodeV2::ResumeRejected.to_wire(), 0)]
+        );
+    }
+}
+
+#[test]
+fn a_retried_message_id_is_stored_once() {
+    let mut net = Net::new(2, limits());
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(1, true);
+    net.relay_v2(sender.client, 1, 10, &[receiver.client.user], b"once");
+    net.settle();
+    net.relay_v2(sender.client, 2, 10, &[receiver.client.user], b"once");
+    net.settle();
+    assert_eq!(
+        stored(&net.output_v2(sender.client)),
+        [(1, false), (2, true)]
+    );
+    assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 1);
+    assert_eq!(net.shards[0].stats().duplicates.get(), 1);
+}
+
+#[test]
+fn version_one_and_two_relay_to_each_other() {
+    let mut net = Net::new(2, limits());
+    let old = net.connect(0);
+    let durable = net.new_session(1, true);
+    net.relay(old, 5, &[durable.client.user], b"from v1");
+    net.settle();
+    let got = delivers(&net.output_v2(durable.client));
+    assert_eq!(got, [(old.user, 1, b"from v1".to_vec(), false)]);
+    net.relay_v2(durable.client, 6, 1, &[old.user], b"from v2");
+    net.settle();
+    let got = net.take_output(0, old.id);
+    assert!(
+        matches!(got.as_slice(), [relayhub_protocol::HubMessage::Deliver(d)] if d.body == b"from v2" && d.from == durable.client.user),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_detached_session_expires_and_its_id_is_unknown_after() {
+    let mut net = Net::new(
+        1,
+        Limits {
+            idle_timeout_ms: 0,
+            ..limits()
+        },
+    );
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(0, true);
+    net.disconnect(receiver.client);
+    net.advance(limits().session_expiry_ms + SESSION_SWEEP_MS);
+    assert_eq!(net.shards[0].stats().sessions_expired.get(), 1);
+    net.relay_v2(sender.client, 1, 1, &[receiver.client.user], b"late");
+    let answers = net.output_v2(sender.client);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::UnknownReceiver.to_wire(), receiver.client.user)]
+    );
+    let (_, messages) = net.hello(0, Hello::resume(3, receiver.client.user, receiver.token));
+    assert_eq!(
+        errors(&messages),
+        [(ErrorCodeV2::ResumeRejected.to_wire(), 0)]
+    );
+}
+
+#[test]
+fn a_version_two_connection_must_say_hello_first() {
+    let mut net = Net::new(1, limits());
+    let id = net.accept(0);
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    bytes.extend_from_slice(&wire(&Identity { request: 1 }));
+    net.send(0, id, &bytes);
+    let raw = net.take_bytes(0, id);
+    assert!(raw.starts_with(&preface_for(VERSION_2)));
+    assert_eq!(
+        errors(&decode_v2(&raw)),
+        [(
+            ErrorCodeV2::HelloRequired.to_wire(),
+            u64::from(relayhub_protocol::kind::IDENTITY)
+        )]
+    );
+}
+
+#[test]
+fn a_version_one_relay_to_a_full_inbox_reads_receiver_dropped() {
+    let mut net = Net::new(1, limits());
+    let old = net.connect(0);
+    let durable = net.new_session(0, true);
+    for request in 0..=limits().inbox_messages_max {
+        net.send_message(
+            old,
+            &RelayRef {
+                request,
+                receivers: &[durable.client.user],
+                body: b"x",
+            },
+        );
+    }
+    let got = net.take_output(0, old.id);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let relayhub_protocol::HubMessage::Error(error) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(error.code, ErrorCodeV2::ReceiverDropped.to_wire());
+}
