@@ -111,6 +111,8 @@ struct Context {
     timer_changed: Cell<bool>,
     /// This context, for tasks spawned from inside a core call.
     me: std::rc::Weak<Context>,
+    /// Connections adopted during a core call, whose tasks start after it.
+    adopted: RefCell<Vec<(TcpStream, ConnId)>>,
 }
 
 impl Context {
@@ -124,6 +126,14 @@ impl Context {
         let mut shard = self.shard.borrow_mut();
         let result = f(&mut shard);
         self.dispatch(&mut shard);
+        drop(shard);
+        // Spawned only now: glommio may start a task at once, and its
+        // first poll borrows the core.
+        let adopted = std::mem::take(&mut *self.adopted.borrow_mut());
+        for (stream, id) in adopted {
+            let context = self.me.upgrade().expect("the context outlives its tasks");
+            spawn_local(serve(context, stream, id)).detach();
+        }
         result
     }
 
@@ -177,10 +187,7 @@ impl Context {
             writer: Cell::new(None),
         };
         match shard.handle_adopt(self.now_ms(), io, &adoption.buffered) {
-            Ok(id) => {
-                let context = self.me.upgrade().expect("the context outlives its tasks");
-                spawn_local(serve(context, stream, id)).detach();
-            }
+            Ok(id) => self.adopted.borrow_mut().push((stream, id)),
             Err(refusal) => refuse(&stream, &refusal.bytes),
         }
     }
@@ -214,6 +221,7 @@ pub async fn run_shard(
     let shard = Shard::new(index, shards, Limits::from_config(&config), stats.clone());
     let context = Rc::new_cyclic(|me| Context {
         me: me.clone(),
+        adopted: RefCell::new(Vec::new()),
         config,
         shard: RefCell::new(shard),
         shared,
