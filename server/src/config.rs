@@ -97,6 +97,59 @@ pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 5_000;
 /// ring, so `shards * (shards - 1) * 288 KiB` in all.
 pub const MESH_RING_SLOTS_DEFAULT: usize = 4096;
 
+/// Where durable sessions and inboxes are kept.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// One log per shard under `--data-dir`: survives restarts and crashes
+    /// (within the fsync policy).
+    Disk,
+    /// Memory only: lost when the hub stops (benchmarks, tests).
+    Memory,
+}
+
+/// When the log is made durable (`fdatasync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every batch, before anything depending on it is answered.
+    Always,
+    /// Every this many milliseconds; answers go out once written.
+    Interval(u64),
+    /// Never (the OS writes back when it wants); answers go out once written.
+    Never,
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Fsync, String> {
+        match text {
+            "always" => Ok(Fsync::Always),
+            "never" => Ok(Fsync::Never),
+            _ => match text.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(Fsync::Interval(ms)),
+                _ => Err(format!(
+                    "expected always, never or interval:<ms> with ms > 0, not {text:?}"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fsync::Always => f.write_str("always"),
+            Fsync::Interval(ms) => write!(f, "interval:{ms}"),
+            Fsync::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Default data directory, relative to where the hub starts.
+pub const DATA_DIR_DEFAULT: &str = "relayhub-data";
+
+/// Default bound on the logs' bytes on disk, all shards together: 16 GiB.
+pub const DISK_BYTES_MAX_DEFAULT: u64 = 16 << 30;
+
 /// The hub's configuration (command line and environment).
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -186,6 +239,25 @@ pub struct Config {
     /// Most durable sessions per shard, connected or not.
     #[arg(long, env = "RELAYHUB_SESSIONS_PER_SHARD_MAX", default_value_t = SESSIONS_PER_SHARD_MAX_DEFAULT)]
     pub sessions_per_shard_max: usize,
+
+    /// Where durable sessions and inboxes live: `disk` (a log per shard
+    /// under --data-dir) or `memory`.
+    #[arg(long, env = "RELAYHUB_STORAGE", value_enum, default_value_t = Storage::Memory)]
+    pub storage: Storage,
+
+    /// Directory of the logs (created on first start).
+    #[arg(long, env = "RELAYHUB_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
+    pub data_dir: std::path::PathBuf,
+
+    /// When the log is fdatasynced: `always` (before answering), `interval:<ms>`,
+    /// or `never`.
+    #[arg(long, env = "RELAYHUB_FSYNC", default_value = "always")]
+    pub fsync: Fsync,
+
+    /// Most bytes the logs of all shards hold; past it, relays to durable
+    /// sessions get StorageFull.
+    #[arg(long, env = "RELAYHUB_DISK_BYTES_MAX", default_value_t = DISK_BYTES_MAX_DEFAULT)]
+    pub disk_bytes_max: u64,
 
     /// Log per-shard counters every this many milliseconds (0 = only at exit).
     #[arg(long, env = "RELAYHUB_STATS_INTERVAL_MS", default_value_t = 0)]
@@ -329,6 +401,7 @@ impl Config {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             shards: Some(shards),
             pin: false,
+            storage: Storage::Memory,
             ..Config::default()
         }
     }

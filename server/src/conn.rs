@@ -58,6 +58,8 @@ pub enum Pause {
     /// The connection has `RELAYS_PENDING_PER_CONNECTION_MAX` version-2
     /// relays waiting for other shards' answers.
     Relays,
+    /// Its session's records are not durable yet: its welcome waits.
+    Durable,
 }
 
 /// One connection's state in the core.

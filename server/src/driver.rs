@@ -111,6 +111,8 @@ struct Context {
     timer_changed: Cell<bool>,
     /// This context, for tasks spawned from inside a core call.
     me: std::rc::Weak<Context>,
+    /// The log writer, parked until [`Event::LogReady`].
+    log_writer: Cell<Option<Waker>>,
     /// Connections adopted during a core call, whose tasks start after it.
     adopted: RefCell<Vec<(TcpStream, ConnId)>>,
 }
@@ -149,6 +151,11 @@ impl Context {
                         (fd >= 0).then_some(fd)
                     });
                     shard.handle_handed_off(self.now_ms(), id, fd);
+                }
+                Event::LogReady => {
+                    if let Some(waker) = self.log_writer.take() {
+                        waker.wake();
+                    }
                 }
                 Event::Adopt => {
                     while let Some(adoption) = shard.poll_adoption() {
@@ -218,10 +225,16 @@ pub async fn run_shard(
 ) {
     let shards = shared.stats.len();
     let stats = shared.stats[index].clone();
-    let shard = Shard::new(index, shards, Limits::from_config(&config), stats.clone());
+    let shard = Shard::new(
+        index,
+        shards,
+        Limits::from_config(&config, shards),
+        stats.clone(),
+    );
     let context = Rc::new_cyclic(|me| Context {
         me: me.clone(),
         adopted: RefCell::new(Vec::new()),
+        log_writer: Cell::new(None),
         config,
         shard: RefCell::new(shard),
         shared,

@@ -10,11 +10,19 @@ pub fn owner(user: u64, shards: usize) -> usize {
     (user % shards as u64) as usize
 }
 
+/// Ids reserved per `IdsReserved` log record: the log holds one record per
+/// this many ids handed out, and a restart skips at most this many.
+pub const ID_RESERVATION_BLOCK: u64 = 4096;
+
 /// Hands out one shard's user ids.
 #[derive(Debug)]
 pub struct IdAllocator {
     next: u64,
     step: u64,
+    /// Ids below this may have been handed out (the last reservation the
+    /// log holds); 0 until the first reservation.
+    reserved: u64,
+    shard: u64,
 }
 
 impl IdAllocator {
@@ -25,7 +33,41 @@ impl IdAllocator {
         IdAllocator {
             next: first as u64,
             step: shards as u64,
+            reserved: 0,
+            shard: shard as u64,
         }
+    }
+
+    /// The reservation bound the log holds.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// True when the next id needs a new reservation first.
+    pub fn needs_reservation(&self) -> bool {
+        self.next >= self.reserved
+    }
+
+    /// Reserves the next block of ids; returns the new bound to log.
+    pub fn reserve_block(&mut self) -> u64 {
+        self.reserved = self.next + ID_RESERVATION_BLOCK * self.step;
+        self.reserved
+    }
+
+    /// After a restart: ids below `bound` may have been handed out.
+    pub fn resume_at(&mut self, bound: u64) {
+        self.resume_above(bound.saturating_sub(1));
+    }
+
+    /// After a restart: `user` was handed out; continue above it.
+    pub fn resume_above(&mut self, user: u64) {
+        if user < self.next {
+            return;
+        }
+        // The smallest id of this shard above `user`.
+        let above = user + 1;
+        let offset = (self.shard + self.step - above % self.step) % self.step;
+        self.next = (above + offset).max(self.next);
     }
 
     /// The next unused id.
@@ -43,6 +85,30 @@ impl IdAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restart_resumes_above_every_reservation() {
+        for shards in 1..=4 {
+            for shard in 0..shards {
+                let mut ids = IdAllocator::new(shard, shards);
+                let mut handed = Vec::new();
+                for _ in 0..10 {
+                    if ids.needs_reservation() {
+                        ids.reserve_block();
+                    }
+                    handed.push(ids.allocate());
+                }
+                let mut after = IdAllocator::new(shard, shards);
+                after.resume_at(ids.reserved());
+                let next = after.allocate();
+                assert_eq!(owner(next, shards), shard);
+                assert!(
+                    handed.iter().all(|&id| id < next),
+                    "{next} reused one of {handed:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_shard_owns_the_ids_it_hands_out_and_none_is_zero() {

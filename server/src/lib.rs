@@ -40,6 +40,7 @@ pub mod outbound;
 pub mod shard;
 pub mod startup;
 pub mod stats;
+pub mod store;
 
 use std::{net::SocketAddr, sync::atomic::Ordering, sync::mpsc, sync::Arc, time::Duration};
 

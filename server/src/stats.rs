@@ -37,6 +37,11 @@ impl Counter {
         );
     }
 
+    /// Sets a gauge. Only the owning shard's thread may call this.
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -147,6 +152,19 @@ stats! {
     duplicates,
     /// Receipts that could not be delivered (sender gone or inbox full).
     receipts_dropped,
+    /// Relays to a durable receiver refused because the log was full or
+    /// could not be written (`StorageFull`).
+    storage_full,
+    /// Log batches the disk refused (retried).
+    log_write_errors,
+    /// Log compactions (snapshots of the live state).
+    compactions,
+    /// Bytes in this shard's log now (a gauge).
+    log_bytes,
+    /// Log records read back at start-up.
+    recovered_records,
+    /// Milliseconds the start-up recovery took.
+    recovery_ms,
     /// Connections handed to the shard owning the session they resume.
     handoffs_out,
     /// Connections taken over from another shard.

@@ -128,7 +128,7 @@ impl<Io> Shard<Io> {
             conn.state = ConnState::AwaitHello;
             return;
         }
-        let user = self.ids.allocate();
+        let user = self.allocate_id();
         self.users.insert(user, id);
         self.stats.connections_accepted.incr();
         let conn = self

@@ -13,6 +13,7 @@
 //! - `timers`: idle, frame and flush deadlines.
 //! - `shutdown`: the phased shutdown across shards.
 
+mod durability;
 mod frames;
 mod list;
 mod mesh;
@@ -30,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2, PREFACE};
 use std::collections::HashMap;
 
+pub use durability::{LogBatch, COMPACTION_MIN_BYTES, COMPACTION_RATIO};
 pub use list::LISTS_PER_CONNECTION_MAX;
 pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
 pub use routing::{INLINE_DELIVER_BYTES_MAX, RELAYS_PENDING_PER_CONNECTION_MAX};
@@ -76,11 +78,16 @@ pub struct Limits {
     pub inbox_bytes_max: u64,
     /// See [`Config::sessions_per_shard_max`].
     pub sessions_max: usize,
+    /// Durable state goes to a log on disk (`--storage disk`); false keeps
+    /// it in memory only.
+    pub log_enabled: bool,
+    /// This shard's share of `--disk-bytes-max`.
+    pub log_bytes_max: u64,
 }
 
 impl Limits {
-    /// The limits `config` sets.
-    pub fn from_config(config: &Config) -> Limits {
+    /// The limits `config` sets for one of `shards` shards.
+    pub fn from_config(config: &Config, shards: usize) -> Limits {
         Limits {
             connections_max: config.connections_per_shard_max,
             outbound_bytes_max: config.outbound_bytes_max,
@@ -102,6 +109,8 @@ impl Limits {
             inbox_messages_max: config.inbox_messages_max,
             inbox_bytes_max: config.inbox_bytes_max,
             sessions_max: config.sessions_per_shard_max,
+            log_enabled: config.storage == crate::config::Storage::Disk,
+            log_bytes_max: config.disk_bytes_max / shards.max(1) as u64,
         }
     }
 }
@@ -132,6 +141,8 @@ pub enum Event {
     /// Another shard handed over connections: take them with
     /// [`Shard::poll_adoption`] and [`Shard::handle_adopt`].
     Adopt,
+    /// Records wait for the log writer: wake it ([`Shard::poll_log`]).
+    LogReady,
 }
 
 /// A connection another shard handed over (see [`Event::Adopt`]).
@@ -212,6 +223,10 @@ pub struct Shard<Io> {
     /// Version-2 relays waiting for other shards, by ticket.
     pending_stored: HashMap<u64, routing::PendingStored>,
     next_ticket: u64,
+    log: durability::Log,
+    /// `(user, seq)` of the local durable receivers of the relay being
+    /// routed, for its one `Message` record (reused).
+    durable_batch: Vec<(u64, u64)>,
     /// Per-destination receivers of the relay being routed (reused).
     route: Vec<Vec<u64>>,
     stats: Arc<ShardStats>,
@@ -245,6 +260,8 @@ impl<Io> Shard<Io> {
             adoptions: VecDeque::new(),
             pending_stored: HashMap::new(),
             next_ticket: 0,
+            log: durability::Log::new(limits.log_enabled, limits.log_bytes_max),
+            durable_batch: Vec::new(),
             route: (0..shards).map(|_| Vec::new()).collect(),
             stats,
             limits,
@@ -287,6 +304,15 @@ impl<Io> Shard<Io> {
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection<Io>> {
         slot_conn(&mut self.slots, id)
+    }
+
+    /// The next user id, reserving (and logging) a block when needed.
+    fn allocate_id(&mut self) -> u64 {
+        if self.ids.needs_reservation() {
+            let next = self.ids.reserve_block();
+            self.log(&crate::store::record::Record::IdsReserved { next });
+        }
+        self.ids.allocate()
     }
 
     /// Every connection's id (for shutdown and tests).

@@ -9,7 +9,10 @@ use relayhub_protocol::{
     Stored, RECEIVERS_MAX, VERSION,
 };
 
-use super::{frames::Handled, sessions::Item, Failures, MeshMessage, Receivers, Shard};
+use super::{
+    durability::Waiting, frames::Handled, sessions::Item, Failures, MeshMessage, Receivers, Shard,
+};
+use crate::store::record::MessageRecord;
 use crate::{
     conn::{ConnId, Pause},
     ids::owner,
@@ -101,6 +104,9 @@ impl<Io> Shard<Io> {
         );
         if matches!(handled, Handled::Done) && message_id != 0 {
             *self.message_id_high(id) = message_id;
+            if self.is_durable(from) {
+                self.log_sender_high(from);
+            }
         }
         handled
     }
@@ -130,6 +136,7 @@ impl<Io> Shard<Io> {
             let target = owner(receiver, self.shards);
             if target == self.index && body.len() <= INLINE_DELIVER_BYTES_MAX {
                 let failure = self.deliver_local(now_ms, &relay, receiver, Delivery::Inline(body));
+                self.seal_batch(now_ms, &relay, body);
                 self.finish_local(now_ms, id, &relay, failure.map(|code| (code, receiver)));
                 return Handled::Done;
             }
@@ -148,6 +155,7 @@ impl<Io> Shard<Io> {
                 failures.push((code, receiver));
             }
         }
+        self.seal_batch(now_ms, &relay, body);
         let ticket = if relay.version == VERSION {
             0
         } else {
@@ -217,7 +225,31 @@ impl<Io> Shard<Io> {
             message_id: relay.message_id,
             duplicate: false,
         };
-        self.push_stored(now_ms, id, stored);
+        self.after_durable(now_ms, Waiting::Stored(id, stored));
+    }
+
+    /// Appends one `Message` record for the relay's local durable
+    /// receivers (the body once, whatever their number) and releases their
+    /// entries for delivery once it is durable.
+    fn seal_batch(&mut self, now_ms: u64, relay: &RelayRequest, body: &[u8]) {
+        if self.durable_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.durable_batch);
+        let message = MessageRecord {
+            from: relay.from,
+            message_id: relay.message_id,
+            receipt: relay.receipt && relay.message_id != 0,
+            stored_ms: now_ms,
+            receivers: &batch,
+            body,
+        };
+        self.log_message(&message);
+        for &(user, seq) in &batch {
+            self.seal(now_ms, user, seq);
+        }
+        self.durable_batch = batch;
+        self.durable_batch.clear();
     }
 
     /// A mesh `Deliver` from another shard: hand the shared frame to each
@@ -240,6 +272,10 @@ impl<Io> Shard<Io> {
                 failures.push((code, receiver));
             }
         }
+        if !self.durable_batch.is_empty() {
+            let body = crate::outbound::deliver_body(frame);
+            self.seal_batch(now_ms, &relay, &body);
+        }
         let failures = Failures::from_vec(failures);
         if ticket == 0 {
             if let Some(failures) = failures {
@@ -254,7 +290,7 @@ impl<Io> Shard<Io> {
             request: relay.request,
             failures,
         };
-        self.send_mesh(now_ms, target, message);
+        self.after_durable(now_ms, Waiting::Mesh(target, message));
     }
 
     /// Another shard handled its receivers of our version-2 relay `ticket`.
@@ -287,7 +323,7 @@ impl<Io> Shard<Io> {
             message_id: pending.message_id,
             duplicate: false,
         };
-        self.push_stored(now_ms, pending.conn, stored);
+        self.after_durable(now_ms, Waiting::Stored(pending.conn, stored));
         if paused {
             self.unpause(pending.conn);
         }
@@ -317,7 +353,13 @@ impl<Io> Shard<Io> {
                 frame,
                 receipt: relay.receipt && relay.message_id != 0,
             };
-            return self.store(now_ms, receiver, item).err();
+            return match self.store(now_ms, receiver, item) {
+                Ok(seq) => {
+                    self.durable_batch.push((receiver, seq));
+                    None
+                }
+                Err(code) => Some(code),
+            };
         }
         let Some(&id) = self.users.get(&receiver) else {
             self.stats.unknown_receivers.incr();

@@ -18,11 +18,12 @@ use relayhub_protocol::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{frames::Handled, Event, MeshMessage, Shard};
+use super::{durability::Waiting, frames::Handled, Event, MeshMessage, Shard};
 use crate::{
-    conn::{ConnId, ConnState, SessionKind},
+    conn::{ConnId, ConnState, Pause, SessionKind},
     ids::owner,
     outbound::{deliver_body_len, PushError},
+    store::record::Record,
 };
 
 /// Bytes of one inbox entry besides its (shared) body.
@@ -31,17 +32,27 @@ pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 /// Bytes of one durable session's state besides its inbox entries.
 pub const SESSION_BYTES: usize = std::mem::size_of::<DurableSession>() + 32;
 
+/// Bytes a stored entry's share of its record is counted for against the
+/// disk limit, besides its body.
+const ENTRY_RECORD_BYTES: u64 = 64;
+
 /// How often a shard looks for expired sessions and entries: expiry happens
 /// at most this late.
 pub const SESSION_SWEEP_MS: u64 = 1_000;
 
 /// A resume token as the hub keeps it: its SHA-256.
-type TokenHash = [u8; 32];
+type TokenHash = crate::store::record::TokenHash;
+
+/// The `lsn` of an entry whose record is not appended yet.
+const LSN_UNSEALED: u64 = u64::MAX;
 
 /// One entry of an inbox.
 pub(super) struct Entry {
     seq: u64,
     stored_ms: u64,
+    /// The log position after the entry's record: it is delivered only
+    /// once the log is durable up to here.
+    lsn: u64,
     item: Item,
 }
 
@@ -190,13 +201,17 @@ impl<Io> Shard<Io> {
         let request = hello.request.to_native();
         let resume_user = hello.resume_user.to_native();
         if resume_user == 0 {
-            let user = self.ids.allocate();
+            let user = self.allocate_id();
             let durable = hello.durable && self.sessions.map.len() < self.limits.sessions_max;
             let token = if durable {
                 let token = new_token();
-                self.sessions
-                    .map
-                    .insert(user, DurableSession::new(&token, now_ms));
+                let session = DurableSession::new(&token, now_ms);
+                self.log(&Record::SessionCreated {
+                    user,
+                    token: session.tokens[0],
+                    at_ms: now_ms,
+                });
+                self.sessions.map.insert(user, session);
                 self.stats.sessions_created.incr();
                 token
             } else {
@@ -207,7 +222,7 @@ impl<Io> Shard<Io> {
             } else {
                 SessionKind::Ephemeral
             };
-            self.attach(now_ms, id, user, kind, token, request, false);
+            self.welcome_when_durable(now_ms, id, user, kind, token, request, false);
             return HelloOutcome::Done;
         }
         let target = owner(resume_user, self.shards);
@@ -227,12 +242,19 @@ impl<Io> Shard<Io> {
         let session = self.sessions.map.get_mut(&resume_user).expect("accepted");
         let token = new_token();
         session.tokens = [token_hash(&token), token_hash(&hello.resume_token)];
-        if let Some(old) = session.conn.take() {
+        let record = Record::SessionTokens {
+            user: resume_user,
+            current: session.tokens[0],
+            previous: session.tokens[1],
+        };
+        let old = session.conn.take();
+        self.log(&record);
+        if let Some(old) = old {
             self.stats.takeovers.incr();
             self.close(now_ms, old, Some((ErrorCodeV2::SessionTakenOver, 0, 0)));
         }
         self.stats.sessions_resumed.incr();
-        self.attach(
+        self.welcome_when_durable(
             now_ms,
             id,
             resume_user,
@@ -244,10 +266,37 @@ impl<Io> Shard<Io> {
         HelloOutcome::Done
     }
 
+    /// Welcomes `id` once the session's records are durable (a token the
+    /// client holds always survives a crash); its input waits meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn welcome_when_durable(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        user: u64,
+        kind: SessionKind,
+        token: ResumeToken,
+        request: u64,
+        resumed: bool,
+    ) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.paused_on = Some(Pause::Durable);
+        }
+        let waiting = Waiting::Welcome {
+            id,
+            user,
+            kind,
+            token,
+            request,
+            resumed,
+        };
+        self.after_durable(now_ms, waiting);
+    }
+
     /// Welcomes `id` as `user`, queues the hub's preface and `WelcomeV2`,
     /// and for a durable session starts sending its inbox.
     #[allow(clippy::too_many_arguments)]
-    fn attach(
+    pub(super) fn attach(
         &mut self,
         now_ms: u64,
         id: ConnId,
@@ -258,9 +307,13 @@ impl<Io> Shard<Io> {
         resumed: bool,
     ) {
         let limits = self.welcome_limits();
-        let conn = self
-            .conn_mut(id)
-            .expect("a connection saying Hello is in the table");
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.state != ConnState::AwaitHello {
+            return; // It closed while its session's records became durable.
+        }
+        conn.paused_on = None;
         conn.user = user;
         conn.kind = kind;
         conn.state = ConnState::Open;
@@ -282,8 +335,15 @@ impl<Io> Shard<Io> {
         self.users.insert(user, id);
         self.stats.connections_accepted.incr();
         self.note_pushed(id);
+        self.events.push_back(Event::Readable(id));
+        self.rearm(id);
         if let Some(session) = self.sessions.map.get_mut(&user) {
-            session.conn = Some(id);
+            if let Some(old) = session.conn.replace(id) {
+                // Taken over while this welcome waited for the log.
+                session.conn = Some(id);
+                self.close(now_ms, old, Some((ErrorCodeV2::SessionTakenOver, 0, 0)));
+            }
+            let session = self.sessions.map.get_mut(&user).expect("present");
             session.cursor = session.acked;
             session.inflight = 0;
             session.inflight_bytes = 0;
@@ -319,6 +379,10 @@ impl<Io> Shard<Io> {
             if session.conn == Some(id) {
                 session.conn = None;
                 session.detached_ms = now_ms;
+                self.log(&Record::SessionDetached {
+                    user,
+                    at_ms: now_ms,
+                });
             }
         }
     }
@@ -330,15 +394,21 @@ impl<Io> Shard<Io> {
 
     /// Appends an entry to `user`'s inbox and sends it if the window
     /// allows. `InboxFull` past the inbox limits.
-    pub(super) fn store(&mut self, now_ms: u64, user: u64, item: Item) -> Result<(), ErrorCodeV2> {
+    /// The entry's record is the caller's to append; until it calls
+    /// [`seal`](Self::seal) the entry is not delivered.
+    pub(super) fn store(&mut self, now_ms: u64, user: u64, item: Item) -> Result<u64, ErrorCodeV2> {
         let (messages_max, bytes_max) =
             (self.limits.inbox_messages_max, self.limits.inbox_bytes_max);
+        let bytes = item.bytes();
+        if self.log.full(bytes + ENTRY_RECORD_BYTES) {
+            self.stats.storage_full.incr();
+            return Err(ErrorCodeV2::StorageFull);
+        }
         let session = self
             .sessions
             .map
             .get_mut(&user)
             .expect("store to a durable session");
-        let bytes = item.bytes();
         if session.inbox.len() as u64 >= messages_max || session.inbox_bytes + bytes > bytes_max {
             self.stats.inbox_full.incr();
             return Err(ErrorCodeV2::InboxFull);
@@ -349,11 +419,33 @@ impl<Io> Shard<Io> {
         session.inbox.push_back(Entry {
             seq,
             stored_ms: now_ms,
+            lsn: LSN_UNSEALED,
             item,
         });
         self.stats.stored.incr();
-        self.pump(now_ms, user);
-        Ok(())
+        Ok(seq)
+    }
+
+    /// The records of `user`'s entries up to `seq` are appended: they go
+    /// out once the log is durable up to the current position.
+    pub(super) fn seal(&mut self, now_ms: u64, user: u64, seq: u64) {
+        let lsn = self.log.appended();
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return;
+        };
+        for entry in session.inbox.iter_mut().rev() {
+            if entry.lsn != LSN_UNSEALED {
+                break;
+            }
+            if entry.seq <= seq {
+                entry.lsn = lsn;
+            }
+        }
+        if self.log.is_durable(lsn) {
+            self.pump(now_ms, user);
+        } else {
+            self.note_undelivered(user);
+        }
     }
 
     /// Sends `user`'s inbox entries after the cursor while the inflight
@@ -369,6 +461,11 @@ impl<Io> Shard<Io> {
         let Some(id) = session.conn else {
             return;
         };
+        let durable = if self.log.is_durable(u64::MAX - 1) {
+            u64::MAX
+        } else {
+            self.log.durable()
+        };
         let Some(conn) = super::slot_conn(&mut self.slots, id) else {
             return;
         };
@@ -377,6 +474,9 @@ impl<Io> Shard<Io> {
             .partition_point(|entry| entry.seq <= session.cursor);
         let mut overflow = false;
         for entry in session.inbox.range(start..) {
+            if entry.lsn > durable {
+                break; // Not durable yet: a crash could give its seq away.
+            }
             let bytes = entry.item.bytes();
             let window_full = session.inflight >= messages_max
                 || (session.inflight > 0 && session.inflight_bytes + bytes > bytes_max);
@@ -461,6 +561,7 @@ impl<Io> Shard<Io> {
         // need not be sent again.
         session.cursor = session.cursor.max(upto);
         self.stats.acked.add(popped);
+        self.log_ack(user);
         self.pump(now_ms, user);
         for (sender, message_id) in receipts {
             self.send_receipt(now_ms, sender, message_id, user);
@@ -491,8 +592,18 @@ impl<Io> Shard<Io> {
                 message_id,
                 receiver,
             };
-            if self.store(now_ms, sender, item).is_err() {
-                self.stats.receipts_dropped.incr();
+            match self.store(now_ms, sender, item) {
+                Ok(seq) => {
+                    self.log(&Record::Receipt {
+                        user: sender,
+                        seq,
+                        message_id,
+                        receiver,
+                        stored_ms: now_ms,
+                    });
+                    self.seal(now_ms, sender, seq);
+                }
+                Err(_) => self.stats.receipts_dropped.incr(),
             }
             return;
         }
@@ -558,10 +669,12 @@ impl<Io> Shard<Io> {
         let mut expired_sessions = 0;
         let mut expired_entries = 0;
         let mut resumed = Vec::new();
+        let mut gone = Vec::new();
         self.sessions.map.retain(|&user, session| {
             if session.conn.is_none() && session.detached_ms.saturating_add(expiry) <= now_ms {
                 expired_sessions += 1;
                 expired_entries += session.inbox.len() as u64;
+                gone.push(user);
                 return false;
             }
             if ttl > 0 {
@@ -574,6 +687,9 @@ impl<Io> Shard<Io> {
             }
             true
         });
+        for user in gone {
+            self.log(&Record::SessionExpired { user });
+        }
         self.stats.sessions_expired.add(expired_sessions);
         self.stats.messages_expired.add(expired_entries);
         // Expired entries freed window space.
@@ -595,5 +711,220 @@ impl<Io> Shard<Io> {
             .map
             .get(&user)
             .map(|session| session.inbox.len())
+    }
+}
+
+// ----- the log's view of sessions: floors, snapshots, recovery ----------
+
+impl<Io> Shard<Io> {
+    /// `user`'s ack floor and highest relayed `message_id`.
+    pub(super) fn session_floor(&self, user: u64) -> Option<(u64, u64)> {
+        let session = self.sessions.map.get(&user)?;
+        Some((session.acked, session.message_id_high))
+    }
+
+    /// What the live sessions would take in a snapshot (errs high).
+    pub(super) fn sessions_live_bytes(&self) -> u64 {
+        self.sessions
+            .map
+            .values()
+            .map(|session| 256 + session.inbox_bytes + session.inbox.len() as u64 * 96)
+            .sum()
+    }
+
+    /// The records that rebuild every live session and entry: what a
+    /// compaction writes. Entries of one relay share one `Message` record,
+    /// as they share one body.
+    pub(super) fn snapshot_records(&mut self) -> Vec<Record> {
+        let mut records = vec![Record::IdsReserved {
+            next: self.ids.reserved(),
+        }];
+        // Entries of one relay share their frame: group them by it.
+        let mut messages: HashMap<*const u8, usize> = HashMap::new();
+        let durable = self.log.appended();
+        for (&user, session) in &mut self.sessions.map {
+            records.push(Record::SessionCreated {
+                user,
+                token: session.tokens[0],
+                at_ms: session.detached_ms,
+            });
+            records.push(Record::SessionTokens {
+                user,
+                current: session.tokens[0],
+                previous: session.tokens[1],
+            });
+            if session.conn.is_none() {
+                records.push(Record::SessionDetached {
+                    user,
+                    at_ms: session.detached_ms,
+                });
+            }
+            if session.acked > 0 {
+                records.push(Record::Acked {
+                    user,
+                    upto: session.acked,
+                });
+            }
+            if session.message_id_high > 0 {
+                records.push(Record::SenderHigh {
+                    user,
+                    message_id: session.message_id_high,
+                });
+            }
+            for entry in &mut session.inbox {
+                // Whatever was not durable becomes durable with the snapshot.
+                entry.lsn = entry.lsn.min(durable);
+                match &entry.item {
+                    Item::Message {
+                        from,
+                        message_id,
+                        frame,
+                        receipt,
+                    } => match messages.get(&frame.as_ptr()) {
+                        Some(&index) => {
+                            if let Record::Message { receivers, .. } = &mut records[index] {
+                                receivers.push((user, entry.seq));
+                            }
+                        }
+                        None => {
+                            messages.insert(frame.as_ptr(), records.len());
+                            records.push(Record::Message {
+                                from: *from,
+                                message_id: *message_id,
+                                receipt: *receipt,
+                                stored_ms: entry.stored_ms,
+                                receivers: vec![(user, entry.seq)],
+                                body: crate::outbound::deliver_body(frame),
+                            });
+                        }
+                    },
+                    Item::Receipt {
+                        message_id,
+                        receiver,
+                    } => records.push(Record::Receipt {
+                        user,
+                        seq: entry.seq,
+                        message_id: *message_id,
+                        receiver: *receiver,
+                        stored_ms: entry.stored_ms,
+                    }),
+                }
+            }
+        }
+        records
+    }
+
+    /// Applies one record read back from the log at start-up.
+    pub fn recover(&mut self, now_ms: u64, record: Record) {
+        match record {
+            Record::IdsReserved { next } => self.ids.resume_at(next),
+            Record::SessionCreated { user, token, at_ms } => {
+                let mut session = DurableSession::new(&[0; RESUME_TOKEN_BYTES], at_ms);
+                session.tokens = [token, [0; 32]];
+                session.cursor = 0;
+                // Connected at the crash: its expiry counts from now.
+                session.detached_ms = now_ms;
+                self.sessions.map.insert(user, session);
+                self.ids.resume_above(user);
+            }
+            Record::SessionTokens {
+                user,
+                current,
+                previous,
+            } => {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    session.tokens = [current, previous];
+                }
+            }
+            Record::SessionDetached { user, at_ms } => {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    session.detached_ms = at_ms;
+                }
+            }
+            Record::SessionExpired { user } => {
+                self.sessions.map.remove(&user);
+            }
+            Record::Message {
+                from,
+                message_id,
+                receipt,
+                stored_ms,
+                receivers,
+                body,
+            } => {
+                let frame = relayhub_protocol::encode_deliver(from, &body)
+                    .expect("a stored body fits a deliver frame");
+                for (user, seq) in receivers {
+                    let item = Item::Message {
+                        from,
+                        message_id,
+                        frame: frame.clone(),
+                        receipt,
+                    };
+                    self.recover_entry(user, seq, stored_ms, item);
+                }
+            }
+            Record::Receipt {
+                user,
+                seq,
+                message_id,
+                receiver,
+                stored_ms,
+            } => {
+                let item = Item::Receipt {
+                    message_id,
+                    receiver,
+                };
+                self.recover_entry(user, seq, stored_ms, item);
+            }
+            Record::Acked { user, upto } => {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    // Nothing is in flight during recovery (cursor 0).
+                    session.acked = session.acked.max(upto);
+                    let acked = session.acked;
+                    session.pop_while(|entry| entry.seq <= acked);
+                }
+            }
+            Record::SenderHigh { user, message_id } => {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    session.message_id_high = session.message_id_high.max(message_id);
+                }
+            }
+            Record::SnapshotEnd => {}
+        }
+    }
+
+    fn recover_entry(&mut self, user: u64, seq: u64, stored_ms: u64, item: Item) {
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return; // The session expired later in the log.
+        };
+        if seq <= session.acked || session.inbox.back().is_some_and(|last| last.seq >= seq) {
+            return; // Acked already, or a snapshot repeated it.
+        }
+        session.inbox_bytes += item.bytes();
+        session.next_seq = session.next_seq.max(seq + 1);
+        session.inbox.push_back(Entry {
+            seq,
+            stored_ms,
+            lsn: 0,
+            item,
+        });
+    }
+
+    /// Recovery is over: every stored entry may have been sent before the
+    /// crash (entries go out only once durable), so acks up to the last
+    /// one are valid; sessions wait for their clients.
+    pub fn finish_recovery(&mut self, now_ms: u64, lsn: u64, file_bytes: u64) {
+        for session in self.sessions.map.values_mut() {
+            session.sent_max = session.next_seq - 1;
+            session.redeliver_upto = session.sent_max;
+            session.cursor = session.acked;
+            session.inflight = 0;
+            session.inflight_bytes = 0;
+        }
+        self.log_recovered(lsn, file_bytes);
+        self.arm_sweep(now_ms);
+        let next = self.ids.reserve_block();
+        self.log(&Record::IdsReserved { next });
     }
 }

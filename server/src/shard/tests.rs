@@ -31,6 +31,8 @@ pub(super) fn limits() -> Limits {
         inbox_messages_max: 16,
         inbox_bytes_max: 8 << 20,
         sessions_max: 100,
+        log_enabled: false,
+        log_bytes_max: u64::MAX,
     }
 }
 

@@ -1,0 +1,320 @@
+//! The shard's side of its log: records appended in memory, handed to the
+//! driver in batches (one batch per write: group commit), and the
+//! durable position the driver reports back. Nothing that depends on a
+//! record leaves the hub before the record is as durable as the fsync
+//! policy says: a `Stored`, a `Handled` answer to another shard, a
+//! delivery of the entry (a receiver never sees a `seq` that a crash could
+//! give to another message), a durable session's `WelcomeV2`.
+//!
+//! Positions (LSNs) are byte offsets in the shard's logical log; they keep
+//! growing across compactions, which start a new generation of the log
+//! file with a snapshot of the live state.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use relayhub_protocol::Stored;
+
+use super::{Event, MeshMessage, Shard};
+use crate::{
+    conn::ConnId,
+    store::record::{encode, Record},
+};
+
+/// The log grows at least this much past the last compaction before the
+/// shard considers compacting again (64 MiB).
+pub const COMPACTION_MIN_BYTES: u64 = 64 << 20;
+
+/// A compaction starts once the log holds more than this many times the
+/// bytes the live state needs.
+pub const COMPACTION_RATIO: u64 = 2;
+
+/// Records for the driver to write, in order, then report with
+/// [`Shard::handle_log_written`].
+#[derive(Debug)]
+pub struct LogBatch {
+    /// Encoded records.
+    pub bytes: Bytes,
+    /// The log position after them.
+    pub end_lsn: u64,
+    /// The batch is a snapshot that starts a new generation of the log:
+    /// write it to a new file, make it durable, then drop the old file.
+    pub new_generation: bool,
+}
+
+/// Something that must wait until the log is durable up to a position.
+pub(super) enum Waiting {
+    /// A `Stored` for a sender's connection.
+    Stored(ConnId, Stored),
+    /// An answer to another shard.
+    Mesh(usize, MeshMessage),
+    /// A durable session's welcome (its records are durable): the
+    /// connection is welcomed and resumes reading.
+    Welcome {
+        id: ConnId,
+        user: u64,
+        kind: crate::conn::SessionKind,
+        token: relayhub_protocol::ResumeToken,
+        request: u64,
+        resumed: bool,
+    },
+}
+
+/// The shard's log state.
+pub(super) struct Log {
+    /// False with `--storage memory`: everything is "durable" at once.
+    enabled: bool,
+    pending: BytesMut,
+    /// The position after the last record appended.
+    appended: u64,
+    /// The position the driver made durable.
+    durable: u64,
+    /// Where the current generation starts.
+    generation_start: u64,
+    /// The driver's writer waits for [`Event::LogReady`].
+    writer_parked: bool,
+    /// A snapshot is pending or being written.
+    compacting: bool,
+    waiting: VecDeque<(u64, Waiting)>,
+    /// Sessions whose acks or sender high-water marks changed since the
+    /// last batch (one coalesced record each per batch).
+    dirty: HashMap<u64, (bool, bool)>,
+    /// Sessions with entries waiting for durability before delivery.
+    undelivered: Vec<u64>,
+    /// The driver could not write: refuse new durable entries.
+    failed: bool,
+    /// Most bytes this shard's log may hold.
+    bytes_max: u64,
+}
+
+impl Log {
+    pub(super) fn new(enabled: bool, bytes_max: u64) -> Log {
+        Log {
+            enabled,
+            pending: BytesMut::new(),
+            appended: 0,
+            durable: 0,
+            generation_start: 0,
+            writer_parked: false,
+            compacting: false,
+            waiting: VecDeque::new(),
+            dirty: HashMap::new(),
+            undelivered: Vec::new(),
+            failed: false,
+            bytes_max,
+        }
+    }
+
+    /// Bytes of the current log generation (what is on disk, or will be).
+    pub(super) fn bytes(&self) -> u64 {
+        self.appended - self.generation_start
+    }
+
+    /// True when entries appended now would be refused (`StorageFull`).
+    pub(super) fn full(&self, more: u64) -> bool {
+        self.enabled && (self.failed || self.bytes() + more > self.bytes_max)
+    }
+
+    /// The position an action taken now must wait for.
+    pub(super) fn appended(&self) -> u64 {
+        if self.enabled {
+            self.appended
+        } else {
+            0
+        }
+    }
+
+    /// The position the driver made durable.
+    pub(super) fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    pub(super) fn is_durable(&self, lsn: u64) -> bool {
+        lsn <= self.durable || !self.enabled
+    }
+}
+
+impl<Io> Shard<Io> {
+    /// Appends `record` to the log (nothing with `--storage memory`).
+    pub(super) fn log(&mut self, record: &Record) {
+        if !self.log.enabled {
+            return;
+        }
+        let len = encode(record, &mut self.log.pending);
+        self.log.appended += len as u64;
+        self.wake_log_writer();
+    }
+
+    /// Appends a `Message` record straight from the relay's body.
+    pub(super) fn log_message(&mut self, message: &crate::store::record::MessageRecord<'_>) {
+        if !self.log.enabled {
+            return;
+        }
+        let len = crate::store::record::encode_message(message, &mut self.log.pending);
+        self.log.appended += len as u64;
+        self.wake_log_writer();
+    }
+
+    fn wake_log_writer(&mut self) {
+        if std::mem::take(&mut self.log.writer_parked) {
+            self.events.push_back(Event::LogReady);
+        }
+    }
+
+    /// Runs `waiting` once everything appended so far is durable.
+    pub(super) fn after_durable(&mut self, now_ms: u64, waiting: Waiting) {
+        let lsn = self.log.appended();
+        if self.log.is_durable(lsn) {
+            self.run_waiting(now_ms, waiting);
+        } else {
+            self.log.waiting.push_back((lsn, waiting));
+        }
+    }
+
+    fn run_waiting(&mut self, now_ms: u64, waiting: Waiting) {
+        match waiting {
+            Waiting::Stored(id, stored) => self.push_stored(now_ms, id, stored),
+            Waiting::Mesh(target, message) => self.send_mesh(now_ms, target, message),
+            Waiting::Welcome {
+                id,
+                user,
+                kind,
+                token,
+                request,
+                resumed,
+            } => self.attach(now_ms, id, user, kind, token, request, resumed),
+        }
+    }
+
+    /// Marks `user`'s ack floor for the next batch (coalesced).
+    pub(super) fn log_ack(&mut self, user: u64) {
+        if self.log.enabled {
+            self.log.dirty.entry(user).or_default().0 = true;
+            self.wake_log_writer();
+        }
+    }
+
+    /// Marks `user`'s sender high-water mark for the next batch.
+    pub(super) fn log_sender_high(&mut self, user: u64) {
+        if self.log.enabled {
+            self.log.dirty.entry(user).or_default().1 = true;
+            self.wake_log_writer();
+        }
+    }
+
+    /// `user` has entries to deliver once they are durable.
+    pub(super) fn note_undelivered(&mut self, user: u64) {
+        if self.log.enabled {
+            self.log.undelivered.push(user);
+        }
+    }
+
+    /// The next batch for the driver's log writer; `None` parks the writer
+    /// until [`Event::LogReady`].
+    pub fn poll_log(&mut self) -> Option<LogBatch> {
+        if !self.log.enabled {
+            return None;
+        }
+        self.flush_dirty();
+        if !self.log.compacting && self.compaction_due() {
+            return Some(self.snapshot());
+        }
+        if self.log.pending.is_empty() {
+            self.log.writer_parked = true;
+            return None;
+        }
+        Some(LogBatch {
+            bytes: self.log.pending.split().freeze(),
+            end_lsn: self.log.appended,
+            new_generation: false,
+        })
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.log.dirty);
+        for (user, (ack, high)) in dirty {
+            let Some((acked, message_id)) = self.session_floor(user) else {
+                continue;
+            };
+            if ack {
+                let len = encode(&Record::Acked { user, upto: acked }, &mut self.log.pending);
+                self.log.appended += len as u64;
+            }
+            if high {
+                let record = Record::SenderHigh { user, message_id };
+                let len = encode(&record, &mut self.log.pending);
+                self.log.appended += len as u64;
+            }
+        }
+    }
+
+    /// The driver wrote (and synced, as the policy says) everything up to
+    /// `end_lsn`.
+    pub fn handle_log_written(&mut self, now_ms: u64, end_lsn: u64, new_generation: bool) {
+        self.log.failed = false;
+        self.log.durable = self.log.durable.max(end_lsn);
+        if new_generation {
+            self.log.compacting = false;
+            self.stats.compactions.incr();
+        }
+        while let Some((lsn, _)) = self.log.waiting.front() {
+            if *lsn > self.log.durable {
+                break;
+            }
+            let (_, waiting) = self.log.waiting.pop_front().expect("front exists");
+            self.run_waiting(now_ms, waiting);
+        }
+        let mut users = std::mem::take(&mut self.log.undelivered);
+        users.sort_unstable();
+        users.dedup();
+        for user in users {
+            self.pump(now_ms, user);
+        }
+        self.stats.log_bytes.set(self.log.bytes());
+    }
+
+    /// The driver could not write the last batch; it will retry. Until it
+    /// succeeds, relays to durable sessions get `StorageFull`.
+    pub fn handle_log_failed(&mut self) {
+        self.log.failed = true;
+        self.stats.log_write_errors.incr();
+    }
+
+    /// Bytes the live state would take in a snapshot (an estimate that
+    /// errs high).
+    fn live_bytes(&self) -> u64 {
+        self.sessions_live_bytes()
+    }
+
+    fn compaction_due(&self) -> bool {
+        let bytes = self.log.bytes();
+        bytes > COMPACTION_MIN_BYTES && bytes > COMPACTION_RATIO * self.live_bytes()
+    }
+
+    /// A snapshot of the live state: a new generation of the log.
+    fn snapshot(&mut self) -> LogBatch {
+        let mut out = BytesMut::new();
+        for record in self.snapshot_records() {
+            encode(&record, &mut out);
+        }
+        encode(&Record::SnapshotEnd, &mut out);
+        // What was pending is in the snapshot's state already.
+        self.log.pending.clear();
+        self.log.generation_start = self.log.appended;
+        self.log.appended += out.len() as u64;
+        self.log.compacting = true;
+        LogBatch {
+            bytes: out.freeze(),
+            end_lsn: self.log.appended,
+            new_generation: true,
+        }
+    }
+
+    /// The log's first generation after a recovery starts at `lsn`; the
+    /// recovered file holds `bytes`.
+    pub(super) fn log_recovered(&mut self, lsn: u64, bytes: u64) {
+        self.log.generation_start = lsn - bytes;
+        self.log.appended = lsn;
+        self.log.durable = lsn;
+    }
+}
