@@ -21,6 +21,10 @@
 //!   connection survives it.
 //! - [`limits`]: [`Limits`] announced by the hub, client-side checks.
 //! - [`config`]: [`ClientConfig`]: timeouts and buffer bounds, with defaults.
+//! - [`session`]: protocol version 2 ([`session::SessionClient`],
+//!   [`session::ReconnectingClient`], [`session::SessionState`]): durable
+//!   sessions, acknowledged relays, sequenced deliveries with client-side
+//!   dedup, receipts, resume and reconnect (docs/protocol-v2.md).
 //! - `src/bin/relayhub-cli/`: the `relayhub-cli` binary (docs/cli.md).
 //!
 //! # Example
@@ -57,6 +61,7 @@ pub mod event;
 pub mod limits;
 pub mod receiver;
 pub mod sender;
+pub mod session;
 
 pub use client::{Client, ListPage};
 pub use config::{

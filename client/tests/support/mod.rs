@@ -6,8 +6,11 @@
 //! - [`ModelHub`]: a small thread-per-connection hub with the real
 //!   semantics (ids, list paging, relay, unknown receivers, limit errors),
 //!   for tests with several clients and for the CLI's end-to-end tests.
+//! - [`v2`]: a scripted fake hub for protocol version 2 (sessions).
 
 #![allow(dead_code)] // Each test binary uses a different part.
+
+pub mod v2;
 
 use std::{
     collections::BTreeMap,
