@@ -31,8 +31,9 @@ use relayhub_protocol::ErrorCodeV2;
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, Fsync},
     conn::ConnId,
+    disk::{DiskLog, ShardFiles},
     outbound::Outbound,
     shard::{self, Event, Limits, MeshMessage, Read, ReadReady, Shard, WriteReady},
     stats::ShardStats,
@@ -102,6 +103,8 @@ struct Context {
     shared: Arc<Shared>,
     stats: Arc<ShardStats>,
     started: Instant,
+    /// The wall clock (ms since the Unix epoch) when the shard started.
+    clock_base_ms: u64,
     /// The forwarder of each target, parked on an empty outbox.
     forwarders: Vec<Cell<Option<Waker>>>,
     /// Forwarders holding a batch not yet published into their ring.
@@ -118,9 +121,10 @@ struct Context {
 }
 
 impl Context {
-    /// The shard clock: milliseconds since the shard started.
+    /// The shard clock: milliseconds since the Unix epoch, as measured by
+    /// a monotonic clock from the shard's start (never goes back).
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.clock_base_ms + self.started.elapsed().as_millis() as u64
     }
 
     /// Runs `f` on the core, then carries out the events it raised.
@@ -214,23 +218,59 @@ fn shut(shard: &Shard<ConnIo>, id: ConnId, how: libc::c_int) {
     }
 }
 
-/// Runs shard `index` until shutdown completes. Called on the shard's own
-/// executor thread.
-pub async fn run_shard(
-    index: usize,
-    config: Config,
-    listener_fd: RawFd,
-    mesh: MeshEnds,
-    shared: Arc<Shared>,
-) {
+/// What one shard starts with.
+pub struct ShardStart {
+    /// The shard's index.
+    pub index: usize,
+    /// Its listening socket.
+    pub listener_fd: RawFd,
+    /// Its mesh ends.
+    pub mesh: MeshEnds,
+    /// Its log files (`--storage disk`), or none.
+    pub files: Option<ShardFiles>,
+    /// Told once the shard serves, or why it cannot.
+    pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
+}
+
+/// Milliseconds since the Unix epoch, now: the base of the shard clock, so
+/// times in the log (entry and session expiry) mean the same after a
+/// restart.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Runs one shard until shutdown completes: recovers its log, then serves.
+/// Called on the shard's own executor thread.
+pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
+    let ShardStart {
+        index,
+        listener_fd,
+        mesh,
+        files,
+        ready,
+    } = start;
     let shards = shared.stats.len();
     let stats = shared.stats[index].clone();
-    let shard = Shard::new(
+    let mut shard = Shard::new(
         index,
         shards,
         Limits::from_config(&config, shards),
         stats.clone(),
     );
+    let started = Instant::now();
+    let clock_base_ms = wall_clock_ms();
+    let disk = match files {
+        None => None,
+        Some(files) => match recover(index, &files, &config, &mut shard, clock_base_ms).await {
+            Ok(disk) => Some(disk),
+            Err(error) => {
+                let _ = ready.send(Err(format!("shard {index}: {error}")));
+                return;
+            }
+        },
+    };
     let context = Rc::new_cyclic(|me| Context {
         me: me.clone(),
         adopted: RefCell::new(Vec::new()),
@@ -239,7 +279,8 @@ pub async fn run_shard(
         shard: RefCell::new(shard),
         shared,
         stats,
-        started: Instant::now(),
+        started,
+        clock_base_ms,
         forwarders: (0..shards).map(|_| Cell::new(None)).collect(),
         forwarding: Cell::new(0),
         timer: Cell::new(None),
@@ -260,12 +301,100 @@ pub async fn run_shard(
         }
     }
     spawn_local(run_timers(context.clone())).detach();
+    if let Some(disk) = disk {
+        spawn_local(write_log(context.clone(), disk)).detach();
+    }
     if context.config.stats_interval_ms > 0 {
         spawn_local(log_stats(context.clone(), index)).detach();
     }
+    let _ = ready.send(Ok(index));
 
     accept_until_shutdown(&context, listener).await;
     shutdown(&context, index).await;
+}
+
+/// Reads the shard's log back into `shard` and opens it for appending.
+async fn recover(
+    index: usize,
+    files: &ShardFiles,
+    config: &Config,
+    shard: &mut Shard<ConnIo>,
+    now_ms: u64,
+) -> Result<DiskLog, crate::disk::DataDirError> {
+    let (disk, recovered) = DiskLog::open(files, config.fsync, shard, now_ms).await?;
+    let bytes = recovered.scan.valid_bytes;
+    shard.finish_recovery(now_ms, bytes, bytes);
+    shard.stats().recovered_records.set(recovered.scan.records);
+    shard.stats().recovery_ms.set(recovered.elapsed_ms);
+    info!(
+        shard = index,
+        records = recovered.scan.records,
+        bytes,
+        elapsed_ms = recovered.elapsed_ms,
+        sessions = shard.durable_sessions(),
+        file = %recovered.file.display(),
+        "recovered the log"
+    );
+    Ok(disk)
+}
+
+/// Pause before a failed log write is tried again.
+const LOG_RETRY: Duration = Duration::from_millis(100);
+
+/// Writes the core's log batches, one at a time (what piles up meanwhile is
+/// the next batch: group commit), syncing as the policy says, and tells the
+/// core what is durable. A failed write is retried; meanwhile the core
+/// refuses new durable relays with `StorageFull`.
+async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
+    let interval = match disk.policy() {
+        Fsync::Interval(ms) => Some(Duration::from_millis(ms)),
+        Fsync::Always | Fsync::Never => None,
+    };
+    let mut last_sync = Instant::now();
+    loop {
+        let next = poll_fn(|cx| {
+            context.with_shard(|shard| match shard.poll_log() {
+                Some(batch) => Poll::Ready(Some(batch)),
+                None => {
+                    context.log_writer.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+        });
+        let batch = match interval {
+            Some(interval) => {
+                let due = interval.saturating_sub(last_sync.elapsed());
+                let timeout = async {
+                    sleep(due).await;
+                    None
+                };
+                futures_lite::future::or(next, timeout).await
+            }
+            None => next.await,
+        };
+        let Some(batch) = batch else {
+            // The interval passed with nothing new to write: sync.
+            if let Err(error) = disk.sync().await {
+                warn!(%error, "fdatasync of the log failed");
+            }
+            last_sync = Instant::now();
+            continue;
+        };
+        while let Err(error) = disk.write(&batch).await {
+            tracing::error!(%error, "log write failed; durable relays get StorageFull until it succeeds");
+            context.with_shard(|shard| shard.handle_log_failed());
+            sleep(LOG_RETRY).await;
+        }
+        if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
+            if let Err(error) = disk.sync().await {
+                warn!(%error, "fdatasync of the log failed");
+            }
+            last_sync = Instant::now();
+        }
+        let now = context.now_ms();
+        context
+            .with_shard(|shard| shard.handle_log_written(now, batch.end_lsn, batch.new_generation));
+    }
 }
 
 async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
@@ -385,7 +514,10 @@ async fn shutdown(context: &Rc<Context>, index: usize) {
         "shutting down: draining the mesh, then flushing"
     );
     loop {
-        let finished = context.shard.borrow().is_finished() && context.forwarding.get() == 0;
+        let finished = {
+            let shard = context.shard.borrow();
+            shard.is_finished() && shard.log_settled() && context.forwarding.get() == 0
+        };
         if finished {
             break;
         }

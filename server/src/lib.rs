@@ -34,6 +34,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod disk;
 mod driver;
 pub mod ids;
 pub mod outbound;
@@ -54,8 +55,9 @@ pub use stats::StatsSnapshot;
 use driver::{MeshEnds, Shared};
 use stats::ShardStats;
 
-/// How long start-up waits for every shard to report ready.
-const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up waits for every shard to report ready (recovery of a
+/// large log included).
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A running hub.
 ///
@@ -86,8 +88,16 @@ impl Hub {
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
         let shared = Arc::new(Shared::new(stats));
         let mut mesh = mesh_ends(shards, config.mesh_ring_slots, config.mesh_bytes_max);
+        let mut files = match config.storage {
+            config::Storage::Disk => disk::prepare(&config.data_dir, shards)
+                .map_err(StartError::DataDir)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            config::Storage::Memory => vec![None; shards],
+        };
 
-        let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let mut executors = Vec::with_capacity(shards);
         for (index, fd) in fds.into_iter().enumerate() {
             let placement = if config.pin {
@@ -97,13 +107,20 @@ impl Hub {
             };
             let (config, shard_shared, ready) = (config.clone(), shared.clone(), ready_tx.clone());
             let ends = mesh.remove(0);
+            let shard_files = files.remove(0);
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("relayhub-shard-{index}"))
                 .io_memory(startup::IO_MEMORY_BYTES)
                 .spin_before_park(Duration::from_micros(config.spin_before_park_us))
                 .spawn(move || async move {
-                    let _ = ready.send(index);
-                    driver::run_shard(index, config, fd, ends, shard_shared).await;
+                    let start = driver::ShardStart {
+                        index,
+                        listener_fd: fd,
+                        mesh: ends,
+                        files: shard_files,
+                        ready,
+                    };
+                    driver::run_shard(start, config, shard_shared).await;
                 });
             match spawned {
                 Ok(handle) => executors.push(handle),
@@ -112,9 +129,15 @@ impl Hub {
         }
         drop(ready_tx);
         for _ in 0..shards {
-            if ready_rx.recv_timeout(SHARD_START_TIMEOUT).is_err() {
-                let index = executors.len();
-                return Err(abort(shared, executors, index, "did not start".into()));
+            match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    return Err(abort_with(shared, executors, StartError::Recovery(error)))
+                }
+                Err(_) => {
+                    let index = executors.len();
+                    return Err(abort(shared, executors, index, "did not start".into()));
+                }
             }
         }
         Ok(Hub {
@@ -170,6 +193,19 @@ impl Hub {
         }
         self.shared.stats.iter().map(|s| s.snapshot()).collect()
     }
+}
+
+/// Stops the shards already started and returns `error`.
+fn abort_with(
+    shared: Arc<Shared>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    error: StartError,
+) -> StartError {
+    shared.shutdown.store(true, Ordering::Release);
+    for executor in executors {
+        let _ = executor.join();
+    }
+    error
 }
 
 /// Stops the shards already started and builds the start error.

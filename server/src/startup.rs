@@ -46,12 +46,18 @@ pub enum StartError {
     Executor(usize, String),
     /// A flag is outside its bounds.
     Config(crate::config::InvalidConfig),
+    /// The data directory cannot be used.
+    DataDir(crate::disk::DataDirError),
+    /// A shard could not recover its log.
+    Recovery(String),
 }
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Config(invalid) => write!(f, "{invalid}"),
+            StartError::DataDir(error) => write!(f, "data directory: {error}"),
+            StartError::Recovery(error) => write!(f, "recovery failed: {error}"),
             StartError::Shards(shards) => {
                 write!(f, "--shards must be between 1 and {SHARDS_MAX}, not {shards}")
             }

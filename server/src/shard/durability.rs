@@ -173,7 +173,10 @@ impl<Io> Shard<Io> {
 
     fn run_waiting(&mut self, now_ms: u64, waiting: Waiting) {
         match waiting {
-            Waiting::Stored(id, stored) => self.push_stored(now_ms, id, stored),
+            Waiting::Stored(id, stored) => {
+                self.raise_message_id_high(id, stored.message_id);
+                self.push_stored(now_ms, id, stored);
+            }
             Waiting::Mesh(target, message) => self.send_mesh(now_ms, target, message),
             Waiting::Welcome {
                 id,
@@ -183,6 +186,24 @@ impl<Io> Shard<Io> {
                 request,
                 resumed,
             } => self.attach(now_ms, id, user, kind, token, request, resumed),
+        }
+    }
+
+    /// The sender of `id` got `Stored` for `message_id`: a retry of it (or
+    /// of anything below) is a duplicate from now on.
+    fn raise_message_id_high(&mut self, id: ConnId, message_id: u64) {
+        if message_id == 0 {
+            return;
+        }
+        let Some(user) = self.conn(id).map(|conn| conn.user) else {
+            return;
+        };
+        let high = self.message_id_high(id);
+        if message_id > *high {
+            *high = message_id;
+            if self.is_durable(user) {
+                self.log_sender_high(user);
+            }
         }
     }
 
@@ -288,7 +309,18 @@ impl<Io> Shard<Io> {
 
     fn compaction_due(&self) -> bool {
         let bytes = self.log.bytes();
-        bytes > COMPACTION_MIN_BYTES && bytes > COMPACTION_RATIO * self.live_bytes()
+        let big = bytes > COMPACTION_MIN_BYTES || bytes > self.log.bytes_max / 2;
+        big && bytes > COMPACTION_RATIO * self.live_bytes()
+    }
+
+    /// True when nothing waits to be written or for durability: what the
+    /// driver waits for before it stops.
+    pub fn log_settled(&self) -> bool {
+        !self.log.enabled
+            || (self.log.pending.is_empty()
+                && self.log.dirty.is_empty()
+                && self.log.waiting.is_empty()
+                && self.log.writer_parked)
     }
 
     /// A snapshot of the live state: a new generation of the log.

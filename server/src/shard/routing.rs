@@ -102,12 +102,10 @@ impl<Io> Shard<Io> {
             relay.receivers.as_slice(),
             relay.body.as_slice(),
         );
-        if matches!(handled, Handled::Done) && message_id != 0 {
-            *self.message_id_high(id) = message_id;
-            if self.is_durable(from) {
-                self.log_sender_high(from);
-            }
-        }
+        // The high-water mark moves when `Stored` goes out (every receiver's
+        // shard made the message durable), never before: a crash must not
+        // leave a mark that makes the client's retry of a lost message look
+        // like a duplicate.
         handled
     }
 

