@@ -274,3 +274,164 @@ fn sender_tokens_of(sender: &RawV2, tokens: &HashMap<u64, [u8; 16]>) -> [u8; 16]
         tokens[&sender.user]
     }
 }
+
+/// The newest log file of shard 0 under `dir`.
+fn shard_log(dir: &Path) -> PathBuf {
+    let shard = dir.join("shard-0");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rlog"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a log file")
+}
+
+/// Fills a one-shard hub's log with `count` relays to an offline durable
+/// receiver; returns the receiver's (user, token).
+fn fill(dir: &Path, count: u64, body: &[u8]) -> (u64, [u8; 16]) {
+    let hub = disk_hub(dir, 1);
+    let mut sender = RawV2::durable(hub.local_addr());
+    let receiver = RawV2::durable(hub.local_addr());
+    let who = (receiver.user, receiver.token);
+    drop(receiver);
+    for id in 1..=count {
+        sender.relay(id, id, &[who.0], body);
+    }
+    for _ in 1..=count {
+        stored(&mut sender);
+    }
+    hub.shutdown();
+    who
+}
+
+/// Bytes of valid records at the start of `file` (up to its zero tail).
+fn used_bytes(file: &Path) -> usize {
+    let bytes = std::fs::read(file).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1)
+}
+
+/// Garbage after the last record (a torn last write) is dropped with a log
+/// line; everything before it is recovered.
+#[test]
+fn a_torn_tail_is_dropped_and_the_rest_recovered() {
+    let dir = DataDir::new("torn");
+    let (user, token) = fill(&dir.0, 5, b"kept");
+    let file = shard_log(&dir.0);
+    let used = used_bytes(&file);
+    // A torn record: a plausible header and half a body.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[used.next_multiple_of(8)..used.next_multiple_of(8) + 12]
+        .copy_from_slice(&[40, 0, 0, 0, 1, 2, 3, 4, 6, 9, 9, 9]);
+    std::fs::write(&file, &bytes).unwrap();
+    let hub = disk_hub(&dir.0, 1);
+    let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+    for seq in 1..=5 {
+        assert!(
+            matches!(receiver.next(), HubMessageV2::DeliverV2(d) if d.seq == seq && d.body == b"kept")
+        );
+    }
+}
+
+/// A flipped bit inside a record with valid records after it stops the hub
+/// from starting, with the file and offset named.
+#[test]
+fn corruption_in_the_middle_refuses_to_start() {
+    let dir = DataDir::new("corrupt");
+    fill(&dir.0, 20, &[7; 512]);
+    let file = shard_log(&dir.0);
+    let used = used_bytes(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[used / 2] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut config = relayhub_server::Config::for_tests(1);
+    config.storage = Storage::Disk;
+    config.data_dir = dir.0.clone();
+    let error = match relayhub_server::Hub::start(config) {
+        Ok(_) => panic!("a corrupt log was accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("corrupt") && error.contains("rlog"),
+        "{error}"
+    );
+}
+
+/// Past `--disk-bytes-max`, relays to durable sessions get StorageFull while
+/// ephemeral traffic flows; acks free the space (compaction) and storing
+/// works again.
+#[test]
+fn a_full_log_refuses_with_storage_full_and_acks_free_it() {
+    let dir = DataDir::new("full");
+    let path = dir.0.clone();
+    let hub = start(1, move |config| {
+        config.storage = Storage::Disk;
+        config.data_dir = path;
+        config.disk_bytes_max = 2 << 20;
+    });
+    let addr = hub.local_addr();
+    let mut sender = RawV2::durable(addr);
+    let receiver = RawV2::durable(addr);
+    let (user, token) = (receiver.user, receiver.token);
+    drop(receiver);
+    let body = vec![1u8; 64 << 10];
+    let mut full_at = None;
+    for id in 1..=64u64 {
+        sender.relay(id, id, &[user], &body);
+        let mut refused = false;
+        loop {
+            match sender.next() {
+                HubMessageV2::Error(error) => {
+                    assert_eq!(
+                        error.code,
+                        relayhub_protocol::ErrorCodeV2::StorageFull.to_wire()
+                    );
+                    assert_eq!(error.detail, user);
+                    refused = true;
+                }
+                HubMessageV2::Stored(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        if refused {
+            full_at = Some(id);
+            break;
+        }
+    }
+    let full_at = full_at.expect("the 2 MiB limit refuses before 64 x 64 KiB");
+    // Ephemeral traffic still flows.
+    let mut a = common::connect(&hub);
+    let b = common::connect(&hub);
+    a.relay(&[b.user_id()], b"still served").unwrap();
+    let mut b = b;
+    common::expect_deliver(&mut b, a.user_id(), b"still served");
+    // The receiver drains and acks: the log compacts and takes relays again.
+    let mut receiver = RawV2::resume(addr, user, token);
+    let mut last = 0;
+    for _ in 1..full_at {
+        let HubMessageV2::DeliverV2(deliver) = receiver.next() else {
+            panic!("expected a delivery")
+        };
+        last = deliver.seq;
+    }
+    receiver.send(&Ack { upto: last });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "space never came back");
+        let id = 1000 + full_at;
+        sender.relay(id, id, &[user], &body);
+        match sender.next() {
+            HubMessageV2::Stored(_) => break,
+            HubMessageV2::Error(_) => {
+                assert!(matches!(sender.next(), HubMessageV2::Stored(_)));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(hub.stats().compactions >= 1);
+    assert!(hub.stats().storage_full >= 1);
+}
