@@ -82,6 +82,11 @@ fn new_durable_session_handshake() {
     assert_eq!(client.limits().receivers_max, 3);
     assert_eq!(client.peer_addr(), addr);
     assert_eq!((client.delivered_seq(), client.next_message_id()), (0, 1));
+    let debug = format!("{client:?}");
+    assert!(
+        debug.contains("<secret>") && !debug.contains("165"),
+        "{debug}"
+    );
     drop(client);
     hub.join().unwrap();
 }
@@ -453,7 +458,7 @@ fn message_ids_and_the_ack_floor_survive_a_restart_via_the_state_file() {
         assert_eq!(first.ack(), 1, "only what was handed out");
         assert!(first.try_recv().is_none());
 
-        // The process restarts: it resumes with the saved token.
+        // The process died; the next one resumes with the saved token.
         let mut second = hub.accept();
         second.accept_resume(8, token(0x11), token(0x22));
         assert_eq!(second.ack(), 1);
@@ -465,10 +470,17 @@ fn message_ids_and_the_ack_floor_survive_a_restart_via_the_state_file() {
         assert_eq!(
             relay.message_id,
             1 + MESSAGE_ID_RESERVE,
-            "past every id the first process may have used"
+            "past every id the dead process may have used"
         );
         assert_eq!(second.ack(), 2);
         assert!(second.try_recv().is_none());
+
+        // That one closed cleanly: the next continues with the next id.
+        let mut third = hub.accept();
+        third.accept_resume(8, token(0x22), token(0x33));
+        assert_eq!(third.ack(), 2);
+        assert_eq!(third.relay().message_id, 2 + MESSAGE_ID_RESERVE);
+        assert!(third.try_recv().is_none());
     });
 
     let mut client = SessionClient::open(addr, &path, Options::default()).unwrap();
@@ -480,18 +492,24 @@ fn message_ids_and_the_ack_floor_survive_a_restart_via_the_state_file() {
             user: 8,
             token: token(0x11),
             delivered_seq: 0,
-            next_message_id: 1 + MESSAGE_ID_RESERVE,
+            next_message_id: 1,
         },
-        "saved right after the WelcomeV2, with a block of ids reserved"
+        "saved right after the WelcomeV2"
     );
     for _ in 0..3 {
         let sent = client.relay(&[2], b"x", false).unwrap();
         client.wait_stored(sent, LONG).unwrap();
     }
+    assert_eq!(
+        SessionState::load(&path).unwrap().next_message_id,
+        1 + MESSAGE_ID_RESERVE,
+        "a block reserved before the first relay"
+    );
     assert_eq!(next(&mut client), deliver(2, 1, 40, "first", false));
-    // Exit after one entry: it is acked and saved, the second is not.
-    client.close().unwrap();
+    // Ack what was handed out, then die without closing.
+    client.flush().unwrap();
     assert_eq!(SessionState::load(&path).unwrap().delivered_seq, 1);
+    drop(client);
 
     let mut client = SessionClient::open(addr, &path, Options::default()).unwrap();
     assert!(client.resumed());
@@ -501,7 +519,14 @@ fn message_ids_and_the_ack_floor_survive_a_restart_via_the_state_file() {
     client.relay(&[2], b"y", false).unwrap();
     client.close().unwrap();
     let saved = SessionState::load(&path).unwrap();
-    assert_eq!((saved.delivered_seq, saved.token), (2, token(0x22)));
+    assert_eq!(
+        (saved.delivered_seq, saved.token, saved.next_message_id),
+        (2, token(0x22), 2 + MESSAGE_ID_RESERVE)
+    );
+
+    let mut client = SessionClient::open(addr, &path, Options::default()).unwrap();
+    client.relay(&[2], b"z", false).unwrap();
+    client.close().unwrap();
     hub.join().unwrap();
     fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

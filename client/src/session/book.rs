@@ -82,8 +82,7 @@ impl Retained {
     }
 }
 
-/// See the [module docs](self).
-#[derive(Debug)]
+/// See the [module docs](self). `Debug` leaves the token out.
 pub(crate) struct Book {
     pub user: UserId,
     pub token: ResumeToken,
@@ -110,6 +109,23 @@ pub(crate) struct Book {
     /// Entries dropped by the `seq` rule and by the `(from, message_id)` rule.
     pub dropped_by_seq: u64,
     pub dropped_by_id: u64,
+}
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Book")
+            .field("user", &self.user)
+            .field("token", &"<secret>")
+            .field("durable", &self.durable)
+            .field("resumed", &self.resumed)
+            .field("next_message_id", &self.next_message_id)
+            .field("seen_seq", &self.seen_seq)
+            .field("delivered_seq", &self.delivered_seq)
+            .field("acked_seq", &self.acked_seq)
+            .field("queued", &self.queue.len())
+            .field("state_file", &self.state_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Book {
@@ -181,13 +197,15 @@ impl Book {
         }
     }
 
-    /// Saves the state after a `WelcomeV2` (its token), reserving a fresh
-    /// block of message ids at the same time.
-    pub fn persist_welcome(&mut self) -> Result<(), StateError> {
-        if self.persists() {
-            self.reserved_until = self.next_message_id + MESSAGE_ID_RESERVE;
+    /// Gives back the unused part of the reserved block of message ids and
+    /// saves the state: after a clean close the next process continues
+    /// with the very next id.
+    pub fn release_reservation(&mut self) -> Result<(), StateError> {
+        if self.reserved_until > self.next_message_id {
+            self.reserved_until = self.next_message_id;
+            self.persist()?;
         }
-        self.persist()
+        Ok(())
     }
 
     pub fn take_request(&mut self) -> RequestId {

@@ -48,6 +48,8 @@ use crate::{
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// `Debug` does not print the resume token.
 #[derive(Debug)]
 pub struct SessionClient {
     addrs: Vec<SocketAddr>,
@@ -134,11 +136,10 @@ impl SessionClient {
         )
     }
 
-    /// Saves the token (and reserves message ids), then re-acks what was
-    /// acked before, so that the hub drops those entries even if it lost
-    /// the earlier ack.
+    /// Saves the token, then re-acks what was acked before, so that the hub
+    /// drops those entries even if it lost the earlier ack.
     fn after_welcome(&mut self) -> Result<(), ConnectError> {
-        self.book.persist_welcome()?;
+        self.book.persist()?;
         if self.book.resumed && self.book.acked_seq > 0 {
             let addr = self.link.peer();
             let upto = self.book.acked_seq;
@@ -471,12 +472,15 @@ impl SessionClient {
         self.link.flush()
     }
 
-    /// Flushes (acking what was handed out, with auto-ack) and closes the
-    /// sending direction. Dropping the client without this sends nothing
-    /// more: unacked entries are then redelivered on the next resume.
+    /// Flushes (acking what was handed out, with auto-ack), closes the
+    /// sending direction, and saves the exact next message id (giving back
+    /// the rest of the reserved block). Dropping the client without this
+    /// sends nothing more: unacked entries are then redelivered on the next
+    /// resume, and the next process skips the rest of the block.
     pub fn close(mut self) -> Result<(), SessionError> {
-        self.flush()?;
-        self.link.finish()
+        let closed = self.flush().and_then(|()| self.link.finish());
+        self.book.release_reservation()?;
+        closed
     }
 
     /// The next event, waiting at most `timeout`; `Ok(None)` when none

@@ -22,8 +22,8 @@ use crate::{
 /// Shortest socket read timeout; a zero timeout means "block" to the OS.
 const READ_TIMEOUT_MIN: Duration = Duration::from_micros(1);
 
-/// What the hub's `WelcomeV2` said.
-#[derive(Clone, Copy, Debug)]
+/// What the hub's `WelcomeV2` said. (No `Debug`: it holds the token.)
+#[derive(Clone, Copy)]
 pub(crate) struct Welcomed {
     pub user: UserId,
     pub token: ResumeToken,

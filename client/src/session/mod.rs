@@ -45,8 +45,9 @@
 //!
 //! For relays: every message id is used once per session, across process
 //! restarts too when a state file is kept (ids are reserved in blocks of
-//! [`MESSAGE_ID_RESERVE`] before use). A retry with the same id is
-//! answered `Stored{duplicate: true}` and is not delivered twice.
+//! [`MESSAGE_ID_RESERVE`] before use; a clean `close` gives back the
+//! unused rest). A retry with the same id is answered
+//! `Stored{duplicate: true}` and is not delivered twice.
 //!
 //! # Example
 //! ```no_run
@@ -89,8 +90,9 @@ pub use state::{SessionState, StateError, STATE_FILE_BYTES_MAX};
 /// Message ids reserved in the state file at a time: before the first relay
 /// that would use an id at or past the reserved bound, the client saves the
 /// bound raised by this much. A crash therefore skips at most this many
-/// ids (harmless: ids need only increase) and never reuses one. One state
-/// file write per this many relays.
+/// ids (harmless: ids need only increase) and never reuses one; a clean
+/// [`close`](SessionClient::close) saves the exact next id. One state file
+/// write per this many relays.
 pub const MESSAGE_ID_RESERVE: u64 = 1024;
 
 /// An empty `Echo` keeps an idle connection open: the client sends one when

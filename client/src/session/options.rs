@@ -60,10 +60,11 @@ pub struct Options {
     /// 0 is read as 1.
     pub next_message_id: u64,
     /// Keep the session in this file ([`SessionState::save`]): written after
-    /// every `WelcomeV2` (its token), before each `Ack` (the acked `seq`) and
+    /// every `WelcomeV2` (its token), before each `Ack` (the acked `seq`),
     /// before a relay uses an id past the reserved block
-    /// ([`MESSAGE_ID_RESERVE`](super::MESSAGE_ID_RESERVE)). Only durable
-    /// sessions are saved.
+    /// ([`MESSAGE_ID_RESERVE`](super::MESSAGE_ID_RESERVE)) and on
+    /// [`close`](super::SessionClient::close). Only durable sessions are
+    /// saved.
     pub state_file: Option<PathBuf>,
     /// Timeouts and buffer bounds, as for the version-1 client. The
     /// handshake and the blocking calls wait at most `request_timeout`.

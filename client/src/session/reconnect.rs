@@ -296,12 +296,15 @@ impl ReconnectingClient {
         self.on_result(result)
     }
 
-    /// Flushes and closes the connection.
+    /// Flushes and closes the connection (see [`SessionClient::close`]).
+    /// While disconnected it only saves the state; what is still retained
+    /// is not sent.
     pub fn close(self) -> Result<(), SessionError> {
-        if self.failed || self.down.is_some() {
-            return Ok(());
+        let connected = self.is_connected();
+        match self.client.close() {
+            Err(error) if !connected && error.is_recoverable() => Ok(()),
+            other => other,
         }
-        self.client.close()
     }
 
     /// The next event, waiting at most `timeout`, reconnecting (with

@@ -1,6 +1,8 @@
 //! Command-line arguments (clap derive, flags and env vars) and the choice
 //! between a one-shot command and interactive mode.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use relayhub_client::DEFAULT_ADDR;
 
@@ -15,7 +17,8 @@ use relayhub_client::DEFAULT_ADDR;
                   relayhub-cli recv --count 1            # prints `from 2: hello`\n  \
                   relayhub-cli send --to 1,3 hello       # relays `hello` to users 1 and 3\n  \
                   echo hello | relayhub-cli send --to 1 -\n  \
-                  relayhub-cli list"
+                  relayhub-cli list\n  \
+                  relayhub-cli --session bob.session recv   # a durable session kept in bob.session"
 )]
 pub struct Cli {
     /// The hub's address.
@@ -41,7 +44,8 @@ pub struct Cli {
 
     /// How long `send` and interactive mode wait, after the last request,
     /// for errors the hub reports later (a receiver that is not
-    /// connected), in milliseconds.
+    /// connected), in milliseconds. With --session, `send` waits for the
+    /// hub's confirmation instead, then this long for receipts (--receipt).
     #[arg(long, default_value_t = 200, global = true, value_name = "MS")]
     pub wait_ms: u64,
 
@@ -52,6 +56,12 @@ pub struct Cli {
     /// Read commands from stdin even when it is not a terminal.
     #[arg(short, long)]
     pub interactive: bool,
+
+    /// Speak protocol version 2 with a durable session kept in FILE:
+    /// created on first use, resumed after (messages sent while away are
+    /// delivered then). Works with identity, list, send, recv and echo.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub session: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -97,6 +107,12 @@ pub struct SendArgs {
     /// The body; several words are joined with spaces; `-` reads stdin.
     #[arg(required = true, num_args = 1..)]
     pub body: Vec<String>,
+
+    /// With --session: ask each durable receiver for a receipt, and print
+    /// those that arrive within --wait-ms (`receipt: user 7 got message 12`);
+    /// later ones are printed by `recv`.
+    #[arg(long)]
+    pub receipt: bool,
 }
 
 impl SendArgs {
@@ -130,8 +146,26 @@ pub enum Mode {
 
 /// Chooses the mode: an explicit command, else interactive when asked with
 /// `-i` or when stdin is a terminal. A script that pipes into relayhub-cli
-/// without a command gets an error instead of a surprise.
+/// without a command gets an error instead of a surprise. A session works
+/// with the one-shot commands only.
 pub fn mode(cli: &Cli, stdin_is_terminal: bool) -> Result<Mode, &'static str> {
+    let mode = one_or_interactive(cli, stdin_is_terminal)?;
+    // Checked here: clap's `requires` does not see a global flag given
+    // before the subcommand.
+    if let (None, Mode::OneShot(Command::Send(send))) = (&cli.session, &mode) {
+        if send.receipt {
+            return Err("--receipt needs --session FILE: receipts come to durable sessions");
+        }
+    }
+    if cli.session.is_some() && mode == Mode::Interactive {
+        return Err(
+            "--session works with identity, list, send, recv and echo, not in interactive mode",
+        );
+    }
+    Ok(mode)
+}
+
+fn one_or_interactive(cli: &Cli, stdin_is_terminal: bool) -> Result<Mode, &'static str> {
     match (&cli.command, cli.interactive) {
         (Some(Command::Interactive), _) | (None, true) => Ok(Mode::Interactive),
         (Some(_), true) => {
@@ -195,6 +229,32 @@ mod tests {
         assert_eq!(send.body, vec!["hello", "world"]);
         assert_eq!(cli.wait_ms, 200);
         assert!(!send.body_from_stdin());
+        assert!(!send.receipt && cli.session.is_none());
+    }
+
+    #[test]
+    fn session_is_global_and_receipt_needs_it() {
+        let cli = parse(&["send", "--to", "2", "--receipt", "hi", "--session", "s"]).unwrap();
+        assert_eq!(cli.session, Some(PathBuf::from("s")));
+        let Some(Command::Send(send)) = &cli.command else {
+            panic!()
+        };
+        assert!(send.receipt);
+        assert!(mode(&cli, false).is_ok());
+        let before = parse(&["--session", "s", "send", "--to", "2", "--receipt", "hi"]).unwrap();
+        assert!(mode(&before, false).is_ok());
+        let without = parse(&["send", "--to", "2", "--receipt", "hi"]).unwrap();
+        assert!(mode(&without, false).is_err());
+        let cli = parse(&["--session", "s", "recv"]).unwrap();
+        assert_eq!(
+            mode(&cli, false),
+            Ok(Mode::OneShot(Command::Recv(RecvArgs {
+                count: None,
+                timeout_ms: None
+            })))
+        );
+        assert!(mode(&parse(&["--session", "s", "-i"]).unwrap(), false).is_err());
+        assert!(mode(&parse(&["--session", "s"]).unwrap(), true).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `args`: the command line (clap) and the mode choice.
 //! - `oneshot`: identity, list, send, recv, echo.
 //! - `interactive`: commands from stdin, a reader thread printing events.
+//! - `session`: the one-shot commands over protocol version 2 with
+//!   `--session FILE` (a durable session kept in FILE).
 //! - `command`: the interactive command language.
 //! - `output`: how bodies and events are printed.
 //!
@@ -14,6 +16,7 @@ mod command;
 mod interactive;
 mod oneshot;
 mod output;
+mod session;
 
 use std::{
     io::{self, IsTerminal},
@@ -22,7 +25,10 @@ use std::{
 };
 
 use clap::{error::ErrorKind, CommandFactory, Parser};
-use relayhub_client::{Client, ClientConfig, ClientError};
+use relayhub_client::{
+    session::{ConnectError, SessionError},
+    Client, ClientConfig, ClientError,
+};
 
 use args::{Cli, Command, Mode};
 
@@ -31,6 +37,12 @@ use args::{Cli, Command, Mode};
 pub enum Failure {
     /// From the client library.
     Client(ClientError),
+    /// Opening a version-2 session failed.
+    Connect(ConnectError),
+    /// A call on a version-2 session failed.
+    Session(SessionError),
+    /// A message of our own.
+    Message(String),
     /// Reading stdin or writing stdout failed.
     Stdio(io::Error),
 }
@@ -38,6 +50,18 @@ pub enum Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         Failure::Client(error)
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(error: ConnectError) -> Failure {
+        Failure::Connect(error)
+    }
+}
+
+impl From<SessionError> for Failure {
+    fn from(error: SessionError) -> Failure {
+        Failure::Session(error)
     }
 }
 
@@ -59,6 +83,11 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_millis(cli.connect_timeout_ms),
         ..ClientConfig::default()
     };
+    let wait = Duration::from_millis(cli.wait_ms);
+    if let (Some(path), Mode::OneShot(command)) = (&cli.session, &mode) {
+        let result = session::run(&cli.addr, path, command.clone(), config, cli.hex, wait);
+        return exit(result);
+    }
     let client = match Client::connect_with(cli.addr.as_str(), &config) {
         Ok(client) => client,
         Err(error @ ClientError::Resolve { .. }) => {
@@ -66,8 +95,12 @@ fn main() -> ExitCode {
         }
         Err(error) => return fail(&error.to_string()),
     };
-    let wait = Duration::from_millis(cli.wait_ms);
-    match run(client, mode, cli.hex, wait) {
+    exit(run(client, mode, cli.hex, wait))
+}
+
+/// The exit code of a run, after printing why it failed.
+fn exit(result: Result<ExitCode, Failure>) -> ExitCode {
+    match result {
         Ok(code) => code,
         // Our reader went away (`| head -1`): nothing left to say to anyone.
         Err(Failure::Stdio(error)) if error.kind() == io::ErrorKind::BrokenPipe => {
@@ -75,6 +108,9 @@ fn main() -> ExitCode {
         }
         Err(Failure::Stdio(error)) => fail(&format!("stdio: {error}")),
         Err(Failure::Client(error)) => fail(&error.to_string()),
+        Err(Failure::Connect(error)) => fail(&error.to_string()),
+        Err(Failure::Session(error)) => fail(&error.to_string()),
+        Err(Failure::Message(message)) => fail(&message),
     }
 }
 

@@ -68,7 +68,7 @@ pub fn send(client: &mut Client, args: &SendArgs, wait: Duration) -> Result<Exit
 
 /// Reads the body from stdin, at most one byte past the limit: enough for
 /// the relay to refuse it with a clear error, without reading a huge file.
-fn read_stdin(body_bytes_max: usize) -> io::Result<Vec<u8>> {
+pub fn read_stdin(body_bytes_max: usize) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     io::stdin()
         .lock()

@@ -6,7 +6,7 @@ use std::{
     io::{self, Write},
 };
 
-use relayhub_client::Event;
+use relayhub_client::{session::SessionEvent, Event};
 
 /// A body as one line: lossy UTF-8 with control characters escaped (a body
 /// cannot break the one-line-per-delivery format or drive the terminal),
@@ -55,6 +55,46 @@ pub fn event_line(event: &Event, hex: bool) -> (Stream, String) {
     }
 }
 
+/// A version-2 event as `recv --session` prints it: deliveries and receipts
+/// on stdout (`(redelivered)` when the hub sent them on an earlier
+/// connection), errors on stderr; `None` for what it does not print.
+pub fn session_event_line(event: &SessionEvent, hex: bool) -> Option<(Stream, String)> {
+    let marker = |redelivery: bool| if redelivery { " (redelivered)" } else { "" };
+    Some(match event {
+        SessionEvent::Deliver {
+            from,
+            body,
+            redelivery,
+            ..
+        } => (
+            Stream::Out,
+            format!(
+                "from {from}{}: {}",
+                marker(*redelivery),
+                body_text(body, hex)
+            ),
+        ),
+        SessionEvent::Receipt {
+            message_id,
+            receiver,
+            redelivery,
+            ..
+        } => (
+            Stream::Out,
+            format!(
+                "receipt: user {receiver} got message {message_id}{}",
+                marker(*redelivery)
+            ),
+        ),
+        SessionEvent::Error(error) => (Stream::Err, format!("relayhub-cli: {}", error.summary())),
+        SessionEvent::Reconnected { .. } => (
+            Stream::Err,
+            "relayhub-cli: reconnected, session resumed".to_owned(),
+        ),
+        _ => return None,
+    })
+}
+
 fn list_line(users: &[u64], more: bool) -> String {
     let mut line = String::from("users:");
     if users.is_empty() {
@@ -91,6 +131,41 @@ mod tests {
         assert_eq!(body_text(b"\xffok", false), "\u{fffd}ok");
         assert_eq!(body_text(b"\x00\xffA", true), "00ff41");
         assert_eq!(body_text(b"", true), "");
+    }
+
+    #[test]
+    fn session_events_read_like_the_docs() {
+        let deliver = |redelivery| SessionEvent::Deliver {
+            from: 2,
+            seq: 5,
+            message_id: 9,
+            body: "hello".into(),
+            redelivery,
+        };
+        assert_eq!(
+            session_event_line(&deliver(false), false),
+            Some((Stream::Out, "from 2: hello".to_owned()))
+        );
+        assert_eq!(
+            session_event_line(&deliver(true), false).unwrap().1,
+            "from 2 (redelivered): hello"
+        );
+        let receipt = SessionEvent::Receipt {
+            message_id: 12,
+            receiver: 7,
+            seq: 3,
+            redelivery: false,
+        };
+        assert_eq!(
+            session_event_line(&receipt, false).unwrap().1,
+            "receipt: user 7 got message 12"
+        );
+        let stored = SessionEvent::Stored {
+            request: 1,
+            message_id: 1,
+            duplicate: false,
+        };
+        assert_eq!(session_event_line(&stored, false), None);
     }
 
     #[test]
