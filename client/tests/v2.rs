@@ -1,8 +1,9 @@
 //! The version-2 client and `relayhub-cli --session` against the real hub
 //! (relayhub-server, in-process on an ephemeral loopback port, in-memory
-//! storage): offline delivery and resume with in-order redelivery,
-//! takeover, retry dedup, receipts, reconnect after the hub cut the
-//! connection, and the CLI walkthrough.
+//! storage unless said otherwise): offline delivery and resume with in-order
+//! redelivery, takeover, retry dedup, receipts, reconnect after the hub cut
+//! the connection, reconnect across a hub restart (disk storage), and the
+//! CLI walkthrough.
 
 use std::{
     fs,
@@ -14,9 +15,12 @@ use std::{
 
 use relayhub_client::session::{
     ErrorCodeV2, Options, ReconnectPolicy, ReconnectingClient, Resume, SessionClient, SessionError,
-    SessionEvent,
+    SessionEvent, SessionState,
 };
-use relayhub_server::{Config, Hub};
+use relayhub_server::{
+    config::{Fsync, Storage},
+    Config, Hub,
+};
 
 const CLI: &str = env!("CARGO_BIN_EXE_relayhub-cli");
 const SHORT: Duration = Duration::from_millis(300);
@@ -262,6 +266,194 @@ fn reconnecting_client_resumes_after_the_hub_cut_it_and_resends() {
     }
     assert_eq!(got, ["before", "after"], "each exactly once, in order");
     hub.shutdown();
+}
+
+#[test]
+fn the_inflight_window_holds_back_entries_until_acked() {
+    let hub = start(2, |config| config.inflight_messages_max = 8);
+    let addr = hub.local_addr();
+    let mut alice = SessionClient::connect(addr, manual()).unwrap();
+    let bob = SessionClient::connect(addr, manual()).unwrap();
+    let b = bob.user();
+    let resume = resume_of(&bob);
+    drop(bob);
+    for index in 0..20 {
+        let sent = alice
+            .send_relay(&[b], format!("m{index}").as_bytes(), false)
+            .unwrap();
+        if index == 19 {
+            alice.flush().unwrap();
+            alice.wait_stored(sent, LONG).unwrap();
+        }
+    }
+    let mut bob = SessionClient::connect(addr, resume).unwrap();
+    assert_eq!(bob.limits().inflight_messages_max, 8);
+    let mut seqs = Vec::new();
+    while let Some(event) = bob.recv_timeout(SHORT).unwrap() {
+        seqs.push(event.seq());
+    }
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<_>>(),
+        "a window's worth, then silence"
+    );
+    bob.ack(8).unwrap();
+    while let Some(event) = bob.recv_timeout(SHORT).unwrap() {
+        seqs.push(event.seq());
+        if seqs.len() % 8 == 0 {
+            bob.ack(event.seq()).unwrap();
+        }
+    }
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    hub.shutdown();
+}
+
+#[test]
+fn keepalives_hold_a_waiting_session_past_the_idle_timeout() {
+    let hub = start(1, |config| config.idle_timeout_ms = 300);
+    let addr = hub.local_addr();
+    let mut bob = SessionClient::connect(addr, Options::default()).unwrap();
+    assert_eq!(bob.limits().idle_timeout_ms, 300);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        assert!(bob.recv_timeout(SHORT).unwrap().is_none());
+    }
+    let mut alice = SessionClient::connect(addr, Options::default()).unwrap();
+    let sent = alice.relay(&[bob.user()], b"still there?", false).unwrap();
+    alice.wait_stored(sent, LONG).unwrap();
+    assert_eq!(next_delivery(&mut bob).2, "still there?");
+    hub.shutdown();
+}
+
+#[test]
+fn ephemeral_v2_sessions_and_version_1_peers() {
+    let hub = start(2, |_| {});
+    let addr = hub.local_addr();
+    let ephemeral = Options {
+        durable: false,
+        ..Options::default()
+    };
+    let mut eve = SessionClient::connect(addr, ephemeral).unwrap();
+    assert!(!eve.durable());
+    assert_eq!(eve.token(), [0; 16]);
+    let mut durable = SessionClient::connect(addr, Options::default()).unwrap();
+    let mut v1 = relayhub_client::Client::connect(addr).unwrap();
+    let (e, d, one) = (eve.user(), durable.user(), v1.user_id());
+
+    // v2 to an ephemeral v2 session and to a v1 client: seq 0, no ack.
+    let sent = durable.relay(&[e, one], b"to both", true).unwrap();
+    assert!(durable.wait_stored(sent, LONG).unwrap().errors.is_empty());
+    match next(&mut eve) {
+        SessionEvent::Deliver {
+            from,
+            seq,
+            message_id,
+            redelivery,
+            ..
+        } => assert_eq!(
+            (from, seq, message_id, redelivery),
+            (d, 0, sent.message_id, false)
+        ),
+        other => panic!("{other:?}"),
+    }
+    match v1.recv_timeout(LONG).unwrap() {
+        Some(relayhub_client::Event::Deliver { from, body }) => {
+            assert_eq!((from, &body[..]), (d, &b"to both"[..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Neither is durable: no receipt comes back.
+    assert!(durable.recv_timeout(SHORT).unwrap().is_none());
+
+    // v1 to a durable v2 session: an inbox entry without a message id.
+    v1.relay(&[d], b"from v1").unwrap();
+    match next(&mut durable) {
+        SessionEvent::Deliver {
+            from,
+            seq,
+            message_id,
+            ..
+        } => assert_eq!((from, seq, message_id), (one, 1, 0)),
+        other => panic!("{other:?}"),
+    }
+    hub.shutdown();
+}
+
+#[test]
+fn reconnecting_clients_ride_through_a_hub_restart() {
+    let data = scratch("restart");
+    let disk_hub = |listen: Option<std::net::SocketAddr>| {
+        let dir = data.join("hub");
+        start(2, move |config| {
+            config.storage = Storage::Disk;
+            config.data_dir = dir;
+            config.fsync = Fsync::Always;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+        })
+    };
+    let hub = disk_hub(None);
+    let addr = hub.local_addr();
+    let policy = ReconnectPolicy {
+        backoff_max: Duration::from_millis(200),
+        attempts_max: Some(100),
+        ..ReconnectPolicy::default()
+    };
+    let bob_file = data.join("bob.session");
+    let mut bob =
+        ReconnectingClient::open(addr, &bob_file, Options::default(), policy.clone()).unwrap();
+    let mut alice = ReconnectingClient::connect(addr, Options::default(), policy).unwrap();
+    let b = bob.user();
+    alice.relay(&[b], b"before", false).unwrap();
+    let mut bob_got = Vec::new();
+    let mut alice_stored = 0;
+    let deadline = Instant::now() + LONG;
+    while (bob_got.is_empty() || alice_stored == 0) && Instant::now() < deadline {
+        if let Some(SessionEvent::Deliver { body, .. }) = bob.recv_timeout(SHORT / 3).unwrap() {
+            bob_got.push(body);
+        }
+        if let Some(SessionEvent::Stored { .. }) = alice.recv_timeout(SHORT / 3).unwrap() {
+            alice_stored += 1;
+        }
+    }
+    assert_eq!(bob_got, ["before"]);
+
+    hub.shutdown();
+    // Relayed while the hub is down: retained, sent after the resume.
+    let after = alice.relay(&[b], b"after", false).unwrap();
+    let hub = disk_hub(Some(addr));
+    let (mut alice_back, mut bob_back, mut stored_after) = (false, false, false);
+    let deadline = Instant::now() + LONG;
+    while !(alice_back && bob_back && stored_after && bob_got.len() >= 2)
+        && Instant::now() < deadline
+    {
+        match alice.recv_timeout(SHORT / 3).unwrap() {
+            Some(SessionEvent::Reconnected { .. }) => alice_back = true,
+            Some(SessionEvent::Stored { request, .. }) if request == after.request => {
+                stored_after = true
+            }
+            _ => {}
+        }
+        match bob.recv_timeout(SHORT / 3).unwrap() {
+            Some(SessionEvent::Reconnected { .. }) => bob_back = true,
+            Some(SessionEvent::Deliver { body, .. }) => bob_got.push(body),
+            _ => {}
+        }
+    }
+    assert!(alice_back && bob_back, "both resumed their sessions");
+    assert!(stored_after, "the relay retained while down was stored");
+    // A little longer: anything redelivered would show up now.
+    let until = Instant::now() + SHORT;
+    while Instant::now() < until {
+        if let Some(SessionEvent::Deliver { body, .. }) = bob.recv_timeout(SHORT / 3).unwrap() {
+            bob_got.push(body);
+        }
+    }
+    assert_eq!(bob_got, ["before", "after"], "each once, in order");
+    assert_eq!(SessionState::load(&bob_file).unwrap().token, bob.token());
+    hub.shutdown();
+    fs::remove_dir_all(&data).unwrap();
 }
 
 // ----- relayhub-cli --session -----

@@ -20,7 +20,7 @@ use relayhub_client::{
     session::{
         ConnectError, Options, ReconnectPolicy, ReconnectingClient, SessionClient, SessionEvent,
     },
-    ClientConfig, UserId,
+    ClientConfig, UserId, BODY_BYTES_MAX,
 };
 
 use crate::{
@@ -29,6 +29,10 @@ use crate::{
     output::{body_text, print, session_event_line, Stream},
     Failure,
 };
+
+/// How many reconnect attempts in a row `recv` makes before it gives up
+/// (with the default backoff, about two minutes without a hub).
+const RECONNECT_ATTEMPTS_MAX: u32 = 30;
 
 /// Runs one command with the session in `path`.
 pub fn run(
@@ -113,7 +117,11 @@ fn recv(client: SessionClient, args: &RecvArgs, hex: bool) -> Result<ExitCode, F
         Stream::Err,
         &format!("listening as user {} ({kind} session)", client.user()),
     )?;
-    let mut client = ReconnectingClient::new(client, ReconnectPolicy::default())?;
+    let policy = ReconnectPolicy {
+        attempts_max: Some(RECONNECT_ATTEMPTS_MAX),
+        ..ReconnectPolicy::default()
+    };
+    let mut client = ReconnectingClient::new(client, policy)?;
     let deadline = args
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -152,7 +160,12 @@ fn recv(client: SessionClient, args: &RecvArgs, hex: bool) -> Result<ExitCode, F
 /// Exit code 0 when the hub stored it with no error for any receiver.
 fn send(mut client: SessionClient, args: &SendArgs, wait: Duration) -> Result<ExitCode, Failure> {
     let body = if args.body_from_stdin() {
-        read_stdin(client.limits().body_bytes_max as usize)?
+        let announced = client.limits().body_bytes_max as usize;
+        read_stdin(if announced == 0 {
+            BODY_BYTES_MAX
+        } else {
+            announced
+        })?
     } else {
         args.body.join(" ").into_bytes()
     };
