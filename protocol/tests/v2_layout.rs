@@ -1,6 +1,8 @@
-//! The hex dumps in docs/protocol-v2.md are the encoder's bytes: each dump
-//! block there (after a `<!-- dump: NAME -->` marker) must hold exactly the
-//! bytes of the example of that name here. Print them all with
+//! The hex dumps in docs/protocol.md (the specification of both versions)
+//! are the encoder's bytes: each dump block there (after a
+//! `<!-- dump: NAME -->` marker) must hold exactly the bytes of the example
+//! of that name here, and every example here must be dumped there. Print
+//! them all with
 //! `RELAYHUB_PRINT_DUMPS=1 cargo test -p relayhub-protocol --test v2_layout -- --nocapture`.
 
 use bytes::BytesMut;
@@ -12,16 +14,17 @@ fn frame<M: Message>(message: &M) -> Vec<u8> {
     out.to_vec()
 }
 
-/// The limits of the `WelcomeV2` example (example hub settings).
+/// The limits of the `WelcomeV2` example: the hub's defaults
+/// (docs/operations.md, server/src/config.rs).
 fn example_limits() -> Limits {
     Limits {
         idle_timeout_ms: 300_000,
         frame_timeout_ms: 30_000,
         outbound_bytes_max: 64 << 20,
-        inflight_messages_max: 1024,
-        inflight_bytes_max: 8 << 20,
+        inflight_messages_max: 256,
+        inflight_bytes_max: 4 << 20,
         inbox_messages_max: 100_000,
-        inbox_bytes_max: 1 << 30,
+        inbox_bytes_max: 64 << 20,
         session_expiry_ms: 604_800_000,
         message_ttl_ms: 604_800_000,
         dedup_window_ms: u64::MAX,
@@ -33,6 +36,48 @@ fn example_limits() -> Limits {
 fn examples() -> Vec<(&'static str, Vec<u8>)> {
     let token: ResumeToken = std::array::from_fn(|i| 0xa0 + i as u8);
     vec![
+        // Version 1.
+        ("preface_v1", PREFACE.to_vec()),
+        ("identity", frame(&Identity { request: 1 })),
+        (
+            "relay",
+            frame(&RelayRef {
+                request: 3,
+                receivers: &[2, 3],
+                body: b"hi",
+            }),
+        ),
+        (
+            "relay_empty",
+            frame(&RelayRef {
+                request: 4,
+                receivers: &[],
+                body: b"",
+            }),
+        ),
+        ("deliver", encode_deliver(1, b"hi").unwrap().to_vec()),
+        ("welcome", frame(&Welcome::with_protocol_limits(1))),
+        (
+            "list",
+            frame(&List {
+                request: 2,
+                after: 0,
+                limit: 100,
+            }),
+        ),
+        (
+            "list_reply",
+            frame(&ListReply {
+                request: 2,
+                users: vec![2, 3],
+                more: false,
+            }),
+        ),
+        (
+            "error_unknown_receiver",
+            frame(&Error::new(ErrorCode::UnknownReceiver, 3, 3)),
+        ),
+        // Version 2.
         ("preface_v2", preface_for(VERSION_2).to_vec()),
         ("hello_new", frame(&Hello::new_session(1, true))),
         (
@@ -153,33 +198,30 @@ fn dumps_in_doc(doc: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn the_hex_dumps_in_the_design_doc_are_the_encoders_bytes() {
+fn the_hex_dumps_in_the_spec_are_the_encoders_bytes() {
     let examples = examples();
     if std::env::var_os("RELAYHUB_PRINT_DUMPS").is_some() {
         for (name, bytes) in &examples {
             println!("<!-- dump: {name} -->\n{}", dump(bytes));
         }
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol-v2.md");
-    let doc = std::fs::read_to_string(path).expect("docs/protocol-v2.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    let doc = std::fs::read_to_string(path).expect("docs/protocol.md");
     let in_doc = dumps_in_doc(&doc);
     for (name, bytes) in &examples {
         let Some((_, documented)) = in_doc.iter().find(|(doc_name, _)| doc_name == name) else {
-            panic!(
-                "docs/protocol-v2.md has no dump of {name}:\n{}",
-                dump(bytes)
-            )
+            panic!("docs/protocol.md has no dump of {name}:\n{}", dump(bytes))
         };
         assert_eq!(
             dump(documented),
             dump(bytes),
-            "the dump of {name} in docs/protocol-v2.md is wrong"
+            "the dump of {name} in docs/protocol.md is wrong"
         );
     }
     for (name, _) in &in_doc {
         assert!(
             examples.iter().any(|(example, _)| example == name),
-            "docs/protocol-v2.md dumps {name}, which no example here builds"
+            "docs/protocol.md dumps {name}, which no example here builds"
         );
     }
 }
