@@ -86,6 +86,11 @@ pub const INBOX_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 /// durable `Hello` gets an ephemeral session (`WelcomeV2.durable` false).
 pub const SESSIONS_PER_SHARD_MAX_DEFAULT: usize = 1_000_000;
 
+/// Default retry-dedup window: 2 minutes, as NATS JetStream's duplicate
+/// window. A retry of a stored `message_id` within it is recognised even
+/// across a hub crash.
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 120_000;
+
 /// Default time a closing connection gets to flush what is queued.
 pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
 
@@ -240,6 +245,17 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_SESSIONS_PER_SHARD_MAX", default_value_t = SESSIONS_PER_SHARD_MAX_DEFAULT)]
     pub sessions_per_shard_max: usize,
 
+    /// How long a stored `message_id` is recognised when its sender retries
+    /// it, per receiver (0 = off).
+    #[arg(long, env = "RELAYHUB_DEDUP_WINDOW_MS", default_value_t = DEDUP_WINDOW_MS_DEFAULT)]
+    pub dedup_window_ms: u64,
+
+    /// Drop a version-2 relay whose body the receiver was already sent
+    /// within this many ms, from any sender, and tell the sender
+    /// DuplicateContent (0 = off; 5000 is the "same message within 5 s" rule).
+    #[arg(long, env = "RELAYHUB_CONTENT_DEDUP_WINDOW_MS", default_value_t = 0)]
+    pub content_dedup_window_ms: u64,
+
     /// Where durable sessions and inboxes live: `disk` (a log per shard
     /// under --data-dir) or `memory`.
     #[arg(long, env = "RELAYHUB_STORAGE", value_enum, default_value_t = Storage::Memory)]
@@ -377,6 +393,8 @@ impl Config {
         )?;
         for (flag, value) in [
             ("--session-expiry-ms", self.session_expiry_ms),
+            ("--dedup-window-ms", self.dedup_window_ms),
+            ("--content-dedup-window-ms", self.content_dedup_window_ms),
             ("--message-ttl-ms", self.message_ttl_ms),
             ("--idle-timeout-ms", self.idle_timeout_ms),
             ("--frame-timeout-ms", self.frame_timeout_ms),

@@ -102,6 +102,8 @@ pub struct Connection<Io> {
     pub(crate) reading_into_decoder: bool,
     /// The driver was told to stop reading (`Event::StopReading`).
     pub(crate) reading_stopped: bool,
+    /// Content dedup of an ephemeral receiver (created on first use).
+    pub(crate) contents: Option<Box<crate::shard::ContentWindowBox>>,
     /// The driver's own per-connection value (socket, wakers).
     pub io: Io,
 }
@@ -127,6 +129,7 @@ impl<Io> Connection<Io> {
             lists_pending: 0,
             reading_into_decoder: false,
             reading_stopped: false,
+            contents: None,
             io,
         }
     }

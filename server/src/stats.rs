@@ -150,6 +150,8 @@ stats! {
     inbox_full,
     /// Version-2 relays answered as duplicates of a stored `message_id`.
     duplicates,
+    /// Relays dropped for a receiver by content dedup (`DuplicateContent`).
+    content_duplicates,
     /// Receipts that could not be delivered (sender gone or inbox full).
     receipts_dropped,
     /// Relays to a durable receiver refused because the log was full or

@@ -248,12 +248,16 @@ fn no_stored_message_is_lost_to_sigkill() {
                 );
                 last_seq = deliver.seq;
                 let ids = got.entry(deliver.from).or_default();
-                // A retry stored twice (lost Stored, then a crash) is a
-                // duplicate message id: the client library drops it.
-                if !ids.contains(&deliver.message_id) {
-                    ids.push(deliver.message_id);
-                    delivered += 1;
-                }
+                // A retry of a message stored before the crash is recognised
+                // where it was stored: never in the inbox twice.
+                assert!(
+                    !ids.contains(&deliver.message_id),
+                    "message {} from {} stored twice",
+                    deliver.message_id,
+                    deliver.from
+                );
+                ids.push(deliver.message_id);
+                delivered += 1;
                 receiver.send(&Ack { upto: deliver.seq });
             }
             other => panic!("expected a delivery, got {other:?}"),
@@ -419,9 +423,10 @@ fn a_full_log_refuses_with_storage_full_and_acks_free_it() {
     }
     receiver.send(&Ack { upto: last });
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 1000 + full_at;
     loop {
         assert!(Instant::now() < deadline, "space never came back");
-        let id = 1000 + full_at;
+        id += 1;
         sender.relay(id, id, &[user], &body);
         match sender.next() {
             HubMessageV2::Stored(_) => break,

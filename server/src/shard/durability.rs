@@ -44,8 +44,9 @@ pub struct LogBatch {
 
 /// Something that must wait until the log is durable up to a position.
 pub(super) enum Waiting {
-    /// A `Stored` for a sender's connection.
-    Stored(ConnId, Stored),
+    /// A `Stored` for a sender's connection; true when no receiver was
+    /// refused (only then does its retry count as a duplicate up front).
+    Stored(ConnId, Stored, bool),
     /// An answer to another shard.
     Mesh(usize, MeshMessage),
     /// A durable session's welcome (its records are durable): the
@@ -173,8 +174,10 @@ impl<Io> Shard<Io> {
 
     fn run_waiting(&mut self, now_ms: u64, waiting: Waiting) {
         match waiting {
-            Waiting::Stored(id, stored) => {
-                self.raise_message_id_high(id, stored.message_id);
+            Waiting::Stored(id, stored, clean) => {
+                if clean {
+                    self.raise_message_id_high(id, stored.message_id);
+                }
                 self.push_stored(now_ms, id, stored);
             }
             Waiting::Mesh(target, message) => self.send_mesh(now_ms, target, message),

@@ -226,6 +226,7 @@ impl<Io> Shard<Io> {
                     message_id: 0,
                     receipt: false,
                     version: VERSION,
+                    content: None,
                 },
                 relay.receivers.as_slice(),
                 relay.body.as_slice(),

@@ -119,6 +119,8 @@ pub enum MeshMessage {
         request: u64,
         /// Receivers that did not get it, and why.
         failures: Option<Failures>,
+        /// Every receiver there had stored it already (a retry).
+        duplicate: bool,
     },
     /// Durable receiver `receiver` acked a message `to` asked receipts for.
     Receipt {
@@ -322,12 +324,15 @@ impl<Io> Shard<Io> {
                 ticket,
                 receipt,
             } => {
+                let content = (ticket != 0 && self.limits.content_dedup_window_ms > 0)
+                    .then(|| super::dedup::content_hash(&crate::outbound::deliver_body(&frame)));
                 let relay = super::routing::RelayRequest {
                     from: sender,
                     request,
                     message_id,
                     receipt,
                     version: if ticket == 0 { 1 } else { 2 },
+                    content,
                 };
                 self.deliver_from_mesh(now_ms, relay, &frame, &receivers, ticket)
             }
@@ -336,7 +341,8 @@ impl<Io> Shard<Io> {
                 to,
                 request,
                 failures,
-            } => self.relay_handled(now_ms, ticket, to, request, failures),
+                duplicate,
+            } => self.relay_handled(now_ms, ticket, to, request, failures, duplicate),
             MeshMessage::Receipt {
                 to,
                 message_id,

@@ -13,6 +13,7 @@
 //! - `timers`: idle, frame and flush deadlines.
 //! - `shutdown`: the phased shutdown across shards.
 
+mod dedup;
 mod durability;
 mod frames;
 mod list;
@@ -31,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2, PREFACE};
 use std::collections::HashMap;
 
+pub use dedup::{ContentWindow as ContentWindowBox, CONTENT_DEDUP_ENTRIES_MAX};
 pub use durability::{LogBatch, COMPACTION_MIN_BYTES, COMPACTION_RATIO};
 pub use list::LISTS_PER_CONNECTION_MAX;
 pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
@@ -78,6 +80,10 @@ pub struct Limits {
     pub inbox_bytes_max: u64,
     /// See [`Config::sessions_per_shard_max`].
     pub sessions_max: usize,
+    /// See [`Config::dedup_window_ms`] (0 = off).
+    pub dedup_window_ms: u64,
+    /// See [`Config::content_dedup_window_ms`] (0 = off).
+    pub content_dedup_window_ms: u64,
     /// Durable state goes to a log on disk (`--storage disk`); false keeps
     /// it in memory only.
     pub log_enabled: bool,
@@ -109,6 +115,8 @@ impl Limits {
             inbox_messages_max: config.inbox_messages_max,
             inbox_bytes_max: config.inbox_bytes_max,
             sessions_max: config.sessions_per_shard_max,
+            dedup_window_ms: config.dedup_window_ms,
+            content_dedup_window_ms: config.content_dedup_window_ms,
             log_enabled: config.storage == crate::config::Storage::Disk,
             log_bytes_max: config.disk_bytes_max / shards.max(1) as u64,
         }
@@ -227,6 +235,10 @@ pub struct Shard<Io> {
     /// `(user, seq)` of the local durable receivers of the relay being
     /// routed, for its one `Message` record (reused).
     durable_batch: Vec<(u64, u64)>,
+    /// Receivers of the relay being routed here, and how many of them had
+    /// stored it already (a retry): `Stored.duplicate` when all had.
+    route_handled: u32,
+    route_duplicates: u32,
     /// Per-destination receivers of the relay being routed (reused).
     route: Vec<Vec<u64>>,
     stats: Arc<ShardStats>,
@@ -262,6 +274,8 @@ impl<Io> Shard<Io> {
             next_ticket: 0,
             log: durability::Log::new(limits.log_enabled, limits.log_bytes_max),
             durable_batch: Vec::new(),
+            route_handled: 0,
+            route_duplicates: 0,
             route: (0..shards).map(|_| Vec::new()).collect(),
             stats,
             limits,

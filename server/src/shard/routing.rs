@@ -40,6 +40,9 @@ pub(super) struct RelayRequest {
     pub(super) receipt: bool,
     /// The sender's protocol version.
     pub(super) version: u16,
+    /// The body's hash, when content dedup applies (a version-2 relay with
+    /// `--content-dedup-window-ms` set).
+    pub(super) content: Option<super::dedup::ContentHash>,
 }
 
 /// A version-2 relay waiting for other shards before its `Stored`.
@@ -48,6 +51,10 @@ pub(super) struct PendingStored {
     request: u64,
     message_id: u64,
     shards_missing: usize,
+    /// Every receiver handled so far had stored it already.
+    duplicate: bool,
+    /// No receiver so far was refused.
+    clean: bool,
 }
 
 /// A delivery on its way into a local receiver.
@@ -94,6 +101,8 @@ impl<Io> Shard<Io> {
             message_id,
             receipt: relay.flags.to_native() & flags::RECEIPT != 0,
             version: 2,
+            content: (self.limits.content_dedup_window_ms > 0)
+                .then(|| super::dedup::content_hash(relay.body.as_slice())),
         };
         let handled = self.relay(
             now_ms,
@@ -129,6 +138,8 @@ impl<Io> Shard<Io> {
             return Handled::Paused;
         }
         self.stats.relays.incr();
+        self.route_handled = 0;
+        self.route_duplicates = 0;
         if let [receiver] = receivers {
             let receiver = receiver.to_native();
             let target = owner(receiver, self.shards);
@@ -179,18 +190,21 @@ impl<Io> Shard<Io> {
             self.send_mesh(now_ms, target, message);
         }
         self.route = route;
+        let clean = failures.is_empty();
         if let Some(failures) = Failures::from_vec(failures) {
             self.report(now_ms, relay.from, relay.request, failures);
         }
         if relay.version != VERSION {
             if shards_missing == 0 {
-                self.answer_stored(now_ms, id, &relay);
+                self.answer_stored(now_ms, id, &relay, clean);
             } else {
                 let pending = PendingStored {
                     conn: id,
                     request: relay.request,
                     message_id: relay.message_id,
                     shards_missing,
+                    duplicate: self.route_handled == self.route_duplicates,
+                    clean,
                 };
                 self.pending_stored.insert(ticket, pending);
                 if let Some(conn) = self.conn_mut(id) {
@@ -209,21 +223,24 @@ impl<Io> Shard<Io> {
         relay: &RelayRequest,
         failure: Option<(ErrorCodeV2, u64)>,
     ) {
+        let clean = failure.is_none();
         if let Some(failure) = failure {
             self.report(now_ms, relay.from, relay.request, Failures::One(failure));
         }
         if relay.version != VERSION {
-            self.answer_stored(now_ms, id, relay);
+            self.answer_stored(now_ms, id, relay, clean);
         }
     }
 
-    fn answer_stored(&mut self, now_ms: u64, id: ConnId, relay: &RelayRequest) {
+    /// `clean`: every receiver took the message (no error was reported),
+    /// so a retry of it would be a duplicate for all of them.
+    fn answer_stored(&mut self, now_ms: u64, id: ConnId, relay: &RelayRequest, clean: bool) {
         let stored = Stored {
             request: relay.request,
             message_id: relay.message_id,
-            duplicate: false,
+            duplicate: self.route_all_duplicate(),
         };
-        self.after_durable(now_ms, Waiting::Stored(id, stored));
+        self.after_durable(now_ms, Waiting::Stored(id, stored, clean));
     }
 
     /// Appends one `Message` record for the relay's local durable
@@ -262,6 +279,8 @@ impl<Io> Shard<Io> {
         receivers: &Receivers,
         ticket: u64,
     ) {
+        self.route_handled = 0;
+        self.route_duplicates = 0;
         let mut failures = Vec::new();
         for &receiver in receivers.as_slice() {
             if let Some(code) =
@@ -287,6 +306,7 @@ impl<Io> Shard<Io> {
             to: relay.from,
             request: relay.request,
             failures,
+            duplicate: self.route_all_duplicate(),
         };
         self.after_durable(now_ms, Waiting::Mesh(target, message));
     }
@@ -299,13 +319,17 @@ impl<Io> Shard<Io> {
         to: u64,
         request: u64,
         failures: Option<Failures>,
+        duplicate: bool,
     ) {
+        let failed = failures.as_ref().map(|_| ());
         if let Some(failures) = failures {
             self.report(now_ms, to, request, failures);
         }
         let Some(pending) = self.pending_stored.get_mut(&ticket) else {
             return;
         };
+        pending.duplicate &= duplicate;
+        pending.clean &= failed.is_none();
         pending.shards_missing -= 1;
         if pending.shards_missing > 0 {
             return;
@@ -319,9 +343,9 @@ impl<Io> Shard<Io> {
         let stored = Stored {
             request: pending.request,
             message_id: pending.message_id,
-            duplicate: false,
+            duplicate: pending.duplicate,
         };
-        self.after_durable(now_ms, Waiting::Stored(pending.conn, stored));
+        self.after_durable(now_ms, Waiting::Stored(pending.conn, stored, pending.clean));
         if paused {
             self.unpause(pending.conn);
         }
@@ -338,7 +362,19 @@ impl<Io> Shard<Io> {
         receiver: u64,
         delivery: Delivery<'_>,
     ) -> Option<ErrorCodeV2> {
+        self.route_handled += 1;
+        if let Some(hash) = relay.content {
+            if self.content_seen(now_ms, receiver, hash) {
+                self.stats.content_duplicates.incr();
+                return Some(ErrorCodeV2::DuplicateContent);
+            }
+        }
         if self.is_durable(receiver) {
+            if self.is_retry(receiver, relay.from, relay.message_id, now_ms) {
+                self.route_duplicates += 1;
+                self.stats.duplicates.incr();
+                return None;
+            }
             let frame = match delivery {
                 Delivery::Shared(frame) => frame.clone(),
                 Delivery::Inline(body) => {
@@ -354,6 +390,7 @@ impl<Io> Shard<Io> {
             return match self.store(now_ms, receiver, item) {
                 Ok(seq) => {
                     self.durable_batch.push((receiver, seq));
+                    self.mark_stored(receiver, relay.from, relay.message_id, now_ms);
                     None
                 }
                 Err(code) => Some(code),
@@ -400,6 +437,35 @@ impl<Io> Shard<Io> {
                 Some(ErrorCodeV2::ReceiverDropped)
             }
         }
+    }
+
+    /// True when every receiver handled here had stored the relay already.
+    fn route_all_duplicate(&self) -> bool {
+        self.route_handled > 0 && self.route_duplicates == self.route_handled
+    }
+
+    /// Content dedup: true when `receiver` was sent a body with `hash`
+    /// within the window (then drop it); else remembers it.
+    fn content_seen(
+        &mut self,
+        now_ms: u64,
+        receiver: u64,
+        hash: super::dedup::ContentHash,
+    ) -> bool {
+        let window = self.limits.content_dedup_window_ms;
+        if let Some(session) = self.sessions.map.get_mut(&receiver) {
+            return session
+                .contents
+                .get_or_insert_with(Default::default)
+                .check(hash, now_ms, window);
+        }
+        let Some(&id) = self.users.get(&receiver) else {
+            return false;
+        };
+        let conn = self.conn_mut(id).expect("reachable users are in the table");
+        conn.contents
+            .get_or_insert_with(Default::default)
+            .check(hash, now_ms, window)
     }
 
     /// Tells `to` (on any shard) that some receivers of its request failed.

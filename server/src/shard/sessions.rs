@@ -36,6 +36,11 @@ pub const SESSION_BYTES: usize = std::mem::size_of::<DurableSession>() + 32;
 /// disk limit, besides its body.
 const ENTRY_RECORD_BYTES: u64 = 64;
 
+/// Senders whose latest stored `message_id` one inbox remembers for retry
+/// dedup; past it the oldest mark is forgotten (a retry from that sender
+/// may then be stored twice, and the client library drops it).
+pub const RETRY_DEDUP_SENDERS_MAX: usize = 4096;
+
 /// How often a shard looks for expired sessions and entries: expiry happens
 /// at most this late.
 pub const SESSION_SWEEP_MS: u64 = 1_000;
@@ -103,6 +108,12 @@ pub(super) struct DurableSession {
     inflight_bytes: u64,
     /// The highest `message_id` this session relayed (retry dedup).
     pub(super) message_id_high: u64,
+    /// Retry dedup where the store happens: per sender, the highest
+    /// `message_id` stored in this inbox and when (at most
+    /// [`RETRY_DEDUP_SENDERS_MAX`] senders).
+    recent: HashMap<u64, (u64, u64)>,
+    /// Content dedup (`--content-dedup-window-ms`), created on first use.
+    pub(super) contents: Option<Box<super::dedup::ContentWindow>>,
     /// When its last connection closed.
     detached_ms: u64,
 }
@@ -144,6 +155,8 @@ impl DurableSession {
             inflight: 0,
             inflight_bytes: 0,
             message_id_high: 0,
+            recent: HashMap::new(),
+            contents: None,
             detached_ms: now_ms,
         }
     }
@@ -366,8 +379,8 @@ impl<Io> Shard<Io> {
             inbox_bytes_max: limits.inbox_bytes_max,
             session_expiry_ms: limits.session_expiry_ms,
             message_ttl_ms: limits.message_ttl_ms,
-            dedup_window_ms: u64::MAX,
-            content_dedup_window_ms: 0,
+            dedup_window_ms: limits.dedup_window_ms,
+            content_dedup_window_ms: limits.content_dedup_window_ms,
             ..relayhub_protocol::Limits::with_protocol_bounds()
         }
     }
@@ -714,6 +727,45 @@ impl<Io> Shard<Io> {
     }
 }
 
+// ----- retry dedup where the store happens --------------------------------
+
+impl<Io> Shard<Io> {
+    /// True when `receiver`'s inbox already stored `message_id` (or a later
+    /// one) from `from` within the dedup window: a retry.
+    pub(super) fn is_retry(&self, receiver: u64, from: u64, message_id: u64, now_ms: u64) -> bool {
+        let window = self.limits.dedup_window_ms;
+        if message_id == 0 || window == 0 {
+            return false;
+        }
+        self.sessions
+            .map
+            .get(&receiver)
+            .and_then(|session| session.recent.get(&from))
+            .is_some_and(|&(high, at)| message_id <= high && at.saturating_add(window) > now_ms)
+    }
+
+    /// Remembers that `receiver` stored `message_id` from `from`.
+    pub(super) fn mark_stored(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
+        if message_id == 0 || self.limits.dedup_window_ms == 0 {
+            return;
+        }
+        let Some(session) = self.sessions.map.get_mut(&receiver) else {
+            return;
+        };
+        let mark = session.recent.entry(from).or_insert((0, 0));
+        *mark = (mark.0.max(message_id), mark.1.max(at_ms));
+        if session.recent.len() > RETRY_DEDUP_SENDERS_MAX {
+            let oldest = session
+                .recent
+                .iter()
+                .min_by_key(|(_, &(_, at))| at)
+                .map(|(&sender, _)| sender)
+                .expect("not empty");
+            session.recent.remove(&oldest);
+        }
+    }
+}
+
 // ----- the log's view of sessions: floors, snapshots, recovery ----------
 
 impl<Io> Shard<Io> {
@@ -769,6 +821,14 @@ impl<Io> Shard<Io> {
                 records.push(Record::SenderHigh {
                     user,
                     message_id: session.message_id_high,
+                });
+            }
+            for (&from, &(message_id, at_ms)) in &session.recent {
+                records.push(Record::DedupMark {
+                    user,
+                    from,
+                    message_id,
+                    at_ms,
                 });
             }
             for entry in &mut session.inbox {
@@ -854,6 +914,9 @@ impl<Io> Shard<Io> {
             } => {
                 let frame = relayhub_protocol::encode_deliver(from, &body)
                     .expect("a stored body fits a deliver frame");
+                for &(user, _) in &receivers {
+                    self.mark_stored(user, from, message_id, stored_ms);
+                }
                 for (user, seq) in receivers {
                     let item = Item::Message {
                         from,
@@ -890,6 +953,12 @@ impl<Io> Shard<Io> {
                     session.message_id_high = session.message_id_high.max(message_id);
                 }
             }
+            Record::DedupMark {
+                user,
+                from,
+                message_id,
+                at_ms,
+            } => self.mark_stored(user, from, message_id, at_ms),
             Record::SnapshotEnd => {}
         }
     }

@@ -31,6 +31,8 @@ pub(super) fn limits() -> Limits {
         inbox_messages_max: 16,
         inbox_bytes_max: 8 << 20,
         sessions_max: 100,
+        dedup_window_ms: 120_000,
+        content_dedup_window_ms: 0,
         log_enabled: false,
         log_bytes_max: u64::MAX,
     }

@@ -436,3 +436,70 @@ fn a_version_one_relay_to_a_full_inbox_reads_receiver_dropped() {
     };
     assert_eq!(error.code, ErrorCodeV2::ReceiverDropped.to_wire());
 }
+
+/// The "same body to the same receiver within 5 s" rule, whoever sends it.
+#[test]
+fn content_dedup_drops_the_same_body_to_the_same_receiver_within_the_window() {
+    let mut net = Net::new(
+        2,
+        Limits {
+            content_dedup_window_ms: 5_000,
+            idle_timeout_ms: 0,
+            ..limits()
+        },
+    );
+    let alice = net.new_session(0, true);
+    let bob = net.new_session(1, false);
+    let carol = net.new_session(0, true);
+    let dave = net.new_session(1, true);
+    let mut request = 0;
+    let mut send = |net: &mut Net, from: Session, to: &[u64]| {
+        request += 1;
+        net.relay_v2(from.client, request, request, to, b"same words");
+        net.settle();
+        net.output_v2(from.client)
+    };
+    // 0 s: delivered. 4.9 s: dropped, the sender told, Stored still follows.
+    assert!(errors(&send(&mut net, alice, &[carol.client.user])).is_empty());
+    net.advance(4_900);
+    let answers = send(&mut net, alice, &[carol.client.user]);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::DuplicateContent.to_wire(), carol.client.user)]
+    );
+    assert_eq!(stored(&answers).len(), 1);
+    // From another sender (an ephemeral one, on the other shard): dropped.
+    let answers = send(&mut net, bob, &[carol.client.user]);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::DuplicateContent.to_wire(), carol.client.user)]
+    );
+    // To two different receivers: both delivered.
+    assert!(errors(&send(&mut net, alice, &[dave.client.user])).is_empty());
+    // 5.1 s after the first: delivered again.
+    net.advance(200);
+    assert!(errors(&send(&mut net, alice, &[carol.client.user])).is_empty());
+    let got = delivers(&net.output_v2(carol.client));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(delivers(&net.output_v2(dave.client)).len(), 1);
+    assert_eq!(net.shards[0].stats().content_duplicates.get(), 2);
+}
+
+/// A retry whose first attempt was stored, with the sender's high-water
+/// mark lost (a crash before its record was durable), is still recognised
+/// where it was stored.
+#[test]
+fn a_retry_is_recognised_by_the_receivers_shard_without_the_senders_mark() {
+    let mut net = Net::new(2, limits());
+    let sender = net.new_session(0, true);
+    let receiver = net.new_session(1, true);
+    net.relay_v2(sender.client, 1, 7, &[receiver.client.user], b"once");
+    net.settle();
+    assert_eq!(stored(&net.output_v2(sender.client)), [(1, false)]);
+    // Forget the sender-side mark, as a crash before its record would.
+    *net.shards[0].message_id_high(sender.client.id) = 0;
+    net.relay_v2(sender.client, 2, 7, &[receiver.client.user], b"once");
+    net.settle();
+    assert_eq!(stored(&net.output_v2(sender.client)), [(2, true)]);
+    assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 1);
+}

@@ -80,6 +80,13 @@ pub enum Record {
     /// The end of a compaction snapshot: the records before it, from the
     /// start of this log generation, are the whole live state.
     SnapshotEnd,
+    /// A snapshot's copy of `user`'s retry-dedup mark for sender `from`.
+    DedupMark {
+        user: u64,
+        from: u64,
+        message_id: u64,
+        at_ms: u64,
+    },
 }
 
 /// A record's kind byte. Stable: never renumber.
@@ -96,6 +103,7 @@ enum RecordKind {
     Acked = 8,
     SenderHigh = 9,
     SnapshotEnd = 10,
+    DedupMark = 11,
 }
 
 /// Why bytes did not decode as a record.
@@ -189,6 +197,17 @@ pub fn encode(record: &Record, out: &mut BytesMut) -> usize {
             out.put_u64_le(*message_id);
         }
         Record::SnapshotEnd => out.put_u8(RecordKind::SnapshotEnd as u8),
+        Record::DedupMark {
+            user,
+            from,
+            message_id,
+            at_ms,
+        } => {
+            out.put_u8(RecordKind::DedupMark as u8);
+            for value in [*user, *from, *message_id, *at_ms] {
+                out.put_u64_le(value);
+            }
+        }
     }
     seal_header(out, start)
 }
@@ -385,6 +404,12 @@ fn parse(body: &[u8]) -> Option<Record> {
             message_id: f.u64()?,
         },
         k if k == RecordKind::SnapshotEnd as u8 => Record::SnapshotEnd,
+        k if k == RecordKind::DedupMark as u8 => Record::DedupMark {
+            user: f.u64()?,
+            from: f.u64()?,
+            message_id: f.u64()?,
+            at_ms: f.u64()?,
+        },
         _ => return None,
     };
     f.done().then_some(record)
@@ -429,6 +454,12 @@ pub(crate) mod tests_support {
             Record::SenderHigh {
                 user: 2,
                 message_id: 11,
+            },
+            Record::DedupMark {
+                user: 7,
+                from: 2,
+                message_id: 11,
+                at_ms: 3,
             },
             Record::SnapshotEnd,
         ]
