@@ -98,8 +98,8 @@ pub const CLOSE_FLUSH_MS_DEFAULT: u64 = 2_000;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 5_000;
 
 /// Default slots in each mesh ring (one ring per ordered pair of shards).
-/// A slot is `MESH_SLOT_BYTES` (72) bytes: 4096 slots cost 288 KiB per
-/// ring, so `shards * (shards - 1) * 288 KiB` in all.
+/// A slot is at most `MESH_SLOT_BYTES` (96) bytes: 4096 slots cost
+/// 384 KiB per ring, so `shards * (shards - 1) * 384 KiB` in all.
 pub const MESH_RING_SLOTS_DEFAULT: usize = 4096;
 
 /// Where durable sessions and inboxes are kept.
@@ -151,6 +151,10 @@ impl std::fmt::Display for Fsync {
 
 /// Default data directory, relative to where the hub starts.
 pub const DATA_DIR_DEFAULT: &str = "relayhub-data";
+
+/// Smallest `--disk-bytes-max`: 2 MiB, room for a maximal message
+/// and a compaction per shard.
+pub const DISK_BYTES_MIN: u64 = 2 << 20;
 
 /// Default bound on the logs' bytes on disk, all shards together: 16 GiB.
 pub const DISK_BYTES_MAX_DEFAULT: u64 = 16 << 30;
@@ -384,6 +388,12 @@ impl Config {
             self.inbox_bytes_max,
             size(relayhub_protocol::BODY_BYTES_MAX),
             u64::from(u32::MAX) * 16,
+        )?;
+        check(
+            "--disk-bytes-max",
+            self.disk_bytes_max,
+            DISK_BYTES_MIN,
+            u64::MAX / 2,
         )?;
         check(
             "--sessions-per-shard-max",

@@ -13,6 +13,11 @@ use crate::{
     outbound::PushError,
 };
 
+/// True for a version-2 connection that has not said `Hello` yet.
+fn conn_awaits_hello<Io>(conn: Option<&crate::conn::Connection<Io>>) -> bool {
+    conn.is_some_and(|conn| conn.state == ConnState::AwaitHello)
+}
+
 /// What handling one frame came to.
 pub(super) enum Handled {
     /// Done; go on with the next frame.
@@ -66,6 +71,12 @@ impl<Io> Shard<Io> {
                     completed = true;
                     self.stats.frames_in.incr();
                     self.handle_frame(now_ms, id, frame)
+                }
+                Err(error) if !error.is_fatal() && conn_awaits_hello(self.conn(id)) => {
+                    // Anything before the Hello, even an over-limit frame,
+                    // breaks the rule that the Hello comes first.
+                    self.close(now_ms, id, Some((ErrorCodeV2::HelloRequired, 0, 0)));
+                    break;
                 }
                 Err(error) if !error.is_fatal() => {
                     completed = true;

@@ -595,7 +595,15 @@ impl<Io> Shard<Io> {
         io: Io,
         buffered: &[u8],
     ) -> Result<ConnId, Refusal<Io>> {
-        let id = self.handle_accept(now_ms, io)?;
+        let id = self.handle_accept(now_ms, io).map_err(|mut refusal| {
+            // The client spoke version 2 to the shard that accepted it.
+            let mut bytes = BytesMut::from(&refusal.bytes[..]);
+            bytes[..PREFACE.len()].copy_from_slice(&relayhub_protocol::preface_for(
+                relayhub_protocol::VERSION_2,
+            ));
+            refusal.bytes = bytes.freeze();
+            refusal
+        })?;
         self.stats.handoffs_in.incr();
         let conn = self.conn_mut(id).expect("just accepted");
         conn.version = relayhub_protocol::VERSION_2;

@@ -41,6 +41,10 @@ const ENTRY_RECORD_BYTES: u64 = 64;
 /// may then be stored twice, and the client library drops it).
 pub const RETRY_DEDUP_SENDERS_MAX: usize = 4096;
 
+/// Entries of inbox capacity a session keeps however empty it gets; past
+/// it, an inbox that drains to a quarter of its capacity shrinks.
+const INBOX_CAPACITY_KEPT: usize = 64;
+
 /// How often a shard looks for expired sessions and entries: expiry happens
 /// at most this late.
 pub const SESSION_SWEEP_MS: u64 = 1_000;
@@ -573,6 +577,12 @@ impl<Io> Shard<Io> {
         // Entries acked before their redelivery reached this connection
         // need not be sent again.
         session.cursor = session.cursor.max(upto);
+        // A drained inbox gives back what a burst made it grow to.
+        if session.inbox.capacity() > INBOX_CAPACITY_KEPT
+            && session.inbox.len() < session.inbox.capacity() / 4
+        {
+            session.inbox.shrink_to(session.inbox.len() * 2);
+        }
         self.stats.acked.add(popped);
         self.log_ack(user);
         self.pump(now_ms, user);

@@ -503,3 +503,25 @@ fn a_retry_is_recognised_by_the_receivers_shard_without_the_senders_mark() {
     assert_eq!(stored(&net.output_v2(sender.client)), [(2, true)]);
     assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 1);
 }
+
+#[test]
+fn an_over_limit_frame_before_hello_is_still_hello_required() {
+    let mut net = Net::new(1, limits());
+    let id = net.accept(0);
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    let too_many: Vec<u64> = (1..=300).collect();
+    bytes.extend_from_slice(&wire(&RelayV2Ref {
+        request: 1,
+        message_id: 0,
+        flags: 0,
+        receivers: &too_many,
+        body: b"",
+    }));
+    net.send(0, id, &bytes);
+    let raw = net.take_bytes(0, id);
+    assert!(raw.starts_with(&preface_for(VERSION_2)));
+    assert_eq!(
+        errors(&decode_v2(&raw)),
+        [(ErrorCodeV2::HelloRequired.to_wire(), 0)]
+    );
+}
