@@ -214,6 +214,21 @@ impl HubProcess {
             .unwrap_or(0)
     }
 
+    /// File descriptors the child has open now on `target` (a path such as
+    /// "/dev/null").
+    pub fn open_fds_to(&self, target: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|entry| {
+                        std::fs::read_link(entry.path())
+                            .is_ok_and(|link| link == std::path::Path::new(target))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Every stderr line so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
