@@ -72,6 +72,8 @@ pub struct Scanner<F> {
     stopped: Option<(u64, Invalid)>,
     /// End of the log (a zero length) was seen at this offset.
     ended: Option<u64>,
+    /// Zero bytes seen (and dropped) after the end marker.
+    zeros_after_end: u64,
 }
 
 impl<F: FnMut(Record)> Scanner<F> {
@@ -85,11 +87,24 @@ impl<F: FnMut(Record)> Scanner<F> {
             snapshot_complete: false,
             stopped: None,
             ended: None,
+            zeros_after_end: 0,
         }
     }
 
     /// The next bytes of the file.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.ended.is_some() && self.stopped.is_none() {
+            // Past the end marker only zeros are expected (the preallocated
+            // rest of the file): check them without keeping them.
+            if bytes.iter().all(|&b| b == 0) {
+                self.zeros_after_end += bytes.len() as u64;
+                return;
+            }
+            // Bytes after zeros after the end (rare: judged in `finish`):
+            // put the zeros back so that offsets stay right.
+            let zeros = std::mem::take(&mut self.zeros_after_end) as usize;
+            self.buffer.resize(self.buffer.len() + zeros, 0);
+        }
         self.buffer.extend_from_slice(bytes);
         if self.stopped.is_some() || self.ended.is_some() {
             return;
@@ -275,5 +290,35 @@ mod tests {
             assert_eq!(records.len(), 5);
             assert!(corruption.next_valid >= starts[6] as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod end_tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::store::record::{encode, tests_support::samples};
+
+    /// Bytes after a long run of zeros past the end are still judged.
+    #[test]
+    fn a_record_far_after_the_end_is_corruption() {
+        let mut out = BytesMut::new();
+        for record in samples() {
+            encode(&record, &mut out);
+        }
+        let valid = out.len();
+        let mut bytes = out.to_vec();
+        bytes.extend_from_slice(&[0; 1 << 16]);
+        let mut tail = BytesMut::new();
+        encode(&samples()[0], &mut tail);
+        bytes.extend_from_slice(&tail);
+        let mut scanner = Scanner::new(|_| {});
+        for chunk in bytes.chunks(4096) {
+            scanner.feed(chunk);
+        }
+        let corruption = scanner.finish().unwrap_err();
+        assert_eq!(corruption.offset, valid as u64);
+        assert_eq!(corruption.next_valid, (valid + (1 << 16)) as u64);
     }
 }
