@@ -105,6 +105,38 @@ impl SequenceChecker {
     pub fn expected(&self) -> u64 {
         self.expected
     }
+
+    /// Whether `sequence` was received; `None` when it is too far below
+    /// the expected number to tell (a correct server never leaves a gap
+    /// that old).
+    pub fn received(&self, sequence: u64) -> Option<bool> {
+        if sequence >= self.expected {
+            return Some(false);
+        }
+        let distance = self.expected - 1 - sequence;
+        if distance >= WINDOW {
+            return (self.gaps == 0).then_some(true);
+        }
+        Some(self.seen & (1u128 << distance) != 0)
+    }
+
+    /// The counts at the end of a durable run: like [`finish`](Self::finish),
+    /// but a publication in `unacknowledged` (the server never acknowledged
+    /// it) that did not arrive is not counted lost: only what the server
+    /// acknowledged is owed. One too old to tell stays counted.
+    pub fn finish_durable(
+        &self,
+        sent: u64,
+        unacknowledged: impl Iterator<Item = u64>,
+    ) -> SequenceCounts {
+        let mut counts = self.finish(sent);
+        for sequence in unacknowledged {
+            if self.received(sequence) == Some(false) {
+                counts.lost = counts.lost.saturating_sub(1);
+            }
+        }
+        counts
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +218,34 @@ mod tests {
         let counts = run(&[0, 1000, 999], 1001);
         assert_eq!(counts.lost, 998);
         assert_eq!(counts.reordered, 1);
+    }
+
+    #[test]
+    fn durable_loss_excludes_what_was_never_acknowledged() {
+        let mut checker = SequenceChecker::default();
+        for sequence in [0, 1, 3, 5] {
+            checker.record(sequence);
+        }
+        assert_eq!(checker.received(1), Some(true));
+        assert_eq!(checker.received(2), Some(false));
+        assert_eq!(checker.received(6), Some(false));
+        // 2 was stored and not delivered: lost. 4 and 6, 7 were never
+        // acknowledged by the server: not owed.
+        assert_eq!(checker.finish(8).lost, 4);
+        assert_eq!(checker.finish_durable(8, [4, 6, 7].into_iter()).lost, 1);
+        // Unacknowledged but delivered anyway: nothing to take off.
+        assert_eq!(checker.finish_durable(8, [5].into_iter()).lost, 4);
+        // Far below expected: told only when no gap is open.
+        let mut clean = SequenceChecker::default();
+        for sequence in 0..500 {
+            clean.record(sequence);
+        }
+        assert_eq!(clean.received(3), Some(true));
+        assert_eq!(checker.received(0), Some(true));
+        let mut far = SequenceChecker::default();
+        far.record(0);
+        far.record(400);
+        assert_eq!(far.received(5), None);
     }
 
     #[test]

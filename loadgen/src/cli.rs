@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{Load, RunConfig, Scenario};
+use crate::config::{
+    DurableConfig, JetStreamAck, JetStreamConfig, JetStreamStorage, Load, RunConfig, Scenario,
+};
 use crate::error::LoadgenError;
 use crate::header::{body_bytes_effective, HEADER_BYTES};
 use crate::plan::{Topology, FANOUT_MAX};
@@ -129,6 +131,44 @@ pub struct Args {
     /// With --sink-listen: exit after this long (10s, 5m, ...).
     #[arg(long, value_parser = parse_duration, requires = "sink_listen")]
     pub sink_for: Option<Duration>,
+
+    /// Durable delivery (relay and fanout; relayhub and nats targets):
+    /// relayhub speaks protocol version 2 (durable sessions, Stored,
+    /// cumulative acks), NATS uses JetStream (a stream, one durable
+    /// consumer per receiver, publish acks). The closed-loop window counts
+    /// publications not yet acknowledged by the server.
+    #[arg(long)]
+    pub durable: bool,
+
+    /// With --durable: share of the receivers (0..=1) that drop their
+    /// connection at random moments and resume their session.
+    #[arg(long, default_value_t = 0.0, requires = "durable")]
+    pub reconnect_share: f64,
+
+    /// With --reconnect-share: mean time between two drops of one
+    /// reconnecting receiver (each wait is uniform in 0.5x..1.5x this).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub reconnect_every: Duration,
+
+    /// JetStream: where the stream lives (nats-server needs -js; file
+    /// storage goes under its -sd directory).
+    #[arg(long, value_enum, default_value_t = JetStreamStorage::Memory)]
+    pub jetstream_storage: JetStreamStorage,
+
+    /// JetStream: the consumers' ack policy. Default: all (one ack per
+    /// read batch) without reconnects, explicit (one per delivery) with.
+    #[arg(long, value_enum)]
+    pub jetstream_ack: Option<JetStreamAck>,
+
+    /// JetStream: the consumers' ack_wait, after which an unacked delivery
+    /// is sent again. With reconnects the drain lasts at least this + 2 s.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub jetstream_ack_wait: Duration,
+
+    /// JetStream: the consumers' max_ack_pending (relayhub's default
+    /// --inflight-messages-max is 256).
+    #[arg(long, default_value_t = 256)]
+    pub jetstream_max_ack_pending: u64,
 }
 
 /// `--scenario` values.
@@ -214,6 +254,21 @@ impl Args {
             .iter()
             .map(|url| Target::parse(url))
             .collect::<Result<_, _>>()?;
+        let durable = self.durable_config()?;
+        if durable.is_some() {
+            if !matches!(self.scenario, ScenarioArg::Relay | ScenarioArg::Fanout) {
+                return bad("--durable runs --scenario relay or fanout".into());
+            }
+            if let Some(target) = targets
+                .iter()
+                .find(|target| !matches!(target.kind, TargetKind::Relayhub | TargetKind::Nats))
+            {
+                return bad(format!(
+                    "--durable drives relayhub:// and nats:// (JetStream) targets, not {}",
+                    target.url
+                ));
+            }
+        }
         let load = match self.rate {
             Some(rate) => Load::Open { rate },
             None => Load::Closed {
@@ -224,24 +279,82 @@ impl Args {
             .into_iter()
             .enumerate()
             .map(|(position, target)| RunConfig {
-                target,
                 scenario: self.scenario(),
                 clients: self.clients,
                 body_bytes: body_bytes_effective(self.body_bytes),
                 load,
                 duration: self.duration,
                 warmup: self.warmup,
-                drain: self.drain,
                 cores: self.cores,
                 connect_concurrency: self.connect_concurrency,
                 seed: self.seed,
                 server_pid: self.server_pids.get(position).copied(),
                 progress: !self.quiet,
                 io_memory_bytes: self.io_memory_bytes,
+                drain: match &durable {
+                    Some(durable) if durable.reconnects() && target.kind == TargetKind::Nats => {
+                        self.drain
+                            .max(durable.jetstream.ack_wait + JETSTREAM_DRAIN_SLACK)
+                    }
+                    _ => self.drain,
+                },
+                durable: durable.clone(),
+                target,
             })
             .collect())
     }
+
+    /// The durable settings, checked; `None` without `--durable`.
+    pub fn durable_config(&self) -> Result<Option<DurableConfig>, LoadgenError> {
+        let bad = |text: &str| Err(LoadgenError::BadOptions(text.into()));
+        if !self.durable {
+            return Ok(None);
+        }
+        if !(0.0..=1.0).contains(&self.reconnect_share) {
+            return bad("--reconnect-share must be between 0 and 1");
+        }
+        if self.reconnect_share > 0.0 && self.reconnect_every.is_zero() {
+            return bad("--reconnect-every must be positive");
+        }
+        let reconnects = self.reconnect_share > 0.0;
+        let ack = self.jetstream_ack.unwrap_or(if reconnects {
+            JetStreamAck::Explicit
+        } else {
+            JetStreamAck::All
+        });
+        if reconnects && ack == JetStreamAck::All {
+            return bad(
+                "--jetstream-ack all cannot be used with --reconnect-share: deliveries lost \
+                 with a connection come back only after ack_wait, and acking a later one \
+                 would ack them too (use explicit)",
+            );
+        }
+        if self.jetstream_ack_wait < Duration::from_millis(100) {
+            return bad("--jetstream-ack-wait must be at least 100ms");
+        }
+        if self.jetstream_max_ack_pending == 0 {
+            return bad("--jetstream-max-ack-pending must be at least 1");
+        }
+        Ok(Some(DurableConfig {
+            reconnect_share: self.reconnect_share,
+            reconnect_every: self.reconnect_every,
+            jetstream: JetStreamConfig {
+                stream: JETSTREAM_STREAM.into(),
+                storage: self.jetstream_storage,
+                ack,
+                ack_wait: self.jetstream_ack_wait,
+                max_ack_pending: self.jetstream_max_ack_pending,
+            },
+        }))
+    }
 }
+
+/// The stream a durable NATS run creates (and deletes afterwards).
+pub const JETSTREAM_STREAM: &str = "RELAYHUB_LOADGEN";
+
+/// JetStream with reconnects: the drain lasts at least ack_wait plus this,
+/// so that deliveries lost with a connection have come back.
+pub const JETSTREAM_DRAIN_SLACK: Duration = Duration::from_secs(2);
 
 /// Runs every target, prints the tables, writes the files. Returns the
 /// summaries of the targets that ran; fails if any target failed. With
@@ -302,9 +415,33 @@ pub fn describe(config: &RunConfig) -> String {
         Load::Closed { window } => format!("closed loop, window {window}"),
         Load::Open { rate } => format!("open loop, {rate:.0} publications/s"),
     };
+    let durable = match &config.durable {
+        None => String::new(),
+        Some(durable) => {
+            let mut text = match config.target.kind {
+                TargetKind::Nats => format!(
+                    ", durable: JetStream {:?} stream, ack {:?}, ack_wait {:?}, max_ack_pending {}",
+                    durable.jetstream.storage,
+                    durable.jetstream.ack,
+                    durable.jetstream.ack_wait,
+                    durable.jetstream.max_ack_pending
+                ),
+                _ => ", durable: protocol v2 sessions".to_string(),
+            };
+            if durable.reconnects() {
+                text += &format!(
+                    ", {:.0}% of receivers reconnect every ~{:?}, drain {:?}",
+                    durable.reconnect_share * 100.0,
+                    durable.reconnect_every,
+                    config.drain
+                );
+            }
+            text
+        }
+    };
     match config.scenario {
         Scenario::Traffic(topology) => format!(
-            "{topology:?}, {} clients, {} B bodies, {load}, {:?} + {:?} warm-up, {} core(s)",
+            "{topology:?}, {} clients, {} B bodies, {load}, {:?} + {:?} warm-up, {} core(s){durable}",
             config.clients, config.body_bytes, config.duration, config.warmup, config.cores
         ),
         Scenario::Storm => format!(
@@ -319,7 +456,11 @@ fn write_outputs(args: &Args, command: String, summaries: &[Summary]) -> Result<
     if summaries.is_empty() {
         return Ok(());
     }
-    let results = report::table::results(summaries);
+    let mut results = report::table::results(summaries);
+    let durable = report::table::durable(summaries);
+    if !durable.is_empty() {
+        results = format!("{results}\n{durable}");
+    }
     let ratios = report::table::ratios(&report::ratios(summaries));
     println!("\n{results}");
     if !ratios.is_empty() {
@@ -408,5 +549,43 @@ mod tests {
         assert_eq!(configs[0].body_bytes, HEADER_BYTES);
         assert_eq!(configs[0].load, Load::Open { rate: 1000.0 });
         assert!(Args::try_parse_from(["lg", "--rate", "5", "--window", "3"]).is_err());
+    }
+
+    #[test]
+    fn durable_flags_are_checked() {
+        let parse = |line: &str| Args::try_parse_from(line.split_whitespace()).unwrap();
+        assert!(Args::try_parse_from(["lg", "--reconnect-share", "0.2"]).is_err());
+        assert!(parse("lg --durable --scenario echo").configs().is_err());
+        assert!(parse("lg --durable --target redis://127.0.0.1:1")
+            .configs()
+            .is_err());
+        assert!(parse("lg --durable --reconnect-share 1.5")
+            .configs()
+            .is_err());
+        assert!(
+            parse("lg --durable --reconnect-share 0.2 --jetstream-ack all")
+                .configs()
+                .is_err()
+        );
+        let configs = parse(
+            "lg --durable --target relayhub://127.0.0.1:1 --target nats://127.0.0.1:2 \
+             --reconnect-share 0.2 --reconnect-every 500ms --drain 1s",
+        )
+        .configs()
+        .unwrap();
+        let durable = configs[0].durable.clone().unwrap();
+        assert!(durable.reconnects());
+        assert_eq!(durable.reconnect_every, Duration::from_millis(500));
+        assert_eq!(durable.jetstream.ack, JetStreamAck::Explicit);
+        // JetStream redelivers after ack_wait: the drain waits for it.
+        assert_eq!(configs[0].drain, Duration::from_secs(1));
+        assert_eq!(configs[1].drain, Duration::from_secs(4));
+        let plain = parse("lg --durable --target nats://127.0.0.1:2")
+            .configs()
+            .unwrap();
+        let jetstream = &plain[0].durable.as_ref().unwrap().jetstream;
+        assert_eq!(jetstream.ack, JetStreamAck::All);
+        assert_eq!(jetstream.storage, JetStreamStorage::Memory);
+        assert!(parse("lg").configs().unwrap()[0].durable.is_none());
     }
 }

@@ -11,6 +11,19 @@ use crate::target::{Target, TargetKind};
 use crate::wire::inbound::Inbound;
 use crate::wire::{nats, relayhub, resp, sink, Event};
 
+/// How clients connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// At-most-once: relayhub protocol version 1, NATS core, Redis pub/sub.
+    Plain,
+    /// `--durable`: relayhub protocol version 2 with a durable session;
+    /// NATS for JetStream (subscribed to its deliver subject and publish
+    /// ack inbox). With `split`, a NATS client holds two connections: the
+    /// subscriber (deliveries, the one that reconnects) and the publisher
+    /// (publishes and their acks).
+    Durable { split: bool },
+}
+
 /// Longest a connect plus handshake may take before the run gives up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,8 +38,11 @@ pub struct Client {
     pub stream: TcpStream,
     /// Bytes already read from `stream` and not yet decoded.
     pub inbound: Inbound,
-    /// Redis only: the publisher connection and its receive state.
+    /// Redis, and JetStream with reconnects: the publisher connection and
+    /// its receive state.
     pub publisher: Option<(TcpStream, Inbound)>,
+    /// relayhub durable sessions: the token of the latest `WelcomeV2`.
+    pub token: [u8; 16],
 }
 
 /// Connects client `index` to `target` and completes the handshake. With
@@ -37,8 +53,9 @@ pub async fn connect(
     index: u32,
     publisher: bool,
     routes: &[u64],
+    handshake: Handshake,
 ) -> Result<Client, LoadgenError> {
-    let attempt = connect_inner(target, index, publisher, routes);
+    let attempt = connect_inner(target, index, publisher, routes, handshake);
     let deadline = async {
         glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
         Err(LoadgenError::Handshake {
@@ -55,7 +72,11 @@ async fn connect_inner(
     index: u32,
     publisher: bool,
     routes: &[u64],
+    handshake: Handshake,
 ) -> Result<Client, LoadgenError> {
+    if let Handshake::Durable { split } = handshake {
+        return connect_durable(target, index, split).await;
+    }
     let io_error = |error| LoadgenError::io(target.kind, target.address, error);
     let mut stream = open(target).await?;
     let mut inbound = Inbound::new(target.kind);
@@ -85,7 +106,11 @@ async fn connect_inner(
         Event::Pong => Ok(matches!(target.kind, TargetKind::Nats | TargetKind::Redis)),
         Event::ServerError(text) => Err(String::from_utf8_lossy(text).into_owned()),
         Event::HubError { code, detail, .. } => Err(format!("hub error {code} (detail {detail})")),
-        Event::Delivery(_) => Err("a delivery before the run started".into()),
+        Event::Delivery(_)
+        | Event::DeliveryV2 { .. }
+        | Event::Message { .. }
+        | Event::Stored { .. }
+        | Event::WelcomeV2 { .. } => Err("an unexpected message before the run started".into()),
         Event::Published(_) | Event::Ping | Event::Other => Ok(false),
     })
     .await?;
@@ -100,7 +125,96 @@ async fn connect_inner(
         stream,
         inbound,
         publisher,
+        token: [0; 16],
     })
+}
+
+/// A durable run's client: a relayhub version-2 durable session, or a
+/// JetStream client (one connection, or subscriber + publisher).
+async fn connect_durable(target: &Target, index: u32, split: bool) -> Result<Client, LoadgenError> {
+    let handshake_error = |detail: String| LoadgenError::Handshake {
+        kind: target.kind,
+        address: target.address,
+        detail,
+    };
+    let io_error = |error| LoadgenError::io(target.kind, target.address, error);
+    let mut hello = bytes::BytesMut::with_capacity(128);
+    match target.kind {
+        TargetKind::Relayhub => {
+            hello.extend_from_slice(&relayhub::CLIENT_PREFACE_V2);
+            relayhub::encode_hello(&mut hello, 1, None)
+                .map_err(|error| handshake_error(error.to_string()))?;
+        }
+        TargetKind::Nats => nats::encode_js_handshake(&mut hello, index, true, !split),
+        other => {
+            return Err(handshake_error(format!(
+                "{} has no durable mode",
+                other.server_name()
+            )))
+        }
+    }
+    let mut stream = open(target).await?;
+    let mut inbound = Inbound::durable(target.kind);
+    stream.write_all(&hello).await.map_err(io_error)?;
+    let (mut address, mut token) = (u64::from(index), [0; 16]);
+    read_until(target, &mut stream, &mut inbound, |event| {
+        durable_ready(event, &mut address, &mut token)
+    })
+    .await?;
+    let publisher = if split {
+        let mut publisher = open(target).await?;
+        let mut publisher_inbound = Inbound::durable(target.kind);
+        hello.clear();
+        nats::encode_js_handshake(&mut hello, index, false, true);
+        publisher.write_all(&hello).await.map_err(io_error)?;
+        let (mut unused, mut no_token) = (0, [0; 16]);
+        read_until(target, &mut publisher, &mut publisher_inbound, |event| {
+            durable_ready(event, &mut unused, &mut no_token)
+        })
+        .await?;
+        Some((publisher, publisher_inbound))
+    } else {
+        None
+    };
+    Ok(Client {
+        index,
+        address,
+        stream,
+        inbound,
+        publisher,
+        token,
+    })
+}
+
+/// Whether a durable handshake is complete: relayhub's durable
+/// `WelcomeV2` (its user id and token), NATS' `PONG`.
+fn durable_ready(
+    event: Event<'_>,
+    address: &mut u64,
+    token: &mut [u8; 16],
+) -> Result<bool, String> {
+    match event {
+        Event::WelcomeV2 {
+            durable: false, ..
+        } => Err("the hub granted an ephemeral session to a durable Hello (no durable storage, or its session limit)".into()),
+        Event::WelcomeV2 { user, token: granted, .. } => {
+            *address = user;
+            *token = granted;
+            Ok(true)
+        }
+        Event::Pong => Ok(true),
+        Event::ServerError(text) => Err(String::from_utf8_lossy(text).into_owned()),
+        Event::HubError { code, detail, .. } => {
+            let name = relayhub_protocol::ErrorCodeV2::from_wire(code);
+            Err(format!("hub error {code} ({name:?}, detail {detail})"))
+        }
+        Event::Delivery(_)
+        | Event::DeliveryV2 { .. }
+        | Event::Message { .. }
+        | Event::Stored { .. }
+        | Event::Welcome { .. } => Err("an unexpected message before the run started".into()),
+        Event::Published(_) | Event::Ping | Event::Other => Ok(false),
+    }
 }
 
 async fn open(target: &Target) -> Result<TcpStream, LoadgenError> {

@@ -28,6 +28,61 @@ pub enum Load {
     Open { rate: f64 },
 }
 
+/// Where JetStream keeps the stream of a durable NATS run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JetStreamStorage {
+    /// In nats-server's memory (`"storage":"memory"`).
+    Memory,
+    /// In files under nats-server's store directory (`-sd`).
+    File,
+}
+
+/// How a JetStream receiver acknowledges its deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JetStreamAck {
+    /// `ack_policy: all`, one ack per read batch (the last delivery's),
+    /// like relayhub's cumulative `Ack`. Not with reconnects: acking past
+    /// deliveries lost with a connection would ack them too.
+    All,
+    /// `ack_policy: explicit`, one ack per delivery.
+    Explicit,
+}
+
+/// The JetStream setup of a durable NATS run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JetStreamConfig {
+    /// The stream's name (created before the run, deleted after it).
+    pub stream: String,
+    /// Memory or file storage.
+    pub storage: JetStreamStorage,
+    /// The consumers' ack policy.
+    pub ack: JetStreamAck,
+    /// The consumers' `ack_wait`: when an unacked delivery is sent again.
+    pub ack_wait: Duration,
+    /// The consumers' `max_ack_pending`: unacked deliveries in flight.
+    pub max_ack_pending: u64,
+}
+
+/// A durable run's settings (`--durable`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DurableConfig {
+    /// Share of the receivers that drop their connection and resume.
+    pub reconnect_share: f64,
+    /// Mean time between two drops of one reconnecting receiver.
+    pub reconnect_every: Duration,
+    /// JetStream targets only.
+    pub jetstream: JetStreamConfig,
+}
+
+impl DurableConfig {
+    /// Some receivers reconnect.
+    pub fn reconnects(&self) -> bool {
+        self.reconnect_share > 0.0
+    }
+}
+
 /// Everything one run against one target needs.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -59,6 +114,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// io_uring registered memory per executor (counts against RLIMIT_MEMLOCK).
     pub io_memory_bytes: usize,
+    /// `--durable`: relayhub protocol v2 or JetStream, publish acks, acked
+    /// deliveries, optional reconnects.
+    pub durable: Option<DurableConfig>,
 }
 
 impl RunConfig {

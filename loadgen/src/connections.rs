@@ -8,6 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::client::Handshake;
 use crate::config::RunConfig;
 use crate::engine::{connect_range, new_histogram, ExecutorResult, Shared};
 use crate::error::LoadgenError;
@@ -25,7 +26,7 @@ pub async fn storm(
     let Ok(clock) = shared.wait_start().await else {
         return Ok(ExecutorResult::default());
     };
-    let outcomes = connect_range(&config, first, count, false, &[]).await;
+    let outcomes = connect_range(&config, first, count, false, &[], Handshake::Plain).await;
     let connect_ns = clock.now_ns();
     shared.done.fetch_add(1, Ordering::AcqRel);
     let mut result = ExecutorResult {
@@ -69,7 +70,7 @@ pub async fn idle(
     let (first, count) = client_range(config.clients, config.cores, index);
     let mut clients = Vec::with_capacity(count);
     let mut histogram = new_histogram();
-    for outcome in connect_range(&config, first, count, false, &[]).await {
+    for outcome in connect_range(&config, first, count, false, &[], Handshake::Plain).await {
         let (client, elapsed_ns) = outcome?;
         histogram.saturating_record(elapsed_ns.max(1));
         clients.push(client);

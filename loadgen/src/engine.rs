@@ -18,7 +18,7 @@ use glommio::{spawn_local, Task};
 use hdrhistogram::Histogram;
 
 use crate::checker::SequenceCounts;
-use crate::client::{connect, Client};
+use crate::client::{connect, Client, Handshake};
 use crate::config::{RunConfig, Scenario};
 use crate::error::LoadgenError;
 use crate::plan::{client_range, receivers, SplitMix64, Topology};
@@ -169,6 +169,11 @@ pub struct ExecutorResult {
     pub connect_ns: u64,
     /// Open loop: how late messages were sent (actual minus scheduled, ns).
     pub send_lag: Option<Histogram<u64>>,
+    /// Durable runs: acknowledgements, retries, reconnects, dedup.
+    pub durable: crate::durable::DurableCounts,
+    /// Durable runs: send to server acknowledgement (`Stored`, publish
+    /// ack) of every measured publication, ns.
+    pub stored_latency: Option<Histogram<u64>>,
 }
 
 /// Runs executor `index`'s part of a run: connects, waits for the start,
@@ -204,6 +209,7 @@ pub async fn connect_range(
     count: usize,
     publisher: bool,
     routes: &[Vec<u64>],
+    handshake: Handshake,
 ) -> Vec<Result<(Client, u64), LoadgenError>> {
     let permits = Rc::new(glommio::sync::Semaphore::new(
         config.connect_concurrency.max(1) as u64,
@@ -220,7 +226,7 @@ pub async fn connect_range(
                     .await
                     .expect("semaphore never closed");
                 let began = Instant::now();
-                let client = connect(&target, index as u32, publisher, &routes).await?;
+                let client = connect(&target, index as u32, publisher, &routes, handshake).await?;
                 Ok((client, began.elapsed().as_nanos() as u64))
             })
         })
@@ -250,8 +256,14 @@ async fn traffic(
             .collect(),
         _ => Vec::new(),
     };
+    let handshake = match &config.durable {
+        None => Handshake::Plain,
+        Some(durable) => Handshake::Durable {
+            split: config.target.kind == TargetKind::Nats && durable.reconnects(),
+        },
+    };
     let mut clients = Vec::with_capacity(count);
-    for outcome in connect_range(&config, first, count, publisher, &routes).await {
+    for outcome in connect_range(&config, first, count, publisher, &routes, handshake).await {
         clients.push(outcome?.0);
     }
     let engine = Engine::new(&config, &shared, first, &plan, clients, topology)?;

@@ -16,6 +16,10 @@
 //! - [`plan`]: who sends to whom (random permutation, fan-out sets).
 //! - [`header`]: the 20-byte body header; [`checker`]: lost / duplicated /
 //!   reordered detection per (sender, receiver).
+//! - [`durable`]: `--durable` bookkeeping: unacknowledged publications,
+//!   client-side dedup, the durable counters.
+//! - [`jetstream`]: the stream and consumers of a durable NATS run, over
+//!   the JetStream API.
 //! - [`wire`]: sans-IO drivers: [`wire::nats`], [`wire::resp`] (Redis),
 //!   [`wire::relayhub`] (over relayhub-protocol), [`wire::sink`],
 //!   [`wire::inbound`], [`wire::template`] (pre-encoded messages).
@@ -31,9 +35,11 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod header;
+pub mod jetstream;
 pub mod outbound;
 pub mod plan;
 pub mod poll;

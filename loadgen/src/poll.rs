@@ -202,6 +202,105 @@ pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// Starts a non-blocking TCP connect to `address` (close-on-exec,
+/// `TCP_NODELAY` set). The socket turns writable once the connect is
+/// done; [`connect_result`] then says whether it worked.
+pub fn connect_start(address: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    let family = match address {
+        std::net::SocketAddr::V4(_) => libc::AF_INET,
+        std::net::SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket() only reads its integer arguments.
+    let fd = check(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by socket() and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` lives across the call; the kernel reads an int from it.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let result = match address {
+        std::net::SocketAddr::V4(v4) => {
+            let raw = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `raw` is a valid sockaddr_in for the call's duration.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let raw = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: `raw` is a valid sockaddr_in6 for the call's duration.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if result < 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(error);
+        }
+    }
+    Ok(fd)
+}
+
+/// The outcome of a connect started by [`connect_start`], once the socket
+/// is writable (`SO_ERROR`).
+pub fn connect_result(fd: RawFd) -> io::Result<()> {
+    let mut error: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `error` and `len` live across the call; the kernel writes at
+    // most `len` bytes into `error`.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut error as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    Ok(())
+}
+
 /// Sets this thread's timer slack (the kernel's default of 50 us would
 /// make every short open-loop sleep 50 us late).
 pub fn set_timer_slack_ns(ns: u64) {
@@ -246,5 +345,35 @@ mod tests {
         assert!(ready[0].writable);
         epoll.delete(server.as_raw_fd()).unwrap();
         drop(client);
+    }
+
+    #[test]
+    fn nonblocking_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = connect_start(listener.local_addr().unwrap()).unwrap();
+        let mut epoll = Epoll::new(4).unwrap();
+        epoll.add(fd.as_raw_fd(), 1, true).unwrap();
+        let mut ready = Vec::new();
+        epoll
+            .wait(Some(Duration::from_secs(5)), &mut ready)
+            .unwrap();
+        assert!(ready[0].writable);
+        connect_result(fd.as_raw_fd()).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        assert_eq!(send(fd.as_raw_fd(), b"hi").unwrap(), Io::Done(2));
+        let mut buf = [0u8; 2];
+        std::io::Read::read_exact(&mut accepted, &mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+        // Nobody listens: the connect fails, and says so.
+        let port = listener.local_addr().unwrap().port();
+        drop((listener, accepted));
+        let refused = connect_start(([127, 0, 0, 1], port).into()).unwrap();
+        epoll.add(refused.as_raw_fd(), 2, true).unwrap();
+        ready.clear();
+        epoll
+            .wait(Some(Duration::from_secs(5)), &mut ready)
+            .unwrap();
+        assert!(ready.iter().any(|event| event.token == 2));
+        assert!(connect_result(refused.as_raw_fd()).is_err());
     }
 }

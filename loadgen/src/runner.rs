@@ -11,14 +11,35 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::{RunConfig, Scenario};
 use crate::engine::{run_executor, ExecutorResult, Shared};
 use crate::error::LoadgenError;
-use crate::summary::{Connections, Percentiles, Summary};
+use crate::summary::{Connections, DurableSummary, Percentiles, Summary};
 use crate::sys;
+use crate::target::TargetKind;
 
 /// How long idle connections settle before the server's RSS is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Runs one scenario against one target and returns its summary.
 pub fn run(config: RunConfig) -> Result<Summary, LoadgenError> {
+    let jetstream = config
+        .durable
+        .as_ref()
+        .filter(|_| config.target.kind == TargetKind::Nats)
+        .map(|durable| durable.jetstream.clone());
+    if let Some(jetstream) = &jetstream {
+        crate::jetstream::setup(config.target.address, jetstream, config.clients)?;
+    }
+    let address = config.target.address;
+    let outcome = run_inner(config);
+    if let Some(jetstream) = &jetstream {
+        let teardown = crate::jetstream::teardown(address, jetstream);
+        if let (Ok(_), Err(error)) = (&outcome, teardown) {
+            eprintln!("relayhub-loadgen: after the run: {error}");
+        }
+    }
+    outcome
+}
+
+fn run_inner(config: RunConfig) -> Result<Summary, LoadgenError> {
     let config = Arc::new(config);
     let shared = Shared::new();
     let rss_before = config.server_pid.and_then(sys::process_rss_kib);
@@ -164,6 +185,13 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
                 None => total.send_lag = Some(lag),
             }
         }
+        total.durable.add(&result.durable);
+        if let Some(stored) = result.stored_latency {
+            match total.stored_latency.as_mut() {
+                Some(sum) => sum.add(&stored).expect("same bounds"),
+                None => total.stored_latency = Some(stored),
+            }
+        }
         for sample in result.error_samples {
             if total.error_samples.len() < crate::engine::ERROR_SAMPLES_MAX {
                 total.error_samples.push(sample);
@@ -193,8 +221,47 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
             })
         }
     };
+    let durable = config.durable.as_ref().map(|durable| {
+        let counts = total.durable;
+        let ms = |ns: f64| ns / 1e6;
+        DurableSummary {
+            setup: match config.target.kind {
+                TargetKind::Nats => format!(
+                    "JetStream: {:?} stream, interest retention, durable push consumers, ack {:?}, ack_wait {:?}, max_ack_pending {}",
+                    durable.jetstream.storage,
+                    durable.jetstream.ack,
+                    durable.jetstream.ack_wait,
+                    durable.jetstream.max_ack_pending
+                ),
+                _ => "relayhub protocol v2: durable sessions, Stored, cumulative Ack per read batch".into(),
+            },
+            counts,
+            stored_latency: total
+                .stored_latency
+                .as_ref()
+                .map(Percentiles::of)
+                .unwrap_or_default(),
+            reconnect_ms_mean: if counts.reconnects > 0 {
+                ms(counts.reconnect_ns_total as f64 / counts.reconnects as f64)
+            } else {
+                0.0
+            },
+            reconnect_ms_max: ms(counts.reconnect_ns_max as f64),
+        }
+    });
+    let target = match (&config.durable, config.target.kind) {
+        (None, _) => config.target.name(),
+        (Some(durable), TargetKind::Nats) => {
+            let storage = match durable.jetstream.storage {
+                crate::config::JetStreamStorage::Memory => "",
+                crate::config::JetStreamStorage::File => "-file",
+            };
+            format!("{}-jetstream{storage}", config.target.name())
+        }
+        (Some(_), _) => format!("{}-durable", config.target.name()),
+    };
     Summary {
-        target: config.target.name(),
+        target,
         url: config.target.url.clone(),
         scenario: config.scenario,
         load: config.load,
@@ -216,6 +283,7 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         server_cpu_ns_per_delivery: None,
         send_lag: total.send_lag.as_ref().map(Percentiles::of),
         connections,
+        durable,
         histogram,
     }
 }

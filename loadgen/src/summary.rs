@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::checker::SequenceCounts;
 use crate::config::{Load, Scenario};
+use crate::durable::DurableCounts;
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -66,6 +67,22 @@ pub struct Connections {
     pub bytes_per_connection: Option<f64>,
 }
 
+/// What a durable run adds (`--durable`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DurableSummary {
+    /// What the server was asked for, in one line.
+    pub setup: String,
+    /// Acknowledgements, retries, reconnects, redeliveries, dedup.
+    pub counts: DurableCounts,
+    /// Send to server acknowledgement (relayhub `Stored`, JetStream
+    /// publish ack) of the measured publications.
+    pub stored_latency: Percentiles,
+    /// Mean time from a drop to the new connection being ready, ms.
+    pub reconnect_ms_mean: f64,
+    /// Longest such time, ms.
+    pub reconnect_ms_max: f64,
+}
+
 /// One run against one target.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -120,6 +137,8 @@ pub struct Summary {
     pub send_lag: Option<Percentiles>,
     /// Storm and idle only.
     pub connections: Option<Connections>,
+    /// Durable runs only.
+    pub durable: Option<DurableSummary>,
     /// The latency histogram (ns), for the .hgrm and .svg outputs.
     #[serde(skip)]
     pub histogram: Histogram<u64>,

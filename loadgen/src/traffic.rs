@@ -21,17 +21,30 @@
 //! Nothing is allocated per message. Open loop: one pacer per executor
 //! scans the senders whose next send time has come, and the loop sleeps
 //! until the earliest one (nanosecond timeout, timer slack 1 ns).
+//!
+//! Durable runs (`--durable`, see [`crate::durable`]): a publication is
+//! done when the server acknowledges it (relayhub `Stored`, JetStream's
+//! publish ack), and the closed-loop window counts those not yet done;
+//! receivers drop copies by sequence (client-side dedup) and ack once per
+//! read batch. With `--reconnect-share`, chosen receivers close their
+//! connection at random moments and open a new one in the same loop (a
+//! non-blocking connect, then relayhub's `Hello::resume` or NATS'
+//! `CONNECT`+`SUB`); a relayhub client also sends its unacknowledged
+//! relays again with the same `message_id`.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use relayhub_protocol::flags::REDELIVERY;
 
 use crate::checker::{Arrival, SequenceChecker};
 use crate::client::Client;
-use crate::config::{Load, RunConfig};
+use crate::config::{JetStreamAck, Load, RunConfig};
+use crate::durable::{Dedup, SeqDedup, StreamDedup, Unstored};
 use crate::engine::{
     new_histogram, Clock, ExecutorResult, Shared, ERROR_SAMPLES_MAX, FLUSH_INTERVAL,
     WRITE_BATCH_BYTES_MAX,
@@ -39,7 +52,7 @@ use crate::engine::{
 use crate::error::LoadgenError;
 use crate::header::{BodyTemplate, Header, HEADER_BYTES};
 use crate::outbound::{Flushed, Outbound, LARGE_BODY_BYTES};
-use crate::plan::Topology;
+use crate::plan::{SplitMix64, Topology};
 use crate::poll::{self, Epoll, Io, Ready};
 use crate::target::TargetKind;
 use crate::wire::inbound::Inbound;
@@ -114,6 +127,18 @@ enum Role {
     Publisher,
 }
 
+/// Where a connection is in its life (durable runs reconnect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Usable.
+    Ready,
+    /// A non-blocking connect in progress (watched for writing).
+    Connecting,
+    /// Connected and handshake written; waiting for relayhub's
+    /// `WelcomeV2` or NATS' `PONG`.
+    Handshake,
+}
+
 /// One socket.
 struct Conn {
     fd: OwnedFd,
@@ -122,6 +147,10 @@ struct Conn {
     role: Role,
     inbound: Inbound,
     open: bool,
+    phase: Phase,
+    /// Watched for writing on behalf of its receiver's control bytes (a
+    /// subscriber connection that is not its sender's).
+    watching: bool,
 }
 
 /// How a sender's publications are encoded.
@@ -157,12 +186,52 @@ struct Sender {
     /// Open loop: when sender `i` of N sends publication `k`:
     /// `phase_ns + k * interval_ns`.
     phase_ns: f64,
+    /// Durable runs: publications not yet acknowledged by the server.
+    unstored: Unstored,
 }
 
 /// One receiving client: a checker per sender that sends to it, sorted by
 /// sender index.
 struct Receiver {
     checkers: Vec<(u32, SequenceChecker)>,
+    /// The connection deliveries arrive on.
+    conn: usize,
+    /// relayhub durable: dedup by inbox `seq`, and what to ack.
+    seq_dedup: SeqDedup,
+    /// JetStream: dedup by stream sequence.
+    stream_dedup: Option<StreamDedup>,
+    /// JetStream ack-all: the `$JS.ACK` subject of this batch's newest
+    /// delivery, and its consumer sequence.
+    ack_reply: Vec<u8>,
+    ack_reply_seq: u64,
+    /// Bytes for the server on `conn` (acks, PONGs): appended to the
+    /// sender's outbound when `conn` is the sender's, else written here
+    /// from `control_pos`.
+    control: BytesMut,
+    control_pos: usize,
+    /// relayhub: the session and its latest resume token.
+    user: u64,
+    token: [u8; 16],
+    /// Reconnects: when this receiver drops its connection next.
+    next_drop_ns: Option<u64>,
+    /// When it dropped it last (reconnect time).
+    dropped_at_ns: u64,
+}
+
+/// What a durable run needs besides the plain one.
+struct DurableState {
+    /// `None`: relayhub protocol v2; else JetStream with this ack policy.
+    jetstream: Option<JetStreamAck>,
+    /// Acknowledgements that complete one publication (JetStream: one
+    /// publish ack per receiver).
+    acks_per_publication: u32,
+    /// Mean ns between two drops of a reconnecting receiver.
+    reconnect_every_ns: f64,
+    rng: SplitMix64,
+    /// Earliest `next_drop_ns` of the receivers (`u64::MAX`: none).
+    next_drop_ns: u64,
+    /// Send to acknowledgement of measured publications, ns.
+    stored_latency: Histogram<u64>,
 }
 
 /// Everything but the sockets.
@@ -191,6 +260,8 @@ struct State {
     sending_over: bool,
     /// Deliveries still expected: sum of sent x fan-out - delivered.
     owed: u64,
+    /// `--durable` runs only.
+    durable: Option<DurableState>,
 }
 
 /// One executor's traffic: sockets, epoll, state.
@@ -234,7 +305,10 @@ impl Engine {
         };
         let mut conns = Vec::with_capacity(clients.len() * 2);
         let mut senders = Vec::with_capacity(clients.len());
+        let mut identities = Vec::with_capacity(clients.len());
+        let durable = config.durable.is_some();
         for (local, client) in clients.into_iter().enumerate() {
+            identities.push((client.address, client.token));
             let mut take = |stream: glommio::net::TcpStream, inbound, role| {
                 // A second descriptor for the socket; glommio's closes
                 // with its stream.
@@ -247,6 +321,8 @@ impl Engine {
                     role,
                     inbound,
                     open: true,
+                    phase: Phase::Ready,
+                    watching: false,
                 });
                 Ok::<usize, std::io::Error>(conns.len() - 1)
             };
@@ -262,15 +338,14 @@ impl Engine {
                 .iter()
                 .map(|&target| addresses[target])
                 .collect();
-            let encoding = templates(kind, echo, &receivers, body.len()).map_or(
-                Encoding::PerMessage,
-                |mut templates| {
+            let sender_index = (first + local) as u32;
+            let encoding = templates(kind, echo, durable, sender_index, &receivers, body.len())
+                .map_or(Encoding::PerMessage, |mut templates| {
                     if body.len() < LARGE_BODY_BYTES {
                         templates.iter_mut().for_each(|t| t.fill(body.bytes()));
                     }
                     Encoding::Templates(templates)
-                },
-            );
+                });
             let global = (first + local) as f64;
             senders.push(Sender {
                 sent: 0,
@@ -285,8 +360,71 @@ impl Engine {
                 dead: false,
                 // Phases spread evenly over one interval.
                 phase_ns: interval_ns * global / config.clients as f64,
+                unstored: Unstored::default(),
             });
         }
+        let subscriber_conns: Vec<usize> = conns
+            .iter()
+            .enumerate()
+            .filter(|(_, conn)| conn.role == Role::Subscriber)
+            .map(|(index, _)| index)
+            .collect();
+        let jetstream = config
+            .durable
+            .as_ref()
+            .filter(|_| kind == TargetKind::Nats)
+            .map(|durable| durable.jetstream.clone());
+        let mut receivers: Vec<Receiver> = receiver_lists
+            .into_iter()
+            .zip(subscriber_conns)
+            .zip(identities)
+            .map(|((checkers, conn), (user, token))| Receiver {
+                checkers,
+                conn,
+                seq_dedup: SeqDedup::default(),
+                // A copy comes back ack_wait after the delivery it repeats
+                // (more if the server is behind): remember 4 of those.
+                stream_dedup: jetstream
+                    .as_ref()
+                    .map(|js| StreamDedup::new((js.ack_wait.as_nanos() as u64).saturating_mul(4))),
+                ack_reply: Vec::new(),
+                ack_reply_seq: 0,
+                control: BytesMut::new(),
+                control_pos: 0,
+                user,
+                token,
+                next_drop_ns: None,
+                dropped_at_ns: 0,
+            })
+            .collect();
+        let durable_state = config.durable.as_ref().map(|durable| {
+            let mut rng =
+                SplitMix64::new(config.seed ^ 0x5eed_d0e5 ^ (first as u64).wrapping_mul(0x9e37));
+            let every_ns = durable.reconnect_every.as_nanos() as f64;
+            let mut next_drop_ns = u64::MAX;
+            if durable.reconnects() && !receivers.is_empty() {
+                let count = ((durable.reconnect_share * receivers.len() as f64).round() as usize)
+                    .clamp(1, receivers.len());
+                let mut order: Vec<usize> = (0..receivers.len()).collect();
+                rng.shuffle(&mut order);
+                for &chosen in &order[..count] {
+                    let at = drop_delay_ns(&mut rng, every_ns);
+                    receivers[chosen].next_drop_ns = Some(at);
+                    next_drop_ns = next_drop_ns.min(at);
+                }
+            }
+            DurableState {
+                jetstream: jetstream.as_ref().map(|js| js.ack),
+                acks_per_publication: match kind {
+                    TargetKind::Nats => topology.fanout() as u32,
+                    _ => 1,
+                },
+                reconnect_every_ns: every_ns,
+                rng,
+                next_drop_ns,
+                stored_latency: new_histogram(),
+            }
+        });
         Ok(Engine {
             epoll,
             conns,
@@ -304,16 +442,14 @@ impl Engine {
                 body_bytes: config.body_bytes,
                 interval_ns,
                 senders,
-                receivers: receiver_lists
-                    .into_iter()
-                    .map(|checkers| Receiver { checkers })
-                    .collect(),
+                receivers,
                 large: body.len() >= LARGE_BODY_BYTES,
                 body,
                 stats: LocalStats::new(),
                 queue: Vec::new(),
                 sending_over: false,
                 owed: 0,
+                durable: durable_state,
             },
         })
     }
@@ -339,6 +475,17 @@ impl Engine {
             if now >= self.state.end_ns {
                 self.state.sending_over = true;
             }
+            let next_drop_ns = match &self.state.durable {
+                Some(durable) if !self.state.sending_over => durable.next_drop_ns,
+                _ => u64::MAX,
+            };
+            if now >= next_drop_ns {
+                self.drop_due(now);
+            }
+            let next_drop_ns = match &self.state.durable {
+                Some(durable) if !self.state.sending_over => durable.next_drop_ns,
+                _ => u64::MAX,
+            };
             let mut next_send_ns = u64::MAX;
             match config.load {
                 Load::Closed { window } => {
@@ -369,7 +516,10 @@ impl Engine {
             } else {
                 self.state.end_ns
             };
-            let wake = next_flush_ns.min(phase_end).min(next_send_ns);
+            let wake = next_flush_ns
+                .min(phase_end)
+                .min(next_send_ns)
+                .min(next_drop_ns);
             let now = clock.now_ns();
             let timeout = if next_send_ns.saturating_sub(now) <= OPEN_LOOP_SPIN_NS {
                 Duration::ZERO
@@ -400,7 +550,7 @@ impl Engine {
         loop {
             let state = &mut self.state;
             let c = &mut self.conns[conn];
-            if !c.open {
+            if !c.open || c.phase == Phase::Connecting {
                 return;
             }
             let spare = c.inbound.spare();
@@ -432,14 +582,30 @@ impl Engine {
         }
     }
 
-    /// Handles every complete message buffered on `conn`.
+    /// Handles every complete message buffered on `conn`, then what the
+    /// batch leaves to say (a durable receiver's ack).
     fn decode(&mut self, conn: usize, now_ns: u64) {
         let c = &mut self.conns[conn];
         let (local, role) = (c.client, c.role);
+        let handshaking = c.phase == Phase::Handshake;
+        let mut welcome = None;
         loop {
             match c.inbound.next_event() {
+                Ok(Some(Event::WelcomeV2 {
+                    user,
+                    token,
+                    resumed,
+                    ..
+                })) if handshaking => {
+                    welcome = Some(Some((user, token, resumed)));
+                    break;
+                }
+                Ok(Some(Event::Pong)) if handshaking => {
+                    welcome = Some(None);
+                    break;
+                }
                 Ok(Some(event)) => self.state.on_event(local, role, event, now_ns),
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(error) => {
                     let client = self.state.first as usize + local;
                     self.state
@@ -449,6 +615,14 @@ impl Engine {
                 }
             }
         }
+        if let Some(welcome) = welcome {
+            if self.handshake_done(conn, welcome, now_ns) {
+                // What came after the welcome in the same read.
+                return self.decode(conn, now_ns);
+            }
+            return;
+        }
+        self.end_batch(conn);
     }
 
     fn close(&mut self, conn: usize) {
@@ -459,12 +633,248 @@ impl Engine {
         }
     }
 
-    /// The socket of `conn` has room again.
+    /// The socket of `conn` has room again (or its connect finished).
     fn on_writable(&mut self, conn: usize) {
-        let sender = self.conns[conn].client;
-        if self.state.senders[sender].conn == conn && self.flush(sender) {
-            self.state.enqueue(sender);
+        if self.conns[conn].phase == Phase::Connecting {
+            return self.finish_connect(conn);
         }
+        let sender = self.conns[conn].client;
+        if self.state.senders[sender].conn == conn {
+            if self.flush(sender) {
+                self.state.enqueue(sender);
+            }
+        } else {
+            self.flush_control(conn);
+        }
+    }
+
+    /// After a read batch: a durable receiver acks what it handed on (one
+    /// cumulative ack), and its control bytes go out.
+    fn end_batch(&mut self, conn: usize) {
+        let c = &self.conns[conn];
+        if c.role != Role::Subscriber || !c.open || c.phase == Phase::Connecting {
+            return;
+        }
+        let local = c.client;
+        let state = &mut self.state;
+        let Some(durable) = state.durable.as_mut() else {
+            return;
+        };
+        let receiver = &mut state.receivers[local];
+        match durable.jetstream {
+            None => {
+                if let Some(upto) = receiver.seq_dedup.ack_due() {
+                    relayhub::encode_ack(&mut receiver.control, upto);
+                    state.stats.result.durable.acks += 1;
+                }
+            }
+            Some(JetStreamAck::All) => {
+                if !receiver.ack_reply.is_empty() {
+                    nats::encode_ack(&mut receiver.control, &receiver.ack_reply);
+                    receiver.ack_reply.clear();
+                    state.stats.result.durable.acks += 1;
+                }
+            }
+            Some(JetStreamAck::Explicit) => {}
+        }
+        if receiver.control.len() > receiver.control_pos {
+            if state.senders[local].conn == conn {
+                state.enqueue(local);
+            } else {
+                self.flush_control(conn);
+            }
+        }
+    }
+
+    /// Writes a receiver's control bytes on its own connection (one that
+    /// is not its sender's), watching it for room if they do not fit.
+    fn flush_control(&mut self, conn: usize) {
+        let c = &mut self.conns[conn];
+        if !c.open || c.phase == Phase::Connecting {
+            return;
+        }
+        let receiver = &mut self.state.receivers[c.client];
+        let mut failed = None;
+        while receiver.control_pos < receiver.control.len() {
+            match poll::send(c.fd.as_raw_fd(), &receiver.control[receiver.control_pos..]) {
+                Ok(Io::Done(written)) => receiver.control_pos += written,
+                Ok(Io::WouldBlock) => break,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        let drained = receiver.control_pos == receiver.control.len();
+        if drained {
+            receiver.control.clear();
+            receiver.control_pos = 0;
+        }
+        if let Some(error) = failed {
+            let client = self.state.first as usize + c.client;
+            self.state
+                .stats
+                .error(|| format!("client {client}: write: {error}"));
+            return self.close(conn);
+        }
+        if drained == c.watching {
+            c.watching = !drained;
+            if let Err(error) = self.epoll.modify(c.fd.as_raw_fd(), conn as u64, !drained) {
+                self.state.stats.error(|| format!("epoll_ctl: {error}"));
+            }
+        }
+    }
+
+    /// Reconnects: drops the connection of every receiver whose time has
+    /// come, and starts its new one.
+    fn drop_due(&mut self, now: u64) {
+        let mut next = u64::MAX;
+        for local in 0..self.state.receivers.len() {
+            let Some(at) = self.state.receivers[local].next_drop_ns else {
+                continue;
+            };
+            let conn = self.state.receivers[local].conn;
+            if at <= now && self.conns[conn].open && self.conns[conn].phase == Phase::Ready {
+                self.drop_connection(local, now);
+            } else {
+                next = next.min(at);
+            }
+        }
+        if let Some(durable) = self.state.durable.as_mut() {
+            durable.next_drop_ns = next;
+        }
+    }
+
+    /// Closes receiver `local`'s connection and starts a non-blocking
+    /// connect of its next one. What the old one had not written is
+    /// forgotten: relays without `Stored` are sent again once resumed.
+    fn drop_connection(&mut self, local: usize, now: u64) {
+        let state = &mut self.state;
+        let conn = state.receivers[local].conn;
+        let c = &mut self.conns[conn];
+        let _ = self.epoll.delete(c.fd.as_raw_fd());
+        state.stats.result.durable.reconnects += 1;
+        let receiver = &mut state.receivers[local];
+        receiver.next_drop_ns = None;
+        receiver.dropped_at_ns = now;
+        receiver.control.clear();
+        receiver.control_pos = 0;
+        receiver.ack_reply.clear();
+        receiver.ack_reply_seq = 0;
+        let sender = &mut state.senders[local];
+        if sender.conn == conn {
+            sender.out.clear();
+            sender.blocked = false;
+            sender.pong_due = false;
+            sender.unstored.begin_resend(sender.sent);
+        }
+        c.inbound = Inbound::durable(state.kind);
+        c.watching = false;
+        let started = poll::connect_start(state.config.target.address).and_then(|fd| {
+            self.epoll.add(fd.as_raw_fd(), conn as u64, true)?;
+            Ok(fd)
+        });
+        match started {
+            Ok(fd) => {
+                // The old socket closes here.
+                c.fd = fd;
+                c.phase = Phase::Connecting;
+            }
+            Err(error) => {
+                c.open = false;
+                let client = state.first as usize + local;
+                state
+                    .stats
+                    .error(|| format!("client {client}: reconnect: {error}"));
+            }
+        }
+    }
+
+    /// A reconnect's connect finished: writes the handshake (relayhub:
+    /// the v2 preface and `Hello::resume`; NATS: `CONNECT`, `SUB`, `PING`).
+    fn finish_connect(&mut self, conn: usize) {
+        let state = &mut self.state;
+        let c = &mut self.conns[conn];
+        let local = c.client;
+        let receiver = &state.receivers[local];
+        let mut hello = BytesMut::with_capacity(128);
+        let outcome = poll::connect_result(c.fd.as_raw_fd()).and_then(|()| {
+            match state.kind {
+                TargetKind::Relayhub => {
+                    hello.extend_from_slice(&relayhub::CLIENT_PREFACE_V2);
+                    relayhub::encode_hello(&mut hello, 2, Some((receiver.user, receiver.token)))
+                        .map_err(std::io::Error::other)?;
+                }
+                _ => nats::encode_js_handshake(&mut hello, state.first + local as u32, true, false),
+            }
+            self.epoll.modify(c.fd.as_raw_fd(), conn as u64, false)?;
+            match poll::send(c.fd.as_raw_fd(), &hello)? {
+                Io::Done(written) if written == hello.len() => Ok(()),
+                _ => Err(std::io::Error::other(
+                    "the handshake did not fit the new socket",
+                )),
+            }
+        });
+        match outcome {
+            Ok(()) => c.phase = Phase::Handshake,
+            Err(error) => {
+                let client = state.first as usize + local;
+                state
+                    .stats
+                    .error(|| format!("client {client}: reconnect: {error}"));
+                self.close(conn);
+            }
+        }
+    }
+
+    /// A reconnect's handshake completed (`welcome`: relayhub's user, token
+    /// and resumed flag; `None` for NATS' `PONG`). Returns false if the
+    /// hub resumed something else (the connection is then closed).
+    fn handshake_done(
+        &mut self,
+        conn: usize,
+        welcome: Option<(u64, [u8; 16], bool)>,
+        now: u64,
+    ) -> bool {
+        let state = &mut self.state;
+        let local = self.conns[conn].client;
+        let receiver = &mut state.receivers[local];
+        if let Some((user, token, resumed)) = welcome {
+            if user != receiver.user || !resumed {
+                let (client, expected) = (state.first as usize + local, receiver.user);
+                state.stats.error(|| {
+                    format!(
+                        "client {client}: the resume of session {expected} gave session {user} (resumed: {resumed})"
+                    )
+                });
+                self.close(conn);
+                return false;
+            }
+            receiver.token = token;
+            // What the old connection handed on: its ack may have been lost.
+            if let Some(upto) = receiver.seq_dedup.reconnected() {
+                relayhub::encode_ack(&mut receiver.control, upto);
+                state.stats.result.durable.acks += 1;
+            }
+        }
+        self.conns[conn].phase = Phase::Ready;
+        let took = now.saturating_sub(receiver.dropped_at_ns);
+        let counts = &mut state.stats.result.durable;
+        counts.reconnect_ns_total += took;
+        counts.reconnect_ns_max = counts.reconnect_ns_max.max(took);
+        if let Some(durable) = state.durable.as_mut() {
+            let at = now + drop_delay_ns(&mut durable.rng, durable.reconnect_every_ns);
+            if at < state.end_ns {
+                receiver.next_drop_ns = Some(at);
+                durable.next_drop_ns = durable.next_drop_ns.min(at);
+            }
+        }
+        if state.senders[local].conn == conn {
+            state.enqueue(local);
+        } else {
+            self.flush_control(conn);
+        }
+        true
     }
 
     /// Writes `sender`'s pending bytes; true when all are written.
@@ -472,6 +882,10 @@ impl Engine {
         let state = &mut self.state;
         let s = &mut state.senders[sender];
         let conn = &self.conns[s.conn];
+        if conn.open && conn.phase != Phase::Ready {
+            // Reconnecting: written once it is ready.
+            return false;
+        }
         if !conn.open || s.dead {
             s.out.clear();
             return false;
@@ -505,10 +919,21 @@ impl Engine {
         loop {
             let state = &mut self.state;
             let s = &state.senders[sender];
-            if s.dead || s.blocked {
+            if s.dead || s.blocked || self.conns[s.conn].phase != Phase::Ready {
                 return;
             }
-            let outstanding = s.sent - s.delivered / state.fanout;
+            if let Err(error) = state.encode_resends(sender) {
+                let client = state.first as usize + sender;
+                state.stats.error(|| format!("client {client}: {error}"));
+                state.senders[sender].dead = true;
+                return;
+            }
+            let s = &state.senders[sender];
+            let outstanding = if state.durable.is_some() {
+                s.unstored.outstanding()
+            } else {
+                s.sent - s.delivered / state.fanout
+            };
             let mut allowed = if state.sending_over {
                 0
             } else {
@@ -532,7 +957,7 @@ impl Engine {
                     allowed -= 1;
                 }
             }
-            state.append_pong(sender);
+            state.append_control(sender);
             if self.state.senders[sender].out.is_empty() {
                 return;
             }
@@ -544,7 +969,8 @@ impl Engine {
 
     /// Open loop: writes a PONG or what was waiting for room.
     fn write_open(&mut self, sender: usize, now: u64) {
-        if self.state.senders[sender].blocked {
+        let s = &self.state.senders[sender];
+        if s.blocked || self.conns[s.conn].phase != Phase::Ready {
             return;
         }
         self.send_due(sender, now);
@@ -556,6 +982,12 @@ impl Engine {
         let state = &mut self.state;
         let mut encoded = 0;
         let actual = state.clock.expect("running").now_ns();
+        if let Err(error) = state.encode_resends(sender) {
+            let client = state.first as usize + sender;
+            state.stats.error(|| format!("client {client}: {error}"));
+            state.senders[sender].dead = true;
+            return;
+        }
         loop {
             let s = &state.senders[sender];
             if s.dead {
@@ -582,7 +1014,7 @@ impl Engine {
             }
             encoded += 1;
         }
-        state.append_pong(sender);
+        state.append_control(sender);
         if !self.state.senders[sender].out.is_empty() {
             self.flush(sender);
         }
@@ -594,8 +1026,8 @@ impl Engine {
         let mut next = u64::MAX;
         for sender in 0..self.state.senders.len() {
             let s = &self.state.senders[sender];
-            if s.dead || s.blocked {
-                // Woken by room on its socket.
+            if s.dead || s.blocked || self.conns[s.conn].phase != Phase::Ready {
+                // Woken by room on its socket, or by its reconnect.
                 continue;
             }
             let mut due = self.state.intended(sender, s.sent);
@@ -622,23 +1054,51 @@ impl Engine {
         if let Load::Open { .. } = state.config.load {
             result.send_lag = Some(std::mem::replace(&mut state.stats.lag, new_histogram()));
         }
+        let durable = state.durable.is_some();
         for receiver in &state.receivers {
             for (sender, checker) in &receiver.checkers {
-                let sent = state.senders[(*sender - state.first) as usize].sent;
-                result.counts.add(&checker.finish(sent));
+                let sender = &state.senders[(*sender - state.first) as usize];
+                result.counts.add(&if durable {
+                    // Only what the server acknowledged is owed.
+                    checker.finish_durable(sender.sent, sender.unstored.unacked())
+                } else {
+                    checker.finish(sender.sent)
+                });
             }
+            result.durable.seq_skipped += receiver.seq_dedup.skipped;
         }
         result.sent = state.senders.iter().map(|sender| sender.sent).sum();
+        if let Some(durable) = state.durable.as_mut() {
+            result.durable.unstored = state
+                .senders
+                .iter()
+                .map(|sender| sender.unstored.outstanding())
+                .sum();
+            result.stored_latency = Some(std::mem::replace(
+                &mut durable.stored_latency,
+                new_histogram(),
+            ));
+        }
         // The sockets close here.
         drop(self.conns);
         result
     }
 }
 
+/// Reconnects: the wait before a receiver's next drop, uniform in
+/// 0.5x..1.5x the mean.
+fn drop_delay_ns(rng: &mut SplitMix64, mean_ns: f64) -> u64 {
+    let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (mean_ns * (0.5 + unit)).max(1.0) as u64
+}
+
 /// The templates of one sender's publication, if the encoder fits them.
+/// `sender` is the sender's client index (JetStream's ack inbox).
 fn templates(
     kind: TargetKind,
     echo: bool,
+    durable: bool,
+    sender: u32,
     receivers: &[u64],
     body_len: usize,
 ) -> Option<Vec<Template>> {
@@ -646,6 +1106,18 @@ fn templates(
         Template::learn(body_len, encode).ok().flatten()
     };
     match kind {
+        TargetKind::Relayhub if durable => Some(vec![learn(&|request, body, out| {
+            relayhub::encode_relay_v2(out, request, receivers, body)
+        })?]),
+        TargetKind::Nats if durable => receivers
+            .iter()
+            .map(|&to| {
+                learn(&|_, body, out| {
+                    nats::encode_js_publish(out, to as u32, sender, body);
+                    Ok(())
+                })
+            })
+            .collect(),
         TargetKind::Relayhub | TargetKind::Sink if echo => {
             Some(vec![learn(&|request, body, out| {
                 relayhub::encode_echo(out, request, body)
@@ -689,25 +1161,59 @@ impl State {
         (self.senders[sender].phase_ns + self.interval_ns * k as f64) as u64
     }
 
-    /// Every sender has all its deliveries.
+    /// Every sender has all its deliveries (durable: and every publication
+    /// is acknowledged).
     fn all_delivered(&self) -> bool {
         self.owed == 0
-            && self
-                .senders
-                .iter()
-                .all(|sender| sender.delivered >= sender.sent * self.fanout)
+            && self.senders.iter().all(|sender| {
+                sender.delivered >= sender.sent * self.fanout
+                    && (self.durable.is_none() || sender.unstored.outstanding() == 0)
+            })
     }
 
-    /// Appends one publication from `sender` to its outbound buffer.
+    /// Appends one new publication from `sender` to its outbound buffer.
     fn encode_one(&mut self, sender: usize, send_ns: u64) -> Result<(), WireError> {
+        let sequence = self.senders[sender].sent;
+        self.encode_at(sender, sequence, send_ns)?;
+        let acks = self
+            .durable
+            .as_ref()
+            .map(|durable| durable.acks_per_publication);
         let s = &mut self.senders[sender];
-        let sequence = s.sent;
+        if let Some(acks) = acks {
+            s.unstored.push(sequence, send_ns, acks);
+        }
+        s.sent = sequence + 1;
+        self.owed += self.fanout;
+        Ok(())
+    }
+
+    /// Durable, after a reconnect: appends the publications the old
+    /// connection left unacknowledged, with their sequence numbers, send
+    /// times and `message_id`s (the hub answers a stored one with
+    /// `Stored{duplicate}`).
+    fn encode_resends(&mut self, sender: usize) -> Result<(), WireError> {
+        if self.durable.is_none() {
+            return Ok(());
+        }
+        while let Some((sequence, send_ns)) = self.senders[sender].unstored.next_resend() {
+            self.encode_at(sender, sequence, send_ns)?;
+            self.stats.result.durable.retried += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends publication `sequence` of `sender`, stamped `send_ns`.
+    fn encode_at(&mut self, sender: usize, sequence: u64, send_ns: u64) -> Result<(), WireError> {
+        let s = &mut self.senders[sender];
         let body = self.body.stamp(&Header {
             sender: self.first + sender as u32,
             sequence,
             send_ns,
         });
+        // relayhub v2: the request id is the message id too.
         let request = sequence + 1;
+        let durable = self.durable.is_some();
         match &s.encoding {
             Encoding::Templates(templates) if self.large => {
                 for template in templates {
@@ -725,8 +1231,17 @@ impl State {
                 (TargetKind::Relayhub | TargetKind::Sink, out) if self.echo => {
                     relayhub::encode_echo(out, request, body)?
                 }
+                (TargetKind::Relayhub, out) if durable => {
+                    relayhub::encode_relay_v2(out, request, &s.receivers, body)?
+                }
                 (TargetKind::Relayhub | TargetKind::Sink, out) => {
                     relayhub::encode_relay(out, request, &s.receivers, body)?
+                }
+                (TargetKind::Nats, out) if durable => {
+                    let from = self.first + sender as u32;
+                    s.receivers
+                        .iter()
+                        .for_each(|&to| nats::encode_js_publish(out, to as u32, from, body))
                 }
                 (TargetKind::Nats, out) => s
                     .receivers
@@ -738,15 +1253,117 @@ impl State {
                     .for_each(|&to| resp::encode_publish(out, to as u32, body)),
             },
         }
-        s.sent = sequence + 1;
-        self.owed += self.fanout;
         Ok(())
     }
 
-    fn append_pong(&mut self, sender: usize) {
+    /// Appends what `sender`'s connection owes the server besides
+    /// publications: a NATS `PONG`, and the control bytes (acks) of the
+    /// receiver on the same connection.
+    fn append_control(&mut self, sender: usize) {
         let s = &mut self.senders[sender];
         if std::mem::take(&mut s.pong_due) {
             s.out.buf().extend_from_slice(nats::PONG);
+        }
+        let receiver = &mut self.receivers[sender];
+        if receiver.conn == s.conn && receiver.control.len() > receiver.control_pos {
+            s.out
+                .buf()
+                .extend_from_slice(&receiver.control[receiver.control_pos..]);
+            receiver.control.clear();
+            receiver.control_pos = 0;
+        }
+    }
+
+    /// relayhub: relay `message_id` (publication `message_id - 1`) of
+    /// `local` is stored.
+    fn on_stored(&mut self, local: usize, message_id: u64, duplicate: bool, now_ns: u64) {
+        let Some(sequence) = message_id.checked_sub(1) else {
+            return self.stats.error(|| "a Stored without message id".into());
+        };
+        match self.senders[local].unstored.ack(sequence) {
+            Ok(Some(send_ns)) => self.on_acknowledged(local, send_ns, duplicate, now_ns),
+            Ok(None) => {}
+            Err(_) => {
+                let client = self.first as usize + local;
+                self.stats.error(|| {
+                    format!("client {client}: Stored for message {message_id}, not awaiting one")
+                })
+            }
+        }
+    }
+
+    /// One publication of `local`, sent at `send_ns`, is acknowledged.
+    fn on_acknowledged(&mut self, local: usize, send_ns: u64, duplicate: bool, now_ns: u64) {
+        let counts = &mut self.stats.result.durable;
+        counts.stored += 1;
+        counts.stored_duplicate += u64::from(duplicate);
+        if send_ns >= self.warmup_ns {
+            if let Some(durable) = self.durable.as_mut() {
+                durable
+                    .stored_latency
+                    .saturating_record(now_ns.saturating_sub(send_ns).max(1));
+            }
+        }
+        if let Load::Closed { .. } = self.config.load {
+            self.enqueue(local);
+        }
+    }
+
+    /// JetStream: a message on one of `local`'s subscriptions: a publish
+    /// ack (subject `ja.<local>`) or a delivery (its reply subject is
+    /// `$JS.ACK...`; a push consumer keeps the message's own subject).
+    fn on_message(&mut self, local: usize, subject: &[u8], reply: &[u8], body: &[u8], now_ns: u64) {
+        if subject.starts_with(nats::JS_ACK_INBOX_PREFIX) {
+            match nats::pub_ack(body) {
+                Ok(duplicate) => match self.senders[local].unstored.ack_oldest() {
+                    Ok(Some(send_ns)) => self.on_acknowledged(local, send_ns, duplicate, now_ns),
+                    Ok(None) => {}
+                    Err(_) => self
+                        .stats
+                        .error(|| "a publish ack with no publish awaiting one".into()),
+                },
+                Err(text) => {
+                    // Not stored: take it off the window, count the error.
+                    let _ = self.senders[local].unstored.ack_oldest();
+                    self.stats
+                        .error(|| format!("JetStream refused a publish: {text}"));
+                }
+            }
+            return;
+        }
+        if !reply.starts_with(nats::JS_ACK_PREFIX) {
+            return;
+        }
+        let Some(info) = nats::AckInfo::parse(reply) else {
+            let reply = String::from_utf8_lossy(reply).into_owned();
+            return self
+                .stats
+                .error(|| format!("a JetStream delivery whose reply is not $JS.ACK: {reply:?}"));
+        };
+        let ack = self.durable.as_ref().and_then(|durable| durable.jetstream);
+        let receiver = &mut self.receivers[local];
+        match ack {
+            Some(JetStreamAck::Explicit) => {
+                nats::encode_ack(&mut receiver.control, reply);
+                self.stats.result.durable.acks += 1;
+            }
+            Some(JetStreamAck::All) if info.consumer_seq >= receiver.ack_reply_seq => {
+                receiver.ack_reply.clear();
+                receiver.ack_reply.extend_from_slice(reply);
+                receiver.ack_reply_seq = info.consumer_seq;
+            }
+            _ => {}
+        }
+        if info.delivered > 1 {
+            self.stats.result.durable.redelivered += 1;
+        }
+        let dedup = match receiver.stream_dedup.as_mut() {
+            Some(dedup) => dedup.arrival(info.stream_seq, now_ns),
+            None => Dedup::New,
+        };
+        match dedup {
+            Dedup::New => self.on_delivery(local, body, now_ns),
+            Dedup::Duplicate => self.stats.result.durable.deduplicated += 1,
         }
     }
 
@@ -762,6 +1379,32 @@ impl State {
             Event::Published(count) if count < 1 => self
                 .stats
                 .error(|| format!("PUBLISH reached {count} subscribers (message went nowhere)")),
+            Event::DeliveryV2 { body, seq, flags } if role == Role::Subscriber => {
+                if flags & REDELIVERY != 0 {
+                    self.stats.result.durable.redelivered += 1;
+                }
+                match self.receivers[local].seq_dedup.arrival(seq) {
+                    Dedup::New => self.on_delivery(local, body, now_ns),
+                    Dedup::Duplicate => self.stats.result.durable.deduplicated += 1,
+                }
+            }
+            Event::Stored {
+                message_id,
+                duplicate,
+                ..
+            } => self.on_stored(local, message_id, duplicate, now_ns),
+            Event::Message {
+                subject,
+                reply,
+                body,
+            } => self.on_message(local, subject, reply, body, now_ns),
+            Event::Ping
+                if role == Role::Subscriber
+                    && self.receivers[local].conn != self.senders[local].conn =>
+            {
+                // A subscriber connection of its own answers for itself.
+                self.receivers[local].control.extend_from_slice(nats::PONG);
+            }
             Event::Ping => {
                 self.senders[local].pong_due = true;
                 self.enqueue(local);
@@ -775,12 +1418,19 @@ impl State {
                 request,
                 detail,
             } => {
-                let name = relayhub_protocol::ErrorCode::from_wire(code);
+                let name = relayhub_protocol::ErrorCodeV2::from_wire(code);
                 self.stats.error(|| {
                     format!("hub error {code} ({name:?}) request {request} detail {detail}")
                 })
             }
-            Event::Published(_) | Event::Pong | Event::Welcome { .. } | Event::Other => {}
+            Event::DeliveryV2 { .. } => self
+                .stats
+                .error(|| "a delivery on a publisher connection".into()),
+            Event::Published(_)
+            | Event::Pong
+            | Event::Welcome { .. }
+            | Event::WelcomeV2 { .. }
+            | Event::Other => {}
         }
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end runs of the loadgen against real servers on ephemeral
 //! loopback ports: the relayhub hub in-process, nats-server and
-//! redis-server as child processes. The tests that need those two are
+//! redis-server as child processes (nats-server with JetStream for the
+//! durable mode). The tests that need those two are
 //! `#[ignore]`d so that a plain `cargo test` passes without them; CI
 //! installs them and runs `cargo test -p relayhub-loadgen --test targets --
 //! --ignored`, where a missing binary fails the test
@@ -17,7 +18,12 @@ use relayhub_loadgen::summary::Summary;
 const SHORT: &str = "--duration 1s --warmup 200ms --drain 3s -q";
 
 fn loadgen(line: &str) -> Vec<Summary> {
-    let line = format!("relayhub-loadgen {SHORT} {line}");
+    loadgen_for(SHORT, line)
+}
+
+/// `loadgen` with its own timing flags instead of [`SHORT`].
+fn loadgen_for(timing: &str, line: &str) -> Vec<Summary> {
+    let line = format!("relayhub-loadgen {timing} {line}");
     let args = Args::try_parse_from(line.split_whitespace()).expect("valid flags");
     run(&args, line.clone()).unwrap_or_else(|error| panic!("{line}: {error}"))
 }
@@ -112,6 +118,43 @@ fn nats() -> (Peer, String) {
     )
 }
 
+/// nats-server with JetStream, its store in a fresh temporary directory
+/// (removed on drop, after the server).
+struct JetStream {
+    peer: Option<Peer>,
+    store: std::path::PathBuf,
+    url: String,
+}
+
+impl Drop for JetStream {
+    fn drop(&mut self) {
+        drop(self.peer.take());
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+fn jetstream() -> JetStream {
+    let port = free_port();
+    let store =
+        std::env::temp_dir().join(format!("relayhub-loadgen-js-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&store).unwrap();
+    let args = [
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-js",
+        "-sd",
+        &store.display().to_string(),
+    ]
+    .map(String::from);
+    JetStream {
+        peer: Some(start_peer("nats-server", &args, port)),
+        store,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
+}
+
 fn redis() -> (Peer, String) {
     let port = free_port();
     let args = [
@@ -154,6 +197,68 @@ fn relayhub_traffic_is_clean() {
     hub.shutdown();
 }
 
+/// A durable run is clean (above) and every publication was acknowledged
+/// by the server: nothing left unstored, one acknowledgement each.
+fn assert_durable_clean(summaries: &[Summary], reconnects: bool) {
+    assert_clean(summaries);
+    for summary in summaries {
+        let durable = summary.durable.as_ref().expect("a durable summary");
+        let counts = &durable.counts;
+        assert_eq!(counts.unstored, 0, "{}: {counts:?}", summary.target);
+        assert_eq!(
+            counts.stored, summary.sent,
+            "{}: {counts:?}",
+            summary.target
+        );
+        assert!(durable.stored_latency.count > 0, "{}", summary.target);
+        assert!(counts.acks > 0, "{}: {counts:?}", summary.target);
+        if reconnects {
+            assert!(counts.reconnects > 0, "{}: {counts:?}", summary.target);
+        }
+    }
+}
+
+/// relayhub protocol v2 on a two-shard hub: durable sessions, Stored,
+/// acks; then with a quarter of the receivers dropping their connection
+/// every ~300 ms and resuming (on either shard: the hub hands the socket
+/// to the session's owner), retrying unacknowledged relays, dropping
+/// redelivered copies by seq: still nothing lost, duplicated or reordered.
+#[test]
+fn relayhub_durable_is_clean_with_reconnects() {
+    let hub =
+        relayhub_server::Hub::start(relayhub_server::Config::for_tests(2)).expect("hub starts");
+    let url = format!("relayhub://{}", hub.local_addr());
+    let plain = loadgen(&format!("--target {url} --durable --clients 16 --window 8"));
+    assert!(plain[0].target.ends_with("-durable"), "{}", plain[0].target);
+    assert_durable_clean(&plain, false);
+    let reconnecting = loadgen_for(
+        "--duration 2s --warmup 200ms --drain 3s -q",
+        &format!(
+            "--target {url} --durable --clients 16 --window 8 \
+             --reconnect-share 0.25 --reconnect-every 300ms"
+        ),
+    );
+    assert_durable_clean(&reconnecting, true);
+    let counts = reconnecting[0].durable.as_ref().unwrap().counts;
+    // 4 receivers, ~300 ms apart, for 2.2 s.
+    assert!(counts.reconnects >= 8, "{counts:?}");
+    assert_durable_clean(
+        &loadgen(&format!(
+            "--target {url} --durable --clients 9 --scenario fanout --fanout 8 --window 4 \
+             --body-bytes 1024 --reconnect-share 0.3 --reconnect-every 250ms"
+        )),
+        true,
+    );
+    assert_durable_clean(
+        &loadgen(&format!(
+            "--target {url} --durable --clients 8 --rate 4000 --reconnect-share 0.5 \
+             --reconnect-every 200ms"
+        )),
+        true,
+    );
+    hub.shutdown();
+}
+
 #[test]
 #[ignore = "needs nats-server/redis-server on PATH; CI runs them with --ignored"]
 fn nats_and_redis_traffic_is_clean_and_compared() {
@@ -171,6 +276,66 @@ fn nats_and_redis_traffic_is_clean_and_compared() {
     assert_clean(&loadgen(&format!(
         "--target {nats_url} --target {redis_url} --clients 2 --window 1 --body-bytes 1048576"
     )));
+}
+
+/// The JetStream peer of the durable mode: memory and file streams, 1:1
+/// and fan-out, then with receivers reconnecting (explicit acks; the
+/// deliveries lost with a connection come back after ack_wait, so they
+/// may arrive out of order: JetStream's semantics, counted as reordered,
+/// never lost or duplicated).
+#[test]
+#[ignore = "needs nats-server on PATH; CI runs it with --ignored"]
+fn jetstream_durable_is_clean() {
+    let js = jetstream();
+    let url = &js.url;
+    let memory = loadgen(&format!("--target {url} --durable --clients 16 --window 8"));
+    assert!(
+        memory[0].target.ends_with("-jetstream"),
+        "{}",
+        memory[0].target
+    );
+    assert_durable_clean(&memory, false);
+    assert_durable_clean(
+        &loadgen(&format!(
+            "--target {url} --durable --jetstream-storage file --clients 9 \
+             --scenario fanout --fanout 8 --window 2 --body-bytes 1024"
+        )),
+        false,
+    );
+    let reconnecting = loadgen_for(
+        "--duration 1500ms --warmup 200ms --drain 3s -q",
+        &format!(
+            "--target {url} --durable --clients 8 --window 4 --reconnect-share 0.25 \
+             --reconnect-every 400ms --jetstream-ack-wait 500ms"
+        ),
+    );
+    let summary = &reconnecting[0];
+    let sequence = &summary.sequence;
+    assert_eq!(
+        (sequence.lost, sequence.duplicated, summary.errors),
+        (0, 0, 0),
+        "{sequence:?} {:?}",
+        summary.error_samples
+    );
+    assert_eq!(sequence.received, summary.sent);
+    let counts = summary.durable.as_ref().unwrap().counts;
+    assert!(counts.reconnects > 0, "{counts:?}");
+    assert_eq!(counts.unstored, 0, "{counts:?}");
+    // The stream is gone afterwards: a second run creates it again.
+    assert_durable_clean(
+        &loadgen(&format!("--target {url} --durable --clients 2 --window 1")),
+        false,
+    );
+}
+
+#[test]
+#[ignore = "needs nats-server on PATH; CI runs it with --ignored"]
+fn jetstream_needs_dash_js() {
+    let (_nats, url) = nats();
+    let line = format!("relayhub-loadgen {SHORT} --target {url} --durable --clients 2");
+    let args = Args::try_parse_from(line.split_whitespace()).unwrap();
+    let error = run(&args, line).unwrap_err().to_string();
+    assert!(error.contains("start it with -js"), "{error}");
 }
 
 #[test]

@@ -190,6 +190,49 @@ pub fn results(summaries: &[Summary]) -> String {
     }
 }
 
+/// The durability table of durable runs (empty if none was durable):
+/// publications the server acknowledged and how fast, what reconnects
+/// cost, what dedup dropped.
+pub fn durable(summaries: &[Summary]) -> String {
+    let header = [
+        "target",
+        "stored/s",
+        "stored p50",
+        "stored p99",
+        "unstored",
+        "retried (dup stored)",
+        "reconnects",
+        "reconnect mean/max",
+        "redelivered",
+        "dedup dropped",
+        "acks",
+    ];
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .filter_map(|s| {
+            let d = s.durable.as_ref()?;
+            let c = &d.counts;
+            Some(vec![
+                s.target.clone(),
+                format_count(d.stored_latency.count as f64 / s.duration_s.max(1e-9)),
+                format_us(d.stored_latency.p50_us),
+                format_us(d.stored_latency.p99_us),
+                c.unstored.to_string(),
+                format!("{} ({})", c.retried, c.stored_duplicate),
+                c.reconnects.to_string(),
+                format!("{:.2}ms / {:.2}ms", d.reconnect_ms_mean, d.reconnect_ms_max),
+                c.redelivered.to_string(),
+                c.deduplicated.to_string(),
+                c.acks.to_string(),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    markdown(&header, &rows)
+}
+
 /// The ratios table of a comparison.
 pub fn ratios(ratios: &[Ratio]) -> String {
     if ratios.is_empty() {

@@ -1,7 +1,7 @@
 //! The receive side of one connection, whatever the protocol: a buffer the
 //! socket reads into, and the events decoded from it.
 
-use relayhub_protocol::{ClientSide, Decoder, HubSide};
+use relayhub_protocol::{ClientSide, ClientSideV2, Decoder, HubSide};
 
 use super::{nats, relayhub, resp, sink, Decoded, Event, WireError, BODY_BYTES_MAX};
 use crate::target::TargetKind;
@@ -23,6 +23,8 @@ pub enum Inbound {
     },
     /// relayhub: the protocol crate's aligned, incremental decoder.
     Hub(Box<Decoder<ClientSide>>),
+    /// relayhub, durable runs: the same for a version-2 connection.
+    HubV2(Box<Decoder<ClientSideV2>>),
     /// The sink: client frames forwarded as they were sent (hub-side decoder).
     Sink(Box<Decoder<HubSide>>),
 }
@@ -44,10 +46,26 @@ impl Inbound {
         }
     }
 
+    /// The receive state for a durable run's connection to `kind`:
+    /// relayhub speaks version 2, NATS keeps subjects (JetStream).
+    pub fn durable(kind: TargetKind) -> Inbound {
+        match kind {
+            TargetKind::Relayhub => Inbound::HubV2(Box::new(relayhub::new_decoder_v2())),
+            TargetKind::Nats => Inbound::Text {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                decode: nats::decode_with_subjects,
+            },
+            other => Inbound::new(other),
+        }
+    }
+
     /// Room to read into (never empty).
     pub fn spare(&mut self) -> &mut [u8] {
         match self {
             Inbound::Hub(decoder) => decoder.spare(),
+            Inbound::HubV2(decoder) => decoder.spare(),
             Inbound::Sink(decoder) => decoder.spare(),
             Inbound::Text {
                 buf, start, end, ..
@@ -75,6 +93,7 @@ impl Inbound {
     pub fn commit(&mut self, len: usize) {
         match self {
             Inbound::Hub(decoder) => decoder.commit(len),
+            Inbound::HubV2(decoder) => decoder.commit(len),
             Inbound::Sink(decoder) => decoder.commit(len),
             Inbound::Text { buf, end, .. } => {
                 assert!(*end + len <= buf.len(), "commit past spare()");
@@ -98,6 +117,7 @@ impl Inbound {
     pub fn next_event(&mut self) -> Result<Option<Event<'_>>, WireError> {
         match self {
             Inbound::Hub(decoder) => relayhub::next_event(decoder),
+            Inbound::HubV2(decoder) => relayhub::next_event_v2(decoder),
             Inbound::Sink(decoder) => sink::next_event(decoder),
             Inbound::Text {
                 buf,

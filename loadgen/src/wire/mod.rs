@@ -42,6 +42,35 @@ pub enum Event<'a> {
         request: u64,
         detail: u64,
     },
+    /// relayhub v2: the answer to `Hello`: the session, its next resume
+    /// token, whether it was resumed and whether it is durable.
+    WelcomeV2 {
+        user: u64,
+        token: [u8; 16],
+        resumed: bool,
+        durable: bool,
+    },
+    /// relayhub v2: a delivery from the session's inbox, numbered `seq`;
+    /// `flags` holds `REDELIVERY` when an earlier connection got it too.
+    DeliveryV2 {
+        body: &'a [u8],
+        seq: u64,
+        flags: u32,
+    },
+    /// relayhub v2: the hub handled every receiver of relay `request`.
+    Stored {
+        request: u64,
+        message_id: u64,
+        duplicate: bool,
+    },
+    /// NATS, JetStream runs: a message with its subject and reply subject
+    /// (deliveries carry their `$JS.ACK` subject, publish acks their
+    /// reply inbox).
+    Message {
+        subject: &'a [u8],
+        reply: &'a [u8],
+        body: &'a [u8],
+    },
     /// Anything else (`+OK`, `INFO`, subscription confirmations, replies).
     Other,
 }

@@ -24,11 +24,12 @@ pub struct Template {
     prefix: Vec<u8>,
     /// Bytes after the body.
     suffix: Vec<u8>,
-    /// Offset of the little-endian `u64` request id in `suffix`, if the
-    /// message has one after the body.
-    request_in_suffix: Option<usize>,
-    /// Offset of the request id in `prefix`, if it is before the body.
-    request_in_prefix: Option<usize>,
+    /// Offsets of the little-endian `u64` request id in `suffix` (a
+    /// message may carry it more than once: a v2 relay's request and
+    /// message id are the same number).
+    request_in_suffix: Vec<usize>,
+    /// Offsets of the request id in `prefix`.
+    request_in_prefix: Vec<usize>,
     /// The body length this template is for.
     body_len: usize,
     /// The whole message with the run's body (see [`fill`](Self::fill)),
@@ -66,31 +67,38 @@ impl Template {
             return Ok(None);
         };
         let body_end = body_at + body_len;
-        // Outside the body, the only differences must be one request id.
+        // Outside the body, the only differences must be request ids:
+        // runs of 8 bytes holding the request, little-endian.
         let differing: Vec<usize> = (0..a.len())
             .filter(|&i| (i < body_at || i >= body_end) && a[i] != b[i])
             .collect();
-        let request_at = match differing.first() {
-            None => None,
-            Some(&first) => {
-                let fits = first + 8 <= a.len()
-                    && (first + 8 <= body_at || first >= body_end)
-                    && a[first..first + 8] == REQUEST_A.to_le_bytes()
-                    && b[first..first + 8] == REQUEST_B.to_le_bytes()
-                    && differing.iter().all(|&i| i < first + 8);
-                if !fits {
-                    return Ok(None);
-                }
-                Some(first)
+        let mut requests = Vec::new();
+        let mut rest = &differing[..];
+        while let Some(&first) = rest.first() {
+            let fits = first + 8 <= a.len()
+                && (first + 8 <= body_at || first >= body_end)
+                && a[first..first + 8] == REQUEST_A.to_le_bytes()
+                && b[first..first + 8] == REQUEST_B.to_le_bytes();
+            if !fits {
+                return Ok(None);
             }
-        };
+            requests.push(first);
+            let next = rest.partition_point(|&i| i < first + 8);
+            rest = &rest[next..];
+        }
         let template = Template {
             prefix: a[..body_at].to_vec(),
             suffix: a[body_end..].to_vec(),
-            request_in_prefix: request_at.filter(|&at| at < body_at),
-            request_in_suffix: request_at
-                .filter(|&at| at >= body_end)
-                .map(|at| at - body_end),
+            request_in_prefix: requests
+                .iter()
+                .copied()
+                .filter(|&at| at < body_at)
+                .collect(),
+            request_in_suffix: requests
+                .iter()
+                .filter(|&&at| at >= body_end)
+                .map(|at| at - body_end)
+                .collect(),
             body_len,
             whole: Vec::new(),
         };
@@ -114,10 +122,10 @@ impl Template {
         out.extend_from_slice(body);
         out.extend_from_slice(&self.suffix);
         let request = request.to_le_bytes();
-        if let Some(at) = self.request_in_prefix {
+        for &at in &self.request_in_prefix {
             out[start + at..start + at + 8].copy_from_slice(&request);
         }
-        if let Some(at) = self.request_in_suffix {
+        for &at in &self.request_in_suffix {
             let at = start + self.prefix.len() + self.body_len + at;
             out[at..at + 8].copy_from_slice(&request);
         }
@@ -143,10 +151,10 @@ impl Template {
         let body_at = self.prefix.len();
         message[body_at..body_at + head.len()].copy_from_slice(head);
         let request = request.to_le_bytes();
-        if let Some(at) = self.request_in_prefix {
+        for &at in &self.request_in_prefix {
             message[at..at + 8].copy_from_slice(&request);
         }
-        if let Some(at) = self.request_in_suffix {
+        for &at in &self.request_in_suffix {
             let at = body_at + self.body_len + at;
             message[at..at + 8].copy_from_slice(&request);
         }
@@ -160,7 +168,7 @@ impl Template {
         let start = out.len();
         out.extend_from_slice(&self.prefix);
         out.extend_from_slice(head);
-        if let Some(at) = self.request_in_prefix {
+        for &at in &self.request_in_prefix {
             out[start + at..start + at + 8].copy_from_slice(&request.to_le_bytes());
         }
     }
@@ -170,7 +178,7 @@ impl Template {
     pub fn write_suffix(&self, out: &mut BytesMut, request: u64) {
         let start = out.len();
         out.extend_from_slice(&self.suffix);
-        if let Some(at) = self.request_in_suffix {
+        for &at in &self.request_in_suffix {
             out[start + at..start + at + 8].copy_from_slice(&request.to_le_bytes());
         }
     }
@@ -224,7 +232,12 @@ mod tests {
                 let template = check(body_len, &|request, body, out| {
                     relayhub::encode_relay(out, request, receivers, body)
                 });
-                assert!(template.request_in_suffix.is_some());
+                assert_eq!(template.request_in_suffix.len(), 1);
+                // Version 2: request and message id, both the same number.
+                let template = check(body_len, &|request, body, out| {
+                    relayhub::encode_relay_v2(out, request, receivers, body)
+                });
+                assert_eq!(template.request_in_suffix.len(), 2);
             }
             check(body_len, &|request, body, out| {
                 relayhub::encode_echo(out, request, body)
@@ -243,7 +256,11 @@ mod tests {
                 template.prefix,
                 format!("PUB r.1234 {body_len}\r\n").as_bytes()
             );
-            assert_eq!(template.request_in_suffix, None);
+            assert!(template.request_in_suffix.is_empty());
+            check(body_len, &|_, body, out| {
+                nats::encode_js_publish(out, 1234, 77, body);
+                Ok(())
+            });
             check(body_len, &|_, body, out| {
                 resp::encode_publish(out, 7, body);
                 Ok(())

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The durable comparison: relayhub protocol v2 (durable sessions, Stored,
+# acks; in the hub's memory) against its own at-most-once rate and against
+# JetStream (memory stream by default), then the same with 20% of the
+# receivers dropping their connection every ~2 s. docs/loadgen.md
+# ("Durable mode") says exactly what each side does, acks and keeps.
+#
+# Servers pinned to SERVER_CORE (default 0), the loadgen to LOADGEN_CORE
+# (default 1), one at a time, as benches/compare.sh does. nats-server runs
+# with -js and its store directory in a fresh temporary directory (removed
+# on exit). Writes tables, .hgrm, JSON and SVG under OUT.
+#
+#   benches/durable.sh                      # 10 s per run
+#   DURATION=3s benches/durable.sh          # quicker
+#   FILE=1 benches/durable.sh               # also JetStream with a file stream
+#   FANOUT=1 benches/durable.sh             # also 1 KiB fan-out to 16
+#   DISK=1 benches/durable.sh               # also a hub on disk (--storage disk,
+#                                           # --fsync $FSYNC, default always) vs
+#                                           # JetStream's file stream
+#   RECONNECT_SHARE=0.2 RECONNECT_EVERY=2s  # the reconnect runs (default)
+#   PRIORITY=1 benches/durable.sh           # own session, autogroup nice -20 (root)
+#
+# Needs nats-server (apt-get install -y nats-server) and taskset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n ${PRIORITY:-} && -z ${DURABLE_SH_SESSION:-} ]]; then
+    export DURABLE_SH_SESSION=1
+    exec setsid -w "$0" "$@"
+fi
+if [[ -n ${PRIORITY:-} ]]; then
+    echo -20 >/proc/self/autogroup 2>/dev/null || echo "durable.sh: cannot raise the autogroup priority (needs root)" >&2
+fi
+
+OUT=${OUT:-docs/reports/durable}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+DRAIN=${DRAIN:-5s}
+SERVER_CORE=${SERVER_CORE:-0}
+LOADGEN_CORE=${LOADGEN_CORE:-1}
+HUB_PORT=${HUB_PORT:-18878}
+DISK_HUB_PORT=${DISK_HUB_PORT:-18879}
+NATS_PORT=${NATS_PORT:-15222}
+FSYNC=${FSYNC:-always}
+CLIENTS=${CLIENTS:-64}
+WINDOW=${WINDOW:-16}
+RECONNECT_SHARE=${RECONNECT_SHARE:-0.2}
+RECONNECT_EVERY=${RECONNECT_EVERY:-2s}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+LOADGEN=$TARGET_DIR/release/relayhub-loadgen
+HUB=$TARGET_DIR/release/relayhub
+
+if [[ -z ${NO_BUILD:-} ]]; then
+    cargo build --release -p relayhub-loadgen -p relayhub-server
+fi
+for program in nats-server taskset; do
+    command -v "$program" >/dev/null || { echo "durable.sh: $program not found (apt-get install -y nats-server)" >&2; exit 1; }
+done
+
+store=$(mktemp -d -t relayhub-durable-js.XXXXXX)
+data=$(mktemp -d -t relayhub-durable-hub.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$store" "$data"
+}
+trap cleanup EXIT INT TERM
+
+port_free() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        echo "durable.sh: port $1 is already in use: stop that server or set ${2}_PORT" >&2
+        exit 1
+    fi
+}
+port_free "$HUB_PORT" HUB
+port_free "$NATS_PORT" NATS
+[[ -n ${DISK:-} ]] && port_free "$DISK_HUB_PORT" DISK_HUB
+
+wait_port() {
+    for _ in $(seq 200); do
+        kill -0 "$2" 2>/dev/null || { echo "durable.sh: the server for port $1 exited (see $OUT/*.log)" >&2; exit 1; }
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "durable.sh: nothing listens on port $1" >&2
+    exit 1
+}
+
+mkdir -p "$OUT"
+taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$OUT/relayhub.log" 2>&1 &
+hub_pid=$!; pids+=($hub_pid)
+wait_port "$HUB_PORT" $hub_pid
+taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$store" >"$OUT/nats.log" 2>&1 &
+nats_pid=$!; pids+=($nats_pid)
+wait_port "$NATS_PORT" $nats_pid
+hub=(--target "relayhub://127.0.0.1:$HUB_PORT" --server-pid "$hub_pid")
+both=(--target "relayhub://127.0.0.1:$HUB_PORT" --target "nats://127.0.0.1:$NATS_PORT" --server-pid "$hub_pid" --server-pid "$nats_pid")
+
+summary=$OUT/summary.md
+{
+    echo "# Durable comparison ($(date -u +%Y-%m-%dT%H:%MZ))"
+    echo
+    echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), kernel $(uname -r)."
+    echo "Load average at start: $(cut -d" " -f1-3 /proc/loadavg)."
+    echo "Servers pinned to core $SERVER_CORE, loadgen to core $LOADGEN_CORE; $DURATION measured after $WARMUP warm-up, drain $DRAIN."
+    echo "relayhub: $(git log -1 --format='%h %s' -- server 2>/dev/null || echo unknown); $(nats-server --version 2>/dev/null) with -js, store in a temporary directory."
+    echo "relayhub durable = protocol v2 in the hub's memory (--storage memory); JetStream memory stream unless named -file (docs/loadgen.md, Durable mode)."
+    [[ -n ${DISK:-} ]] && echo "DISK=1: the disk hub runs --storage disk --fsync $FSYNC."
+    echo
+    echo '```'
+    ps -eo pcpu,comm --sort=-pcpu | head -6
+    echo '```'
+    echo
+} >"$summary"
+
+run() {
+    local name=$1
+    shift
+    local load
+    load=$(cut -d" " -f1-3 /proc/loadavg)
+    echo "== $name: $*" >&2
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" -q \
+        --json "$OUT/$name.json" --hgrm "$OUT/$name.hgrm" --svg "$OUT/$name.svg" --markdown "$OUT/$name.md" "$@" \
+        || echo "durable.sh: $name failed" >&2
+    { echo "## $name"; echo; echo "Load average before: $load."; echo; cat "$OUT/$name.md" 2>/dev/null; echo; echo "![$name]($name.svg)"; echo; } >>"$summary"
+}
+
+load=(--scenario relay --clients "$CLIENTS" --window "$WINDOW" --body-bytes 64)
+# The hub's own at-most-once rate on the same load (protocol v1).
+run at-most-once-64b "${hub[@]}" "${load[@]}"
+# Durable: relayhub v2 vs JetStream (memory stream).
+run durable-64b --compare "${both[@]}" "${load[@]}" --durable
+# The same with receivers dropping their connection and resuming.
+run durable-64b-reconnect --compare "${both[@]}" "${load[@]}" --durable \
+    --reconnect-share "$RECONNECT_SHARE" --reconnect-every "$RECONNECT_EVERY"
+if [[ -n ${FILE:-} ]]; then
+    run durable-64b-jetstream-file --target "nats://127.0.0.1:$NATS_PORT" --server-pid "$nats_pid" \
+        "${load[@]}" --durable --jetstream-storage file
+fi
+if [[ -n ${FANOUT:-} ]]; then
+    run durable-fanout16-1kib --compare "${both[@]}" --scenario fanout --fanout 16 --clients "$CLIENTS" \
+        --window 4 --body-bytes 1024 --durable
+fi
+if [[ -n ${DISK:-} ]]; then
+    # A second hub, idle until now like the others, on the same core.
+    taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$DISK_HUB_PORT" --shards 1 --pin false \
+        --storage disk --data-dir "$data" --fsync "$FSYNC" >"$OUT/relayhub-disk.log" 2>&1 &
+    disk_pid=$!; pids+=($disk_pid)
+    wait_port "$DISK_HUB_PORT" $disk_pid
+    run durable-64b-disk --compare --target "relayhub://127.0.0.1:$DISK_HUB_PORT" --target "nats://127.0.0.1:$NATS_PORT" \
+        --server-pid "$disk_pid" --server-pid "$nats_pid" "${load[@]}" --durable --jetstream-storage file
+fi
+echo "durable.sh: results in $summary" >&2
