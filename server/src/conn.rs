@@ -95,6 +95,9 @@ pub struct Connection<Io> {
     /// Why this connection's input is paused, with the frame that must wait
     /// kept in its decoder.
     pub(crate) paused_on: Option<Pause>,
+    /// The mesh target this connection was woken for (its turn): it routes
+    /// there while the outbox is within budget, even with others waiting.
+    pub(crate) mesh_turn: Option<usize>,
     /// List requests of this connection still gathering answers.
     pub(crate) lists_pending: u8,
     /// The last `read_buffer` handed out the decoder's own spare room (a
@@ -127,6 +130,7 @@ impl<Io> Connection<Io> {
             armed_ms: u64::MAX,
             paused_on: None,
             lists_pending: 0,
+            mesh_turn: None,
             reading_into_decoder: false,
             reading_stopped: false,
             contents: None,
@@ -147,6 +151,11 @@ impl<Io> Connection<Io> {
     /// The outbound queue (the driver writes from it).
     pub fn outbound(&self) -> &Outbound {
         &self.outbound
+    }
+
+    /// Bytes received and not yet handled (a kept frame, while paused).
+    pub(crate) fn decoder_buffered(&self) -> usize {
+        self.decoder.buffered_len()
     }
 
     /// Bytes the decoder holds now (for memory accounting and tests).

@@ -407,16 +407,27 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
         let mut reserve = Reserve::open();
         let mut warnings = RateLimited::default();
         loop {
+            // Descriptors are the process's: another shard may have taken
+            // the one our reserve gave back. Take one again when we can.
+            reserve.refill();
             match listener.accept().await {
                 Ok(stream) => start_connection(context, stream),
                 Err(error) if out_of_descriptors(&error) && reserve.release() => {
-                    // The reserve descriptor is free: take the waiting
-                    // client, tell it why, close it, re-arm the reserve.
-                    if let Ok(stream) = listener.accept().await {
-                        refuse(&stream, &shard::refusal_bytes(ErrorCodeV2::ServerFull, 0));
-                        context.stats.fd_refusals.incr();
+                    // The reserve descriptor is free: take the waiting client.
+                    let Ok(stream) = listener.accept().await else {
+                        continue;
+                    };
+                    if reserve.refill() {
+                        // Descriptors were free after all (connections
+                        // closed meanwhile): serve it.
+                        start_connection(context, stream);
+                        continue;
                     }
-                    reserve = Reserve::open();
+                    // Really at the limit: tell it why and close it; the
+                    // next turn takes the reserve back.
+                    refuse(&stream, &shard::refusal_bytes(ErrorCodeV2::ServerFull, 0));
+                    context.stats.fd_refusals.incr();
+                    drop(stream);
                     warnings.warn("out of file descriptors: refusing clients with ServerFull");
                 }
                 Err(error) => {
@@ -454,6 +465,15 @@ impl Reserve {
     /// Frees the reserve; false when there was none to free.
     fn release(&mut self) -> bool {
         self.0.take().is_some()
+    }
+
+    /// Takes the reserve descriptor if it is not held; true when it is
+    /// held now. (Opening `/dev/null` does not block.)
+    fn refill(&mut self) -> bool {
+        if self.0.is_none() {
+            self.0 = std::fs::File::open("/dev/null").ok();
+        }
+        self.0.is_some()
     }
 }
 
@@ -731,6 +751,10 @@ async fn read_loop(context: &Context, stream: &RefCell<TcpStream>, id: ConnId) {
         if !matches!(read, Read::Bytes(_)) {
             return;
         }
+        // A read of a busy socket completes at once: without a yield, one
+        // connection would keep its shard (its own writer, the mesh, the
+        // timers, every other client) waiting.
+        futures_lite::future::yield_now().await;
     }
 }
 

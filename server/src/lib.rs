@@ -55,6 +55,11 @@ pub use stats::StatsSnapshot;
 use driver::{MeshEnds, Shared};
 use stats::ShardStats;
 
+/// How long a shard runs tasks before it polls io_uring again while tasks
+/// stay runnable (glommio's default is 100 ms, which lets a busy shard
+/// leave completions and cross-shard wake-ups waiting that long).
+pub const PREEMPT_TIMER: Duration = Duration::from_millis(2);
+
 /// How long start-up waits for every shard to report ready (recovery of a
 /// large log included).
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -112,6 +117,7 @@ impl Hub {
                 .name(&format!("relayhub-shard-{index}"))
                 .io_memory(startup::IO_MEMORY_BYTES)
                 .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+                .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
                     let start = driver::ShardStart {
                         index,

@@ -488,8 +488,13 @@ fn memory_stays_bounded_under_a_flood_of_large_relays_and_bystanders_are_served(
     for &(from, known, _, first) in &first_errors {
         if !known {
             let first = first.expect("an error for every unknown id");
+            // Senders towards a shard take turns (FIFO): a flooder's first
+            // relay waits behind at most one 1 MiB relay of every other
+            // flooder, 20 MiB through a 4 MiB pipeline in a debug build on
+            // a shared machine (measured 1.3-1.7 s; unfair scheduling used
+            // to make it 0.8-6.8 s).
             assert!(
-                first <= Duration::from_secs(1),
+                first <= Duration::from_secs(3),
                 "flooder {from}: its first UnknownReceiver came {first:?} after the flood began"
             );
         }
@@ -514,12 +519,10 @@ fn memory_stays_bounded_under_a_flood_of_large_relays_and_bystanders_are_served(
             *closing.entry("SlowConsumer".to_string()).or_insert(0usize) += 1;
             continue;
         }
-        let code = loop {
-            match receiver.recv_timeout(EVENT_TIMEOUT) {
-                Err(ClientError::Hub(error)) => break error.code,
-                Ok(Some(Event::Deliver { .. })) => panic!("a delivery nobody accounted for"),
-                other => panic!("receiver {}: {other:?}", receiver.user_id()),
-            }
+        let code = match receiver.recv_timeout(EVENT_TIMEOUT) {
+            Err(ClientError::Hub(error)) => error.code,
+            Ok(Some(Event::Deliver { .. })) => panic!("a delivery nobody accounted for"),
+            other => panic!("receiver {}: {other:?}", receiver.user_id()),
         };
         *closing.entry(format!("{code:?}")).or_insert(0usize) += 1;
     }
@@ -677,7 +680,8 @@ fn the_default_outbound_limit_carries_fan_in_of_large_relays() {
 #[test]
 fn flags_out_of_bounds_are_refused_naming_the_flag() {
     let _shared = shared();
-    let cases: [(&str, fn(&mut Config)); 3] = [
+    type Tweak = fn(&mut Config);
+    let cases: [(&str, Tweak); 3] = [
         ("--mesh-ring-slots", |c| c.mesh_ring_slots = 100_000),
         ("--outbound-bytes-max", |c| c.outbound_bytes_max = 1000),
         ("--mesh-bytes-max", |c| c.mesh_bytes_max = 10),

@@ -258,12 +258,10 @@ fn the_idle_timeout_fires_on_time_and_not_before() {
             "closed before echo {round} ({late:?} late): {echoed:?}"
         );
     }
-    let closed = loop {
-        match client.recv_timeout(Duration::from_secs(5)) {
-            Err(ClientError::Hub(error)) => break (error.code, error.detail, Instant::now()),
-            Ok(Some(event)) => panic!("unexpected {event:?}"),
-            other => panic!("expected IdleTimeout, got {other:?}"),
-        }
+    let closed = match client.recv_timeout(Duration::from_secs(5)) {
+        Err(ClientError::Hub(error)) => (error.code, error.detail, Instant::now()),
+        Ok(Some(event)) => panic!("unexpected {event:?}"),
+        other => panic!("expected IdleTimeout, got {other:?}"),
     };
     let after_last = closed.2 - last_sent;
     eprintln!("IdleTimeout {after_last:?} after the last echo (every {EVERY:?} before)");

@@ -257,7 +257,7 @@ impl<Io> Shard<Io> {
                 })
             }),
             ClientFrameV2::List(list) => {
-                if let Some(target) = self.any_congested() {
+                if let Some(target) = self.any_congested(id) {
                     self.pause(id, target);
                     return Handled::Paused;
                 }

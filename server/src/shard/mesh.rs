@@ -201,7 +201,7 @@ pub(super) struct MeshState {
     /// The forwarder towards each shard waits for messages.
     forwarder_parked: Vec<bool>,
     /// Connections paused on each outbox.
-    paused: Vec<Vec<ConnId>>,
+    paused: Vec<std::collections::VecDeque<ConnId>>,
 }
 
 impl MeshState {
@@ -210,13 +210,15 @@ impl MeshState {
             outboxes: (0..shards).map(|_| Default::default()).collect(),
             outbox_bytes: vec![0; shards],
             forwarder_parked: vec![false; shards],
-            paused: (0..shards).map(|_| Vec::new()).collect(),
+            paused: (0..shards).map(|_| Default::default()).collect(),
         }
     }
 
     /// Forgets every paused reader (shutdown: nobody reads any more).
     pub(super) fn clear_paused(&mut self) {
-        self.paused.iter_mut().for_each(Vec::clear);
+        self.paused
+            .iter_mut()
+            .for_each(std::collections::VecDeque::clear);
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -236,16 +238,28 @@ impl<Io> Shard<Io> {
         }
     }
 
-    /// A remote shard among `receivers`' owners whose outbox is over budget.
+    /// A remote shard among `receivers`' owners that `id` must wait for:
+    /// its outbox is over budget, or others already wait for it (then `id`
+    /// queues behind them, unless it was woken for its turn).
     pub(super) fn congested_target(
         &self,
+        id: ConnId,
         receivers: &[relayhub_protocol::ArchivedUserId],
     ) -> Option<usize> {
-        let budget = self.limits.mesh_bytes_max;
         receivers
             .iter()
             .map(|receiver| owner(receiver.to_native(), self.shards))
-            .find(|&target| target != self.index && self.mesh.outbox_bytes[target] > budget)
+            .find(|&target| target != self.index && self.must_wait(id, target))
+    }
+
+    fn must_wait(&self, id: ConnId, target: usize) -> bool {
+        if self.mesh.outbox_bytes[target] > self.limits.mesh_bytes_max {
+            return true;
+        }
+        let has_turn = self
+            .conn(id)
+            .is_some_and(|conn| conn.mesh_turn == Some(target));
+        !self.mesh.paused[target].is_empty() && !has_turn
     }
 
     /// Pauses `id`'s input until the outbox towards `target` drains.
@@ -255,16 +269,15 @@ impl<Io> Shard<Io> {
         };
         if conn.paused_on.is_none() {
             conn.paused_on = Some(Pause::Mesh(target));
-            self.mesh.paused[target].push(id);
+            conn.mesh_turn = None;
+            self.mesh.paused[target].push_back(id);
             self.stats.backpressure_waits.incr();
         }
     }
 
     /// A remote outbox over budget (a List reaches every shard).
-    pub(super) fn any_congested(&self) -> Option<usize> {
-        let budget = self.limits.mesh_bytes_max;
-        (0..self.shards)
-            .find(|&target| target != self.index && self.mesh.outbox_bytes[target] > budget)
+    pub(super) fn any_congested(&self, id: ConnId) -> Option<usize> {
+        (0..self.shards).find(|&target| target != self.index && self.must_wait(id, target))
     }
 
     /// Lets a paused connection go on: its reader is woken.
@@ -300,15 +313,32 @@ impl<Io> Shard<Io> {
         self.mesh.outbox_bytes[target]
     }
 
+    /// Wakes connections waiting for the outbox towards `target`, first
+    /// come first served, as many as their kept frames fit the budget (at
+    /// least one when the outbox is empty). Each gets a turn: it routes
+    /// until the outbox is over budget again, then queues at the back.
     fn resume(&mut self, target: usize) {
-        let paused = std::mem::take(&mut self.mesh.paused[target]);
-        for id in paused {
-            if self
-                .conn(id)
-                .is_some_and(|conn| conn.paused_on == Some(Pause::Mesh(target)))
-            {
-                self.unpause(id);
+        let budget = self.limits.mesh_bytes_max;
+        let mut projected = self.mesh.outbox_bytes[target];
+        while let Some(&id) = self.mesh.paused[target].front() {
+            let Some(conn) = self.conn(id) else {
+                self.mesh.paused[target].pop_front();
+                continue;
+            };
+            if conn.paused_on != Some(Pause::Mesh(target)) {
+                self.mesh.paused[target].pop_front();
+                continue;
             }
+            let frame = conn.decoder_buffered();
+            if projected > 0 && projected + frame > budget {
+                break;
+            }
+            projected += frame;
+            self.mesh.paused[target].pop_front();
+            if let Some(conn) = self.conn_mut(id) {
+                conn.mesh_turn = Some(target);
+            }
+            self.unpause(id);
         }
     }
 

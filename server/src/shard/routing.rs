@@ -133,7 +133,7 @@ impl<Io> Shard<Io> {
             receivers.len() <= RECEIVERS_MAX,
             "the decoder checks receivers"
         );
-        if let Some(target) = self.congested_target(receivers) {
+        if let Some(target) = self.congested_target(id, receivers) {
             self.pause(id, target);
             return Handled::Paused;
         }
