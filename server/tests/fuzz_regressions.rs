@@ -28,7 +28,6 @@ fn events(shard: &mut Shard<()>) -> Vec<Event> {
 /// period, and the driver, `SHUTDOWN_ABORT_MARGIN_MS` later, drops it
 /// without the `ShuttingDown` docs/protocol.md promises.
 #[test]
-#[ignore = "core bug, not fixed yet: handle_shutdown raises no TimerChanged (docs/fuzzing.md, bug 5)"]
 fn the_end_of_the_grace_period_wakes_the_timer() {
     let config = Config::for_tests(2);
     let mut shard: Shard<()> = Shard::new(0, 2, Limits::from_config(&config, 2), Arc::default());
@@ -65,7 +64,6 @@ fn the_end_of_the_grace_period_wakes_the_timer() {
 /// the connection; a connection that was not paused gets its
 /// `IdleTimeout` during the same shutdown.
 #[test]
-#[ignore = "core bug, not fixed yet: handle_shutdown unpauses without re-arming (docs/fuzzing.md, bug 6)"]
 fn a_reader_paused_at_shutdown_keeps_its_deadline_in_the_heap() {
     let mut config = Config::for_tests(2);
     config.mesh_bytes_max = MESH_BYTES_MIN;

@@ -51,6 +51,11 @@ use crate::{
 /// partly received). 64 KiB per shard.
 pub const SHARD_READ_BYTES: usize = 64 << 10;
 
+/// How long a connection closed at the very end of the shutdown grace
+/// period gets to write what is queued and its `ShuttingDown` (the driver
+/// waits 1 s past the grace period for the last connections to end).
+pub const GRACE_END_FLUSH_MS: u64 = 250;
+
 /// The limits one shard enforces, from the hub's [`Config`].
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -548,6 +553,11 @@ impl<Io> Shard<Io> {
         conn.state = ConnState::Closing;
         conn.paused_on = None;
         conn.flush_deadline_ms = match shutdown_deadline {
+            // Closed at the end of the grace period: a short last chance
+            // to write its ShuttingDown.
+            Some(deadline) if now_ms >= deadline => {
+                now_ms.saturating_add(flush_ms.min(GRACE_END_FLUSH_MS))
+            }
             Some(deadline) => deadline.min(now_ms.saturating_add(flush_ms)),
             None => now_ms.saturating_add(flush_ms),
         };

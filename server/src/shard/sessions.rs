@@ -673,7 +673,7 @@ impl<Io> Shard<Io> {
     fn arm_sweep(&mut self, now_ms: u64) {
         if self.sessions.next_sweep_ms.is_none() && !self.sessions.map.is_empty() {
             self.sessions.next_sweep_ms = Some(now_ms + SESSION_SWEEP_MS);
-            self.events.push_back(Event::TimerChanged);
+            self.deadline_added(now_ms + SESSION_SWEEP_MS);
         }
     }
 

@@ -54,8 +54,12 @@ impl<Io> Shard<Io> {
             if let Some(conn) = self.conn_mut(id) {
                 conn.paused_on = None;
             }
+            // A paused connection had no deadline: it has one again.
+            self.rearm(id);
         }
         self.mesh.clear_paused();
+        // The timer may sleep past the end of the grace period.
+        self.deadline_added(deadline_ms);
         let (index, shards) = (self.index, self.shards);
         for target in (0..shards).filter(|&target| target != index) {
             self.send_mesh(now_ms, target, MeshMessage::Drain { round: 1 });

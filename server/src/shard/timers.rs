@@ -80,6 +80,13 @@ impl<Io> Shard<Io> {
         }
         conn.armed_ms = deadline;
         self.timers.heap.push(Reverse((deadline, id)));
+        self.deadline_added(deadline);
+    }
+
+    /// A deadline of the shard's (a connection's, the grace period's end,
+    /// the session sweep) is now `deadline`: tell the driver if it sleeps
+    /// past it.
+    pub(super) fn deadline_added(&mut self, deadline: u64) {
         if self
             .timers
             .driver_deadline_ms
