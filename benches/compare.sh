@@ -95,7 +95,7 @@ mkdir -p "$OUT"
 targets=()
 server_pids=()
 if [[ -z ${SKIP_RELAYHUB:-} && -x $HUB ]]; then
-    taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$OUT/relayhub.log" 2>&1 &
+    taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false --storage memory >"$OUT/relayhub.log" 2>&1 &
     pids+=($!); server_pids+=(--server-pid $!); targets+=(--target "relayhub://127.0.0.1:$HUB_PORT")
     wait_port "$HUB_PORT" $!
 elif [[ -z ${SKIP_RELAYHUB:-} ]]; then

@@ -63,7 +63,7 @@ done
 
 mkdir -p "$OUT"
 work=$(mktemp -d)
-taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$work/hub.log" 2>&1 &
+taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false --storage memory >"$work/hub.log" 2>&1 &
 pids+=($!); hub_pid=$!
 wait_port "$HUB_PORT" "$hub_pid"
 taskset -c "$SERVER_CORE" "$LOADGEN" --sink-listen "127.0.0.1:$SINK_PORT" >"$work/sink.log" 2>&1 &

@@ -262,7 +262,7 @@ pub struct Config {
 
     /// Where durable sessions and inboxes live: `disk` (a log per shard
     /// under --data-dir) or `memory`.
-    #[arg(long, env = "RELAYHUB_STORAGE", value_enum, default_value_t = Storage::Memory)]
+    #[arg(long, env = "RELAYHUB_STORAGE", value_enum, default_value_t = Storage::Disk)]
     pub storage: Storage,
 
     /// Directory of the logs (created on first start).

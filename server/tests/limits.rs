@@ -501,10 +501,11 @@ fn memory_stays_bounded_under_a_flood_of_large_relays_and_bystanders_are_served(
     }
 
     // A fair shard makes a bystander wait for at most one large request of
-    // each flooder per request of its own: allow 200 ms plus twice that.
+    // each flooder per request of its own: allow 300 ms plus twice that
+    // (a shared 2-core machine adds its own scheduling noise).
     for (shard, what, requests, p99) in latencies {
         let allowed =
-            Duration::from_millis(200) + large_request * (2 * requests * FLOODERS_PER_SHARD) as u32;
+            Duration::from_millis(300) + large_request * (2 * requests * FLOODERS_PER_SHARD) as u32;
         assert!(
             p99 <= allowed,
             "shard {shard}: bystander {what} p99 {p99:?} during the flood (allowed {allowed:?})"
@@ -720,6 +721,7 @@ fn the_binary_refuses_a_ring_too_large_in_one_line() {
             "100000",
         ])
         .env("RELAYHUB_LOG", "info")
+        .env("RELAYHUB_STORAGE", "memory")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -805,8 +807,10 @@ fn a_pipelining_client_does_not_stall_its_shard() {
         summary(&mut times)
     );
     let p99 = percentile(&mut times, 99);
+    // Measured 4-9 ms here (p99); 500 ms leaves room for a loaded machine
+    // and still fails the stall this guards against (2.0-2.3 s).
     assert!(
-        p99 < Duration::from_millis(200),
+        p99 < Duration::from_millis(500),
         "bystander echo p99 {p99:?} next to a pipelining client"
     );
     assert_eq!(

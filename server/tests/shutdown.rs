@@ -68,6 +68,7 @@ fn the_binary_exits_zero_on_sigterm_after_delivering() {
     let hub = Command::new(env!("CARGO_BIN_EXE_relayhub"))
         .args(["--listen", "127.0.0.1:0", "--shards", "2", "--pin", "false"])
         .env("RELAYHUB_LOG", "info")
+        .env("RELAYHUB_STORAGE", "memory")
         .stderr(Stdio::piped())
         .spawn()
         .expect("relayhub starts");

@@ -150,6 +150,7 @@ impl HubProcess {
             .args(["--listen", "127.0.0.1:0", "--pin", "false"])
             .args(args)
             .env("RELAYHUB_LOG", "info")
+            .env("RELAYHUB_STORAGE", "memory")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
