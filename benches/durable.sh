@@ -14,6 +14,8 @@
 #   DURATION=3s benches/durable.sh          # quicker
 #   FILE=1 benches/durable.sh               # also JetStream with a file stream
 #   FANOUT=1 benches/durable.sh             # also 1 KiB fan-out to 16
+#   REDIS=1 benches/durable.sh              # also Redis Streams (memory only) in the
+#                                           # durable runs
 #   DISK=1 benches/durable.sh               # also a hub on disk (--storage disk,
 #                                           # --fsync $FSYNC, default always) vs
 #                                           # JetStream's file stream
@@ -41,6 +43,7 @@ LOADGEN_CORE=${LOADGEN_CORE:-1}
 HUB_PORT=${HUB_PORT:-18878}
 DISK_HUB_PORT=${DISK_HUB_PORT:-18879}
 NATS_PORT=${NATS_PORT:-15222}
+REDIS_PORT=${REDIS_PORT:-16380}
 FSYNC=${FSYNC:-always}
 CLIENTS=${CLIENTS:-64}
 WINDOW=${WINDOW:-16}
@@ -53,7 +56,9 @@ HUB=$TARGET_DIR/release/relayhub
 if [[ -z ${NO_BUILD:-} ]]; then
     cargo build --release -p relayhub-loadgen -p relayhub-server
 fi
-for program in nats-server taskset; do
+programs=(nats-server taskset)
+[[ -n ${REDIS:-} ]] && programs+=(redis-server)
+for program in "${programs[@]}"; do
     command -v "$program" >/dev/null || { echo "durable.sh: $program not found (apt-get install -y nats-server)" >&2; exit 1; }
 done
 
@@ -76,6 +81,7 @@ port_free() {
 port_free "$HUB_PORT" HUB
 port_free "$NATS_PORT" NATS
 [[ -n ${DISK:-} ]] && port_free "$DISK_HUB_PORT" DISK_HUB
+[[ -n ${REDIS:-} ]] && port_free "$REDIS_PORT" REDIS
 
 wait_port() {
     for _ in $(seq 200); do
@@ -96,6 +102,12 @@ nats_pid=$!; pids+=($nats_pid)
 wait_port "$NATS_PORT" $nats_pid
 hub=(--target "relayhub://127.0.0.1:$HUB_PORT" --server-pid "$hub_pid")
 both=(--target "relayhub://127.0.0.1:$HUB_PORT" --target "nats://127.0.0.1:$NATS_PORT" --server-pid "$hub_pid" --server-pid "$nats_pid")
+if [[ -n ${REDIS:-} ]]; then
+    taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
+    redis_pid=$!; pids+=($redis_pid)
+    wait_port "$REDIS_PORT" $redis_pid
+    both+=(--target "redis://127.0.0.1:$REDIS_PORT" --server-pid "$redis_pid")
+fi
 
 summary=$OUT/summary.md
 {

@@ -132,11 +132,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, requires = "sink_listen")]
     pub sink_for: Option<Duration>,
 
-    /// Durable delivery (relay and fanout; relayhub and nats targets):
-    /// relayhub speaks protocol version 2 (durable sessions, Stored,
-    /// cumulative acks), NATS uses JetStream (a stream, one durable
-    /// consumer per receiver, publish acks). The closed-loop window counts
-    /// publications not yet acknowledged by the server.
+    /// Durable delivery (relay and fanout): relayhub speaks protocol
+    /// version 2 (durable sessions, Stored, cumulative acks), NATS uses
+    /// JetStream (a stream, one durable consumer per receiver, publish
+    /// acks), Redis uses Streams (XADD, XREADGROUP, XACK). The closed-loop
+    /// window counts publications not yet acknowledged by the server.
     #[arg(long)]
     pub durable: bool,
 
@@ -261,10 +261,10 @@ impl Args {
             }
             if let Some(target) = targets
                 .iter()
-                .find(|target| !matches!(target.kind, TargetKind::Relayhub | TargetKind::Nats))
+                .find(|target| target.kind == TargetKind::Sink)
             {
                 return bad(format!(
-                    "--durable drives relayhub:// and nats:// (JetStream) targets, not {}",
+                    "--durable drives relayhub://, nats:// (JetStream) and redis:// (Streams) targets, not {}",
                     target.url
                 ));
             }
@@ -426,6 +426,9 @@ pub fn describe(config: &RunConfig) -> String {
                     durable.jetstream.ack_wait,
                     durable.jetstream.max_ack_pending
                 ),
+                TargetKind::Redis => {
+                    ", durable: Redis Streams, a consumer group per receiver".to_string()
+                }
                 _ => ", durable: protocol v2 sessions".to_string(),
             };
             if durable.reconnects() {
@@ -556,9 +559,12 @@ mod tests {
         let parse = |line: &str| Args::try_parse_from(line.split_whitespace()).unwrap();
         assert!(Args::try_parse_from(["lg", "--reconnect-share", "0.2"]).is_err());
         assert!(parse("lg --durable --scenario echo").configs().is_err());
-        assert!(parse("lg --durable --target redis://127.0.0.1:1")
+        assert!(parse("lg --durable --target sink://127.0.0.1:1")
             .configs()
             .is_err());
+        assert!(parse("lg --durable --target redis://127.0.0.1:1")
+            .configs()
+            .is_ok());
         assert!(parse("lg --durable --reconnect-share 1.5")
             .configs()
             .is_err());

@@ -110,6 +110,8 @@ async fn connect_inner(
         | Event::DeliveryV2 { .. }
         | Event::Message { .. }
         | Event::Stored { .. }
+        | Event::StreamAppended(_)
+        | Event::StreamEntries { .. }
         | Event::WelcomeV2 { .. } => Err("an unexpected message before the run started".into()),
         Event::Published(_) | Event::Ping | Event::Other => Ok(false),
     })
@@ -132,6 +134,9 @@ async fn connect_inner(
 /// A durable run's client: a relayhub version-2 durable session, or a
 /// JetStream client (one connection, or subscriber + publisher).
 async fn connect_durable(target: &Target, index: u32, split: bool) -> Result<Client, LoadgenError> {
+    // Redis: the subscriber blocks in XREADGROUP, so publishes need a
+    // connection of their own.
+    let split = split || target.kind == TargetKind::Redis;
     let handshake_error = |detail: String| LoadgenError::Handshake {
         kind: target.kind,
         address: target.address,
@@ -146,6 +151,7 @@ async fn connect_durable(target: &Target, index: u32, split: bool) -> Result<Cli
                 .map_err(|error| handshake_error(error.to_string()))?;
         }
         TargetKind::Nats => nats::encode_js_handshake(&mut hello, index, true, !split),
+        TargetKind::Redis => resp::encode_ping(&mut hello),
         other => {
             return Err(handshake_error(format!(
                 "{} has no durable mode",
@@ -165,7 +171,10 @@ async fn connect_durable(target: &Target, index: u32, split: bool) -> Result<Cli
         let mut publisher = open(target).await?;
         let mut publisher_inbound = Inbound::durable(target.kind);
         hello.clear();
-        nats::encode_js_handshake(&mut hello, index, false, true);
+        match target.kind {
+            TargetKind::Redis => resp::encode_ping(&mut hello),
+            _ => nats::encode_js_handshake(&mut hello, index, false, true),
+        }
         publisher.write_all(&hello).await.map_err(io_error)?;
         let (mut unused, mut no_token) = (0, [0; 16]);
         read_until(target, &mut publisher, &mut publisher_inbound, |event| {
@@ -212,6 +221,8 @@ fn durable_ready(
         | Event::DeliveryV2 { .. }
         | Event::Message { .. }
         | Event::Stored { .. }
+        | Event::StreamAppended(_)
+        | Event::StreamEntries { .. }
         | Event::Welcome { .. } => Err("an unexpected message before the run started".into()),
         Event::Published(_) | Event::Ping | Event::Other => Ok(false),
     }

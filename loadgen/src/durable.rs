@@ -11,6 +11,7 @@
 //!   enough.
 //! - [`StreamDedup`]: JetStream's: a redelivery comes after `ack_wait`,
 //!   after later messages, so the stream sequences seen recently are kept.
+//! - [`IdDedup`]: Redis Streams': pending entries come back in id order.
 //! - [`DurableCounts`]: what a durable run adds to the report.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -192,6 +193,25 @@ impl SeqDedup {
     /// Highest `seq` handed on.
     pub fn highest(&self) -> u64 {
         self.highest
+    }
+}
+
+/// Redis Streams: a consumer's pending entries are read again in id order
+/// after a reconnect, before new ones, so the highest id handed on is
+/// enough (ids are `(ms, seq)` and increase within a stream).
+#[derive(Clone, Debug, Default)]
+pub struct IdDedup {
+    highest: (u64, u64),
+}
+
+impl IdDedup {
+    /// One entry with id `id`.
+    pub fn arrival(&mut self, id: (u64, u64)) -> Dedup {
+        if id <= self.highest {
+            return Dedup::Duplicate;
+        }
+        self.highest = id;
+        Dedup::New
     }
 }
 
@@ -394,6 +414,16 @@ mod tests {
         assert_eq!(dedup.skipped, 2);
         assert_eq!(dedup.ack_due(), Some(7));
         assert_eq!(dedup.highest(), 7);
+    }
+
+    #[test]
+    fn id_dedup_orders_like_stream_ids() {
+        let mut dedup = IdDedup::default();
+        assert_eq!(dedup.arrival((5, 0)), Dedup::New);
+        assert_eq!(dedup.arrival((5, 1)), Dedup::New);
+        assert_eq!(dedup.arrival((5, 1)), Dedup::Duplicate);
+        assert_eq!(dedup.arrival((4, 9)), Dedup::Duplicate);
+        assert_eq!(dedup.arrival((6, 0)), Dedup::New);
     }
 
     #[test]

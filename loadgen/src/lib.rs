@@ -19,7 +19,8 @@
 //! - [`durable`]: `--durable` bookkeeping: unacknowledged publications,
 //!   client-side dedup, the durable counters.
 //! - [`jetstream`]: the stream and consumers of a durable NATS run, over
-//!   the JetStream API.
+//!   the JetStream API; [`redis_streams`]: the streams and consumer groups
+//!   of a durable Redis run.
 //! - [`wire`]: sans-IO drivers: [`wire::nats`], [`wire::resp`] (Redis),
 //!   [`wire::relayhub`] (over relayhub-protocol), [`wire::sink`],
 //!   [`wire::inbound`], [`wire::template`] (pre-encoded messages).
@@ -43,6 +44,7 @@ pub mod jetstream;
 pub mod outbound;
 pub mod plan;
 pub mod poll;
+pub mod redis_streams;
 pub mod report;
 pub mod runner;
 pub mod sink;

@@ -28,13 +28,19 @@ pub fn run(config: RunConfig) -> Result<Summary, LoadgenError> {
     if let Some(jetstream) = &jetstream {
         crate::jetstream::setup(config.target.address, jetstream, config.clients)?;
     }
-    let address = config.target.address;
+    let streams = config.durable.is_some() && config.target.kind == TargetKind::Redis;
+    if streams {
+        crate::redis_streams::setup(config.target.address, config.clients)?;
+    }
+    let (address, clients) = (config.target.address, config.clients);
     let outcome = run_inner(config);
-    if let Some(jetstream) = &jetstream {
-        let teardown = crate::jetstream::teardown(address, jetstream);
-        if let (Ok(_), Err(error)) = (&outcome, teardown) {
-            eprintln!("relayhub-loadgen: after the run: {error}");
-        }
+    let teardown = match &jetstream {
+        Some(jetstream) => crate::jetstream::teardown(address, jetstream),
+        None if streams => crate::redis_streams::teardown(address, clients),
+        None => Ok(()),
+    };
+    if let (Ok(_), Err(error)) = (&outcome, teardown) {
+        eprintln!("relayhub-loadgen: after the run: {error}");
     }
     outcome
 }
@@ -233,6 +239,7 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
                     durable.jetstream.ack_wait,
                     durable.jetstream.max_ack_pending
                 ),
+                TargetKind::Redis => "Redis Streams: a stream and consumer group per receiver, XADD acks, XREADGROUP, XACK + XDEL per read".into(),
                 _ => "relayhub protocol v2: durable sessions, Stored, cumulative Ack per read batch".into(),
             },
             counts,
@@ -258,6 +265,7 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
             };
             format!("{}-jetstream{storage}", config.target.name())
         }
+        (Some(_), TargetKind::Redis) => format!("{}-streams", config.target.name()),
         (Some(_), _) => format!("{}-durable", config.target.name()),
     };
     Summary {

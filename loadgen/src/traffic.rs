@@ -44,7 +44,7 @@ use relayhub_protocol::flags::REDELIVERY;
 use crate::checker::{Arrival, SequenceChecker};
 use crate::client::Client;
 use crate::config::{JetStreamAck, Load, RunConfig};
-use crate::durable::{Dedup, SeqDedup, StreamDedup, Unstored};
+use crate::durable::{Dedup, IdDedup, SeqDedup, StreamDedup, Unstored};
 use crate::engine::{
     new_histogram, Clock, ExecutorResult, Shared, ERROR_SAMPLES_MAX, FLUSH_INTERVAL,
     WRITE_BATCH_BYTES_MAX,
@@ -200,6 +200,11 @@ struct Receiver {
     seq_dedup: SeqDedup,
     /// JetStream: dedup by stream sequence.
     stream_dedup: Option<StreamDedup>,
+    /// Redis Streams: dedup by entry id; reading pending entries (after a
+    /// reconnect) from `redis_from`, else new ones (`>`).
+    id_dedup: IdDedup,
+    redis_pending: bool,
+    redis_from: Vec<u8>,
     /// JetStream ack-all: the `$JS.ACK` subject of this batch's newest
     /// delivery, and its consumer sequence.
     ack_reply: Vec<u8>,
@@ -222,9 +227,11 @@ struct Receiver {
 struct DurableState {
     /// `None`: relayhub protocol v2; else JetStream with this ack policy.
     jetstream: Option<JetStreamAck>,
-    /// Acknowledgements that complete one publication (JetStream: one
-    /// publish ack per receiver).
+    /// Acknowledgements that complete one publication (JetStream and
+    /// Redis: one publish ack per receiver).
     acks_per_publication: u32,
+    /// Redis: entries per `XREADGROUP`.
+    redis_count: u64,
     /// Mean ns between two drops of a reconnecting receiver.
     reconnect_every_ns: f64,
     rng: SplitMix64,
@@ -387,6 +394,9 @@ impl Engine {
                 stream_dedup: jetstream
                     .as_ref()
                     .map(|js| StreamDedup::new((js.ack_wait.as_nanos() as u64).saturating_mul(4))),
+                id_dedup: IdDedup::default(),
+                redis_pending: false,
+                redis_from: b">".to_vec(),
                 ack_reply: Vec::new(),
                 ack_reply_seq: 0,
                 control: BytesMut::new(),
@@ -416,9 +426,12 @@ impl Engine {
             DurableState {
                 jetstream: jetstream.as_ref().map(|js| js.ack),
                 acks_per_publication: match kind {
-                    TargetKind::Nats => topology.fanout() as u32,
+                    TargetKind::Nats | TargetKind::Redis => topology.fanout() as u32,
                     _ => 1,
                 },
+                // Replies must fit the receive buffer: about 1 MiB of bodies.
+                redis_count: ((1u64 << 20) / (config.body_bytes as u64 + 64))
+                    .clamp(1, resp::STREAM_COUNT_MAX),
                 reconnect_every_ns: every_ns,
                 rng,
                 next_drop_ns,
@@ -463,6 +476,17 @@ impl Engine {
         // Bytes read past the end of a handshake.
         for conn in 0..self.conns.len() {
             self.decode(conn, 0);
+        }
+        // Redis Streams: every receiver starts reading.
+        if let (TargetKind::Redis, Some(durable)) = (self.state.kind, &self.state.durable) {
+            let count = durable.redis_count;
+            for local in 0..self.state.receivers.len() {
+                let client = self.state.first + local as u32;
+                let receiver = &mut self.state.receivers[local];
+                resp::encode_xreadgroup(&mut receiver.control, client, count, b">");
+                let conn = receiver.conn;
+                self.flush_control(conn);
+            }
         }
         if let Load::Closed { .. } = config.load {
             for sender in 0..self.state.senders.len() {
@@ -805,6 +829,7 @@ impl Engine {
                     relayhub::encode_hello(&mut hello, 2, Some((receiver.user, receiver.token)))
                         .map_err(std::io::Error::other)?;
                 }
+                TargetKind::Redis => resp::encode_ping(&mut hello),
                 _ => nats::encode_js_handshake(&mut hello, state.first + local as u32, true, false),
             }
             self.epoll.modify(c.fd.as_raw_fd(), conn as u64, false)?;
@@ -856,6 +881,14 @@ impl Engine {
                 relayhub::encode_ack(&mut receiver.control, upto);
                 state.stats.result.durable.acks += 1;
             }
+        }
+        if let (TargetKind::Redis, Some(durable)) = (state.kind, &state.durable) {
+            // Pending entries first (delivered to the old connection, not
+            // acked), in order, then new ones.
+            receiver.redis_pending = true;
+            receiver.redis_from = b"0".to_vec();
+            let client = state.first + local as u32;
+            resp::encode_xreadgroup(&mut receiver.control, client, durable.redis_count, b"0");
         }
         self.conns[conn].phase = Phase::Ready;
         let took = now.saturating_sub(receiver.dropped_at_ns);
@@ -1118,6 +1151,15 @@ fn templates(
                 })
             })
             .collect(),
+        TargetKind::Redis if durable => receivers
+            .iter()
+            .map(|&to| {
+                learn(&|_, body, out| {
+                    resp::encode_xadd(out, to as u32, body);
+                    Ok(())
+                })
+            })
+            .collect(),
         TargetKind::Relayhub | TargetKind::Sink if echo => {
             Some(vec![learn(&|request, body, out| {
                 relayhub::encode_echo(out, request, body)
@@ -1247,6 +1289,10 @@ impl State {
                     .receivers
                     .iter()
                     .for_each(|&to| nats::encode_publish(out, to as u32, body)),
+                (TargetKind::Redis, out) if durable => s
+                    .receivers
+                    .iter()
+                    .for_each(|&to| resp::encode_xadd(out, to as u32, body)),
                 (TargetKind::Redis, out) => s
                     .receivers
                     .iter()
@@ -1398,6 +1444,16 @@ impl State {
                 reply,
                 body,
             } => self.on_message(local, subject, reply, body, now_ns),
+            Event::StreamAppended(_) => match self.senders[local].unstored.ack_oldest() {
+                Ok(Some(send_ns)) => self.on_acknowledged(local, send_ns, false, now_ns),
+                Ok(None) => {}
+                Err(_) => self
+                    .stats
+                    .error(|| "an XADD reply with no XADD awaiting one".into()),
+            },
+            Event::StreamEntries { entries, count } if role == Role::Subscriber => {
+                self.on_stream_entries(local, entries, count, now_ns)
+            }
             Event::Ping
                 if role == Role::Subscriber
                     && self.receivers[local].conn != self.senders[local].conn =>
@@ -1423,7 +1479,7 @@ impl State {
                     format!("hub error {code} ({name:?}) request {request} detail {detail}")
                 })
             }
-            Event::DeliveryV2 { .. } => self
+            Event::DeliveryV2 { .. } | Event::StreamEntries { .. } => self
                 .stats
                 .error(|| "a delivery on a publisher connection".into()),
             Event::Published(_)
@@ -1432,6 +1488,52 @@ impl State {
             | Event::WelcomeV2 { .. }
             | Event::Other => {}
         }
+    }
+
+    /// Redis Streams: one `XREADGROUP` reply on `local`'s subscriber
+    /// connection. Its entries are handed on (dedup by id), then acked and
+    /// deleted, and the next read goes out in the same write.
+    fn on_stream_entries(&mut self, local: usize, entries: &[u8], count: u64, now_ns: u64) {
+        let pending = self.receivers[local].redis_pending;
+        let mut ids: Vec<&[u8]> = Vec::with_capacity(count as usize);
+        for (id, body) in resp::entries(entries) {
+            ids.push(id);
+            if pending {
+                self.stats.result.durable.redelivered += 1;
+            }
+            let Some(parsed) = resp::parse_stream_id(id) else {
+                let id = String::from_utf8_lossy(id).into_owned();
+                self.stats.error(|| format!("a stream entry id {id:?}"));
+                continue;
+            };
+            match self.receivers[local].id_dedup.arrival(parsed) {
+                Dedup::New => self.on_delivery(local, body, now_ns),
+                Dedup::Duplicate => self.stats.result.durable.deduplicated += 1,
+            }
+        }
+        let client = self.first + local as u32;
+        let redis_count = self
+            .durable
+            .as_ref()
+            .map_or(1, |durable| durable.redis_count);
+        let receiver = &mut self.receivers[local];
+        if !ids.is_empty() {
+            resp::encode_xack_xdel(&mut receiver.control, client, &ids);
+            self.stats.result.durable.acks += 1;
+        }
+        if pending {
+            match ids.last() {
+                // Pending entries after the last one read.
+                Some(last) => receiver.redis_from = last.to_vec(),
+                None => {
+                    receiver.redis_pending = false;
+                    receiver.redis_from = b">".to_vec();
+                }
+            }
+        }
+        let from = std::mem::take(&mut receiver.redis_from);
+        resp::encode_xreadgroup(&mut receiver.control, client, redis_count, &from);
+        receiver.redis_from = from;
     }
 
     fn on_delivery(&mut self, local: usize, body: &[u8], now_ns: u64) {

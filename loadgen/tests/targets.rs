@@ -328,6 +328,35 @@ fn jetstream_durable_is_clean() {
     );
 }
 
+/// The Redis Streams peer of the durable mode: 1:1, fan-out, then with
+/// receivers reconnecting (their pending entries are read again first, in
+/// order): clean, every XADD acknowledged, the streams gone afterwards.
+#[test]
+#[ignore = "needs redis-server on PATH; CI runs it with --ignored"]
+fn redis_streams_durable_is_clean() {
+    let (_redis, url) = redis();
+    let plain = loadgen(&format!("--target {url} --durable --clients 16 --window 8"));
+    assert!(plain[0].target.ends_with("-streams"), "{}", plain[0].target);
+    assert_durable_clean(&plain, false);
+    assert_durable_clean(
+        &loadgen(&format!(
+            "--target {url} --durable --clients 9 --scenario fanout --fanout 8 --window 2 \
+             --body-bytes 1024"
+        )),
+        false,
+    );
+    assert_durable_clean(
+        &loadgen_for(
+            "--duration 1500ms --warmup 200ms --drain 3s -q",
+            &format!(
+                "--target {url} --durable --clients 8 --window 4 --reconnect-share 0.25 \
+                 --reconnect-every 300ms"
+            ),
+        ),
+        true,
+    );
+}
+
 #[test]
 #[ignore = "needs nats-server on PATH; CI runs it with --ignored"]
 fn jetstream_needs_dash_js() {

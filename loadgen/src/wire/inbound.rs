@@ -47,7 +47,8 @@ impl Inbound {
     }
 
     /// The receive state for a durable run's connection to `kind`:
-    /// relayhub speaks version 2, NATS keeps subjects (JetStream).
+    /// relayhub speaks version 2, NATS keeps subjects (JetStream), Redis
+    /// reads stream replies.
     pub fn durable(kind: TargetKind) -> Inbound {
         match kind {
             TargetKind::Relayhub => Inbound::HubV2(Box::new(relayhub::new_decoder_v2())),
@@ -56,6 +57,12 @@ impl Inbound {
                 start: 0,
                 end: 0,
                 decode: nats::decode_with_subjects,
+            },
+            TargetKind::Redis => Inbound::Text {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                decode: resp::decode_durable,
             },
             other => Inbound::new(other),
         }

@@ -71,6 +71,11 @@ pub enum Event<'a> {
         reply: &'a [u8],
         body: &'a [u8],
     },
+    /// Redis, durable runs: an `XADD` was appended (its entry id).
+    StreamAppended(&'a [u8]),
+    /// Redis, durable runs: an `XREADGROUP` reply holding `count` entries,
+    /// read with [`resp::entries`].
+    StreamEntries { entries: &'a [u8], count: u64 },
     /// Anything else (`+OK`, `INFO`, subscription confirmations, replies).
     Other,
 }
