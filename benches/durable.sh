@@ -94,7 +94,9 @@ wait_port() {
 }
 
 mkdir -p "$OUT"
-taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false >"$OUT/relayhub.log" 2>&1 &
+# Memory storage: the comparison is memory vs memory (the hub's default is
+# --storage disk; DISK=1 below runs that).
+taskset -c "$SERVER_CORE" "$HUB" --listen "127.0.0.1:$HUB_PORT" --shards 1 --pin false --storage memory >"$OUT/relayhub.log" 2>&1 &
 hub_pid=$!; pids+=($hub_pid)
 wait_port "$HUB_PORT" $hub_pid
 taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$store" >"$OUT/nats.log" 2>&1 &
