@@ -13,7 +13,6 @@ use clap::Parser;
 use relayhub_loadgen::cli::{run, Args};
 
 #[test]
-#[ignore = "the hub's disk log does not yet deliver entries made durable by a later batch"]
 fn relayhub_durable_on_disk_is_clean_with_reconnects() {
     let dir = std::env::temp_dir().join(format!("relayhub-loadgen-disk-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

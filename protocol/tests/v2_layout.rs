@@ -27,7 +27,7 @@ fn example_limits() -> Limits {
         inbox_bytes_max: 64 << 20,
         session_expiry_ms: 604_800_000,
         message_ttl_ms: 604_800_000,
-        dedup_window_ms: u64::MAX,
+        dedup_window_ms: 120_000,
         content_dedup_window_ms: 0,
         ..Limits::with_protocol_bounds()
     }

@@ -260,6 +260,11 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_CONTENT_DEDUP_WINDOW_MS", default_value_t = 0)]
     pub content_dedup_window_ms: u64,
 
+    /// Serve GET /metrics (Prometheus/OpenMetrics text) and GET /healthz on
+    /// this address (off when not given; 127.0.0.1:7879 is the usual choice).
+    #[arg(long, env = "RELAYHUB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Where durable sessions and inboxes live: `disk` (a log per shard
     /// under --data-dir) or `memory`.
     #[arg(long, env = "RELAYHUB_STORAGE", value_enum, default_value_t = Storage::Disk)]

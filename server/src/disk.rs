@@ -187,6 +187,8 @@ pub struct DiskLog {
     policy: Fsync,
     /// Bytes written since the last `fdatasync`.
     unsynced: bool,
+    /// The shard's counters (fsync count and latency).
+    stats: std::sync::Arc<crate::stats::ShardStats>,
 }
 
 async fn scan_file<F: FnMut(crate::store::record::Record)>(
@@ -294,6 +296,7 @@ impl DiskLog {
             allocated: 0,
             policy,
             unsynced: false,
+            stats: shard.stats().clone(),
         };
         log.preallocate(scan.valid_bytes + PREALLOCATE_BYTES)
             .await
@@ -384,7 +387,12 @@ impl DiskLog {
     /// `fdatasync` if anything was written since the last one.
     pub async fn sync(&mut self) -> glommio::Result<(), ()> {
         if self.unsynced {
+            let started = Instant::now();
             self.file.fdatasync().await?;
+            self.stats.fsyncs.incr();
+            self.stats
+                .fsync_latency
+                .observe(started.elapsed().as_micros() as u64);
             self.unsynced = false;
         }
         Ok(())

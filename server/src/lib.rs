@@ -35,8 +35,9 @@
 pub mod config;
 pub mod conn;
 pub mod disk;
-mod driver;
+pub(crate) mod driver;
 pub mod ids;
+pub mod metrics;
 pub mod outbound;
 pub mod shard;
 pub mod startup;
@@ -75,6 +76,7 @@ const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
 /// ```
 pub struct Hub {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
 }
@@ -146,11 +148,30 @@ impl Hub {
                 }
             }
         }
+        let metrics_addr = match config.metrics_listen {
+            None => None,
+            Some(listen) => match metrics::serve(listen, shared.clone()) {
+                Ok(bound) => Some(bound),
+                Err(error) => {
+                    return Err(abort_with(
+                        shared,
+                        executors,
+                        StartError::Bind(listen, error),
+                    ))
+                }
+            },
+        };
         Ok(Hub {
             addr,
+            metrics_addr,
             shared,
             executors,
         })
+    }
+
+    /// Where `--metrics-listen` serves (with the real port when 0 was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The address the hub listens on (with the real port when 0 was asked).

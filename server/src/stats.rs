@@ -9,6 +9,40 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+/// Upper bounds, in microseconds, of the fsync latency histogram's buckets
+/// (the last bucket, +Inf, is implied).
+pub const FSYNC_BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+/// The log's `fdatasync` latencies: a count per bucket of
+/// [`FSYNC_BUCKETS_US`] (plus one for +Inf) and the sum. One writer.
+#[derive(Debug, Default)]
+pub struct FsyncHistogram {
+    buckets: [Counter; FSYNC_BUCKETS_US.len() + 1],
+    sum_us: Counter,
+}
+
+impl FsyncHistogram {
+    /// Records one fdatasync that took `us` microseconds.
+    pub fn observe(&self, us: u64) {
+        let bucket = FSYNC_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(FSYNC_BUCKETS_US.len());
+        self.buckets[bucket].incr();
+        self.sum_us.add(us);
+    }
+
+    /// `(per-bucket counts, sum in microseconds)`.
+    pub fn snapshot(&self) -> ([u64; FSYNC_BUCKETS_US.len() + 1], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].get()),
+            self.sum_us.get(),
+        )
+    }
+}
+
 /// A counter with one writer (its shard) and any number of readers.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -54,6 +88,8 @@ macro_rules! stats {
         #[derive(Debug, Default)]
         pub struct ShardStats {
             $($(#[$doc])* pub $name: Counter,)+
+            /// The log's fdatasync latencies.
+            pub fsync_latency: FsyncHistogram,
         }
 
         /// A copy of counters at one moment (one shard's, or summed).
@@ -66,6 +102,13 @@ macro_rules! stats {
             /// Reads every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $($name: self.$name.get(),)+ }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Every counter with its field name, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)+]
             }
         }
 
@@ -167,6 +210,17 @@ stats! {
     recovered_records,
     /// Milliseconds the start-up recovery took.
     recovery_ms,
+    /// Durable sessions on this shard, connected or not (a gauge, updated
+    /// every second).
+    sessions_durable,
+    /// Durable sessions with a connection now (a gauge, every second).
+    sessions_online,
+    /// Entries waiting in this shard's inboxes (a gauge, every second).
+    inbox_entries,
+    /// Body bytes waiting in this shard's inboxes (a gauge, every second).
+    inbox_bytes,
+    /// `fdatasync` calls of the log.
+    fsyncs,
     /// Connections handed to the shard owning the session they resume.
     handoffs_out,
     /// Connections taken over from another shard.

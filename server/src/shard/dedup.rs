@@ -6,7 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 
 /// Bodies one receiver's content-dedup window remembers at most: 1024
-/// (about 48 KB of state per receiver while it is full).
+/// (about 170 KB of state per receiver while it is full: the hash table
+/// and the queue).
 pub const CONTENT_DEDUP_ENTRIES_MAX: usize = 1024;
 
 /// A body's identity for content dedup.
@@ -32,6 +33,15 @@ impl ContentWindow {
     /// True when `hash` was accepted within `window_ms` before `now_ms` (a
     /// duplicate: drop it); otherwise remembers it and returns false.
     pub fn check(&mut self, hash: ContentHash, now_ms: u64, window_ms: u64) -> bool {
+        if self.seen(hash, now_ms, window_ms) {
+            return true;
+        }
+        self.accept(hash, now_ms);
+        false
+    }
+
+    /// True when `hash` was accepted within `window_ms` before `now_ms`.
+    pub fn seen(&mut self, hash: ContentHash, now_ms: u64, window_ms: u64) -> bool {
         while let Some(&(old, at)) = self.order.front() {
             let expired = at.saturating_add(window_ms) <= now_ms;
             if !expired && self.order.len() < CONTENT_DEDUP_ENTRIES_MAX {
@@ -42,14 +52,15 @@ impl ContentWindow {
                 self.seen.remove(&old);
             }
         }
-        if let Some(&at) = self.seen.get(&hash) {
-            if at.saturating_add(window_ms) > now_ms {
-                return true;
-            }
-        }
+        self.seen
+            .get(&hash)
+            .is_some_and(|&at| at.saturating_add(window_ms) > now_ms)
+    }
+
+    /// Remembers that a body with `hash` reached the receiver at `now_ms`.
+    pub fn accept(&mut self, hash: ContentHash, now_ms: u64) {
         self.seen.insert(hash, now_ms);
         self.order.push_back((hash, now_ms));
-        false
     }
 
     /// Bodies remembered now.

@@ -81,7 +81,9 @@ pub(super) struct Log {
     /// last batch (one coalesced record each per batch).
     dirty: HashMap<u64, (bool, bool)>,
     /// Sessions with entries waiting for durability before delivery.
-    undelivered: Vec<u64>,
+    /// `(lsn, user)`: the user's entries up to `lsn` wait for it to be
+    /// durable before delivery.
+    undelivered: Vec<(u64, u64)>,
     /// The driver could not write: refuse new durable entries.
     failed: bool,
     /// Most bytes this shard's log may hold.
@@ -227,9 +229,9 @@ impl<Io> Shard<Io> {
     }
 
     /// `user` has entries to deliver once they are durable.
-    pub(super) fn note_undelivered(&mut self, user: u64) {
+    pub(super) fn note_undelivered(&mut self, user: u64, lsn: u64) {
         if self.log.enabled {
-            self.log.undelivered.push(user);
+            self.log.undelivered.push((lsn, user));
         }
     }
 
@@ -288,7 +290,13 @@ impl<Io> Shard<Io> {
             let (_, waiting) = self.log.waiting.pop_front().expect("front exists");
             self.run_waiting(now_ms, waiting);
         }
-        let mut users = std::mem::take(&mut self.log.undelivered);
+        // Entries appended while this batch was written wait for a later one.
+        let durable = self.log.durable;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.log.undelivered)
+            .into_iter()
+            .partition(|&(lsn, _)| lsn <= durable);
+        self.log.undelivered = waiting;
+        let mut users: Vec<u64> = ready.into_iter().map(|(_, user)| user).collect();
         users.sort_unstable();
         users.dedup();
         for user in users {

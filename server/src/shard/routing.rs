@@ -79,7 +79,8 @@ impl<Io> Shard<Io> {
     ) -> Handled {
         let request = relay.request.to_native();
         let message_id = relay.message_id.to_native();
-        if message_id != 0 && message_id <= *self.message_id_high(id) {
+        let dedup = self.limits.dedup_window_ms > 0;
+        if dedup && message_id != 0 && message_id <= *self.message_id_high(id) {
             self.stats.duplicates.incr();
             let stored = Stored {
                 request,
@@ -391,6 +392,7 @@ impl<Io> Shard<Io> {
                 Ok(seq) => {
                     self.durable_batch.push((receiver, seq));
                     self.mark_stored(receiver, relay.from, relay.message_id, now_ms);
+                    self.content_accepted(now_ms, receiver, relay.content);
                     None
                 }
                 Err(code) => Some(code),
@@ -426,6 +428,7 @@ impl<Io> Shard<Io> {
         match pushed {
             Ok(()) => {
                 self.stats.deliveries.incr();
+                self.content_accepted(now_ms, receiver, relay.content);
                 None
             }
             Err(PushError::Closing) => {
@@ -444,8 +447,20 @@ impl<Io> Shard<Io> {
         self.route_handled > 0 && self.route_duplicates == self.route_handled
     }
 
+    /// The content-dedup window of `receiver` (its session's, or its
+    /// connection's when ephemeral), created on first use.
+    fn content_window(&mut self, receiver: u64) -> Option<&mut super::dedup::ContentWindow> {
+        if self.sessions.map.contains_key(&receiver) {
+            let session = self.sessions.map.get_mut(&receiver).expect("present");
+            return Some(session.contents.get_or_insert_with(Default::default));
+        }
+        let id = *self.users.get(&receiver)?;
+        let conn = self.conn_mut(id)?;
+        Some(conn.contents.get_or_insert_with(Default::default))
+    }
+
     /// Content dedup: true when `receiver` was sent a body with `hash`
-    /// within the window (then drop it); else remembers it.
+    /// within the window (then drop it).
     fn content_seen(
         &mut self,
         now_ms: u64,
@@ -453,19 +468,24 @@ impl<Io> Shard<Io> {
         hash: super::dedup::ContentHash,
     ) -> bool {
         let window = self.limits.content_dedup_window_ms;
-        if let Some(session) = self.sessions.map.get_mut(&receiver) {
-            return session
-                .contents
-                .get_or_insert_with(Default::default)
-                .check(hash, now_ms, window);
+        self.content_window(receiver)
+            .is_some_and(|contents| contents.seen(hash, now_ms, window))
+    }
+
+    /// The receiver took a body with `hash` (content dedup on): remember it.
+    /// A body the receiver refused (a full inbox) is not remembered, so its
+    /// resend is not a duplicate.
+    fn content_accepted(
+        &mut self,
+        now_ms: u64,
+        receiver: u64,
+        hash: Option<super::dedup::ContentHash>,
+    ) {
+        if let Some(hash) = hash {
+            if let Some(contents) = self.content_window(receiver) {
+                contents.accept(hash, now_ms);
+            }
         }
-        let Some(&id) = self.users.get(&receiver) else {
-            return false;
-        };
-        let conn = self.conn_mut(id).expect("reachable users are in the table");
-        conn.contents
-            .get_or_insert_with(Default::default)
-            .check(hash, now_ms, window)
     }
 
     /// Tells `to` (on any shard) that some receivers of its request failed.

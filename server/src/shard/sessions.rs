@@ -461,7 +461,7 @@ impl<Io> Shard<Io> {
         if self.log.is_durable(lsn) {
             self.pump(now_ms, user);
         } else {
-            self.note_undelivered(user);
+            self.note_undelivered(user, lsn);
         }
     }
 
@@ -714,6 +714,18 @@ impl<Io> Shard<Io> {
             self.log(&Record::SessionExpired { user });
         }
         self.stats.sessions_expired.add(expired_sessions);
+        let (mut online, mut entries, mut bytes) = (0, 0, 0);
+        for session in self.sessions.map.values() {
+            online += u64::from(session.conn.is_some());
+            entries += session.inbox.len() as u64;
+            bytes += session.inbox_bytes;
+        }
+        self.stats
+            .sessions_durable
+            .set(self.sessions.map.len() as u64);
+        self.stats.sessions_online.set(online);
+        self.stats.inbox_entries.set(entries);
+        self.stats.inbox_bytes.set(bytes);
         self.stats.messages_expired.add(expired_entries);
         // Expired entries freed window space.
         for user in resumed {

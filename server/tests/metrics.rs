@@ -1,0 +1,102 @@
+//! `--metrics-listen` scraped as Prometheus would: the exposition parses,
+//! counters are labelled by shard and move with traffic, /healthz answers.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+};
+
+use common::{connect, expect_deliver, start};
+
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: hub\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a full response");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The scrape parsed with a Prometheus text-format parser: `(name, shard
+/// label, value)` samples.
+fn scrape(addr: SocketAddr) -> Vec<(String, Option<String>, f64)> {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    let lines = body.lines().map(|line| Ok(line.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("a valid exposition");
+    scrape
+        .samples
+        .into_iter()
+        .map(|sample| {
+            let value = match sample.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (
+                sample.metric,
+                sample.labels.get("shard").map(str::to_string),
+                value,
+            )
+        })
+        .collect()
+}
+
+fn total(samples: &[(String, Option<String>, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(metric, _, _)| metric == name)
+        .map(|(_, _, value)| value)
+        .sum()
+}
+
+#[test]
+fn counters_move_with_traffic_and_carry_shard_labels() {
+    let hub = start(2, |config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    });
+    let addr = hub.metrics_addr().expect("metrics are on");
+    assert_eq!(get(addr, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(addr, "/nothing").0, "HTTP/1.1 404 Not Found");
+    let before = scrape(addr);
+    assert_eq!(total(&before, "relayhub_relays_total"), 0.0);
+    let shards: std::collections::BTreeSet<_> = before
+        .iter()
+        .filter(|(name, _, _)| name == "relayhub_relays_total")
+        .filter_map(|(_, shard, _)| shard.clone())
+        .collect();
+    assert_eq!(shards.len(), 2, "one series per shard: {shards:?}");
+    // Every metric follows the conventions: prefix, and _total on counters.
+    assert!(before
+        .iter()
+        .all(|(name, _, _)| name.starts_with("relayhub_")));
+
+    let mut a = connect(&hub);
+    let mut b = connect(&hub);
+    for _ in 0..5 {
+        a.relay(&[b.user_id()], b"counted").unwrap();
+        expect_deliver(&mut b, a.user_id(), b"counted");
+    }
+    a.relay(&[999_999], b"to nobody").unwrap();
+    common::expect_error(
+        &mut a,
+        relayhub_protocol::ErrorCode::UnknownReceiver,
+        6,
+        999_999,
+    );
+    let after = scrape(addr);
+    assert_eq!(total(&after, "relayhub_relays_total"), 6.0);
+    assert_eq!(total(&after, "relayhub_deliveries_total"), 5.0);
+    assert_eq!(total(&after, "relayhub_unknown_receivers_total"), 1.0);
+    assert_eq!(total(&after, "relayhub_connections_open"), 2.0);
+    assert!(total(&after, "relayhub_received_bytes_total") > 0.0);
+    let _ = &mut b;
+    hub.shutdown();
+}
