@@ -2,12 +2,11 @@
 //! disk (`--storage disk --fsync always`): `Stored` then means
 //! fdatasynced, and deliveries wait for the log too.
 //!
-//! Ignored for now: with the disk log, an entry appended while the
-//! previous batch is being written is not delivered once its own batch is
-//! durable (the hub's list of sessions to deliver is emptied when the
-//! earlier batch completes), so the last relays of a run are `Stored` but
-//! never delivered and this test reports them lost. Run it with
-//! `cargo test -p relayhub-loadgen --test durable_disk -- --ignored`.
+//! A regression test: an entry appended while the previous log batch was
+//! being written used to be left undelivered once its own batch was
+//! durable (the hub emptied its list of sessions to deliver when the
+//! earlier batch completed), so the last relays of a run were `Stored` but
+//! never delivered.
 
 use clap::Parser;
 use relayhub_loadgen::cli::{run, Args};
