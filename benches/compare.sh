@@ -13,6 +13,7 @@
 #   SKIP_RELAYHUB=1 benches/compare.sh  # NATS vs Redis only
 #   SKIP_SINK=1 benches/compare.sh      # no headroom runs
 #   MIB_CLIENTS=8 MIB_WINDOW=4          # the 1 MiB run's pipeline (default)
+#   ONLY="relay-64b-closed relay-1mib headroom-64b" benches/compare.sh  # some rows
 #   PRIORITY=1 benches/compare.sh       # on a shared machine: run in a session
 #                                       # of its own at autogroup nice -20 (root)
 #
@@ -134,9 +135,19 @@ summary=$OUT/summary.md
     echo
 } >"$summary"
 
+# ONLY="relay-64b-closed relay-1mib": run just these rows (and their sink
+# runs, named headroom-*), e.g. to re-check rows after a change.
+selected() {
+    [[ -z ${ONLY:-} ]] && return 0
+    local row
+    for row in $ONLY; do [[ $row == "$1" ]] && return 0; done
+    return 1
+}
+
 run() {
     local name=$1
     shift
+    selected "$name" || return 0
     local load
     load=$(cut -d" " -f1-3 /proc/loadavg)
     echo "== $name: $*" >&2
@@ -152,6 +163,7 @@ run_sink() {
     local name=$1
     shift
     [[ -n $sink_pid ]] || return 0
+    selected "$name" || return 0
     local load
     load=$(cut -d" " -f1-3 /proc/loadavg)
     echo "== $name (sink): $*" >&2
