@@ -1,10 +1,12 @@
-//! hub_session: sequences of client operations and raw byte chunks driven
-//! through the hub's per-connection handling (relayhub-server's Session on
-//! one or two Shards, with their Outbound queues), in memory: no sockets,
-//! no executor. See `relayhub_fuzz::hub` for the operations and for every
-//! property asserted (no panic; every byte the hub sends decodes, errors
-//! included; closing errors come last and close; outbound queues stay
-//! within the configured limit; no silent drops for well-formed clients).
+//! hub_session: sequences of client operations, mesh moves, time and
+//! shutdown driven through the hub's IO-free core (relayhub-server's
+//! `Shard`, one to three of them) with exactly the calls its glommio driver
+//! makes, in memory: no sockets, no executor, no clock. See
+//! `relayhub_fuzz::hub` for the operations and for every property asserted
+//! (no panic; events only when due; every byte the hub sends decodes;
+//! closing errors come last; queues within their limits; timeouts never
+//! early and never missed; paused senders resume; no silent drops for
+//! well-formed clients; a shutdown that finishes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

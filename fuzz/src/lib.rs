@@ -8,7 +8,10 @@
 //! - [`mirror`]: `Arbitrary` mirror types of every message, within the
 //!   protocol limits, for the `roundtrip` target.
 //! - [`hub`]: the `hub_session` harness: the hub's IO-free core
-//!   (relayhub-server's `Shard`, `Session`, `Outbound`) driven in memory.
+//!   (relayhub-server's `Shard`) driven in memory through the same
+//!   `handle_*`/`poll_*` calls as its glommio driver.
+//! - [`scenarios`]: hand-written `hub_session` inputs and the encoder of
+//!   that input format.
 //! - [`seeds`]: the seed corpus, written by `src/bin/seed.rs`.
 //!
 //! Everything here panics (an assertion) when a property fails: that is
@@ -16,6 +19,7 @@
 
 pub mod hub;
 pub mod mirror;
+pub mod scenarios;
 pub mod seeds;
 pub mod side;
 pub mod stream;

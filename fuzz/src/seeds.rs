@@ -446,17 +446,27 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Seeds of `hub_session`, found by search like [`roundtrip_seeds`]: a
-/// candidate is kept when running it reaches a check (see
-/// `hub::take_tally`) or an operation no earlier seed reached. Some
+/// Seeds of `hub_session`: the hand-written scenarios of
+/// [`scenarios`](crate::scenarios), then inputs found by search like
+/// [`roundtrip_seeds`]: a candidate is kept when running it reaches a check
+/// (see `hub::take_tally`) or an operation no earlier seed reached. Some
 /// candidates get an HTTP request or a preface spliced in, which random
 /// bytes would hardly ever spell.
 pub fn hub_session_seeds() -> Vec<Seed> {
     const SPLICES: [&[u8]; 3] = [b"GET / HTTP/1.1\r\n\r\n", &PREFACE, b"RLYHUB\x02\x00"];
     let mut seen = BTreeSet::new();
     let mut seeds = Vec::new();
-    let mut state = 0x4b1d_5e55_1017_0000_u64;
     take_tally();
+    for (name, input) in crate::scenarios::scenarios() {
+        let bytes = crate::scenarios::encode(&input);
+        Harness::run(&input);
+        seen.extend(take_tally().into_keys().map(str::to_string));
+        seeds.push(Seed {
+            name: format!("scenario-{name}"),
+            bytes,
+        });
+    }
+    let mut state = 0x4b1d_5e55_1017_0000_u64;
     for candidate in 0..40_000u32 {
         let len = [48, 160, 400, 1200][candidate as usize % 4];
         let mut bytes: Vec<u8> = (0..len).map(|_| splitmix64(&mut state) as u8).collect();

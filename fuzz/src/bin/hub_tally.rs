@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run --manifest-path fuzz/Cargo.toml --bin hub_tally -- DIR...
 //! ```
+//!
+//! With `RELAYHUB_FUZZ_TRACE=1` the harness also prints every operation,
+//! core call and event to stderr: run it on a directory holding one crash
+//! to see what led to it.
 
 use arbitrary::{Arbitrary, Unstructured};
 use relayhub_fuzz::hub::{take_tally, Harness, SessionInput};
