@@ -66,6 +66,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 pub struct Shared {
     /// Set once to start a graceful shutdown.
     pub shutdown: AtomicBool,
+    /// Set once every shard has stopped (the metrics thread ends then).
+    pub stopped: AtomicBool,
     /// Every shard's counters.
     pub stats: Vec<Arc<ShardStats>>,
 }
@@ -75,6 +77,7 @@ impl Shared {
     pub fn new(stats: Vec<Arc<ShardStats>>) -> Shared {
         Shared {
             shutdown: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             stats,
         }
     }

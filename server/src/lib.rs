@@ -218,6 +218,11 @@ impl Hub {
                 tracing::error!(%error, "a shard ended with an error");
             }
         }
+        self.shared.stopped.store(true, Ordering::Release);
+        if let Some(addr) = self.metrics_addr {
+            // Wake the metrics thread's accept so that it sees `stopped`.
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+        }
         self.shared.stats.iter().map(|s| s.snapshot()).collect()
     }
 }

@@ -55,52 +55,52 @@ fn metric_name(field: &str) -> String {
 /// What each metric means (the counter's doc, in short).
 fn metric_help(field: &str) -> &'static str {
     match field {
-        "connections_accepted" => "Connections welcomed (a valid preface).",
-        "connections_open" => "Connections open now.",
-        "connections_refused" => "Connections refused with ServerFull.",
-        "frames_in" => "Frames received from clients.",
-        "bytes_in" => "Bytes received from clients.",
-        "bytes_out" => "Bytes written to clients.",
-        "relays" => "Relay requests routed.",
-        "deliveries" => "Deliveries queued to receivers on this shard.",
-        "unknown_receivers" => "Receivers that were not there (UnknownReceiver).",
-        "slow_consumers" => "Clients cut off past --outbound-bytes-max.",
-        "limit_errors" => "Frames refused for a protocol limit (connection kept).",
-        "protocol_errors" => "Connections closed for a fatal protocol error.",
-        "idle_timeouts" => "Connections closed by the idle timeout.",
-        "frame_timeouts" => "Connections closed by the frame timeout.",
-        "flush_timeouts" => "Closing connections dropped at their flush deadline.",
-        "fd_refusals" => "Clients refused for want of file descriptors.",
-        "mesh_sent" => "Messages sent to other shards.",
-        "mesh_received" => "Messages received from other shards.",
-        "ring_full" => "Times a ring to another shard was full or out of byte budget.",
-        "backpressure_waits" => "Times a connection's input paused on mesh backpressure or lists.",
-        "sessions_created" => "Durable sessions created.",
-        "sessions_resumed" => "Durable sessions resumed.",
-        "resumes_rejected" => "Resumes refused (ResumeRejected).",
-        "takeovers" => "Resumes that took a session over (SessionTakenOver).",
-        "sessions_expired" => "Durable sessions expired.",
-        "stored" => "Inbox entries stored.",
-        "acked" => "Inbox entries acked.",
-        "messages_expired" => "Inbox entries expired or dropped with their session.",
-        "inbox_full" => "Relays refused for a full inbox (InboxFull).",
-        "duplicates" => "Relays recognised as retries of a stored message.",
-        "content_duplicates" => "Relays dropped by content dedup (DuplicateContent).",
-        "receipts_dropped" => "Receipts that could not be delivered.",
-        "storage_full" => "Relays refused for a full or failing log (StorageFull).",
-        "log_write_errors" => "Log writes the disk refused (retried).",
-        "compactions" => "Log compactions.",
-        "log_bytes" => "Bytes in the shard's log.",
-        "recovered_records" => "Log records read at start-up.",
-        "recovery_ms" => "Time the start-up recovery took.",
-        "sessions_durable" => "Durable sessions on the shard, connected or not.",
-        "sessions_online" => "Durable sessions with a connection.",
-        "inbox_entries" => "Entries waiting in inboxes.",
-        "inbox_bytes" => "Body bytes waiting in inboxes.",
-        "fsyncs" => "fdatasync calls of the log.",
-        "handoffs_out" => "Connections handed to the shard owning their session.",
-        "handoffs_in" => "Connections taken over from another shard.",
-        _ => "A relayhub counter (docs/operations.md).",
+        "connections_accepted" => "Connections welcomed (a valid preface)",
+        "connections_open" => "Connections open now",
+        "connections_refused" => "Connections refused with ServerFull",
+        "frames_in" => "Frames received from clients",
+        "bytes_in" => "Bytes received from clients",
+        "bytes_out" => "Bytes written to clients",
+        "relays" => "Relay requests routed",
+        "deliveries" => "Deliveries queued to receivers on this shard",
+        "unknown_receivers" => "Receivers that were not there (UnknownReceiver)",
+        "slow_consumers" => "Clients cut off past --outbound-bytes-max",
+        "limit_errors" => "Frames refused for a protocol limit (connection kept)",
+        "protocol_errors" => "Connections closed for a fatal protocol error",
+        "idle_timeouts" => "Connections closed by the idle timeout",
+        "frame_timeouts" => "Connections closed by the frame timeout",
+        "flush_timeouts" => "Closing connections dropped at their flush deadline",
+        "fd_refusals" => "Clients refused for want of file descriptors",
+        "mesh_sent" => "Messages sent to other shards",
+        "mesh_received" => "Messages received from other shards",
+        "ring_full" => "Times a ring to another shard was full or out of byte budget",
+        "backpressure_waits" => "Times a connection's input paused on mesh backpressure or lists",
+        "sessions_created" => "Durable sessions created",
+        "sessions_resumed" => "Durable sessions resumed",
+        "resumes_rejected" => "Resumes refused (ResumeRejected)",
+        "takeovers" => "Resumes that took a session over (SessionTakenOver)",
+        "sessions_expired" => "Durable sessions expired",
+        "stored" => "Inbox entries stored",
+        "acked" => "Inbox entries acked",
+        "messages_expired" => "Inbox entries expired or dropped with their session",
+        "inbox_full" => "Relays refused for a full inbox (InboxFull)",
+        "duplicates" => "Relays recognised as retries of a stored message",
+        "content_duplicates" => "Relays dropped by content dedup (DuplicateContent)",
+        "receipts_dropped" => "Receipts that could not be delivered",
+        "storage_full" => "Relays refused for a full or failing log (StorageFull)",
+        "log_write_errors" => "Log writes the disk refused (retried)",
+        "compactions" => "Log compactions",
+        "log_bytes" => "Bytes in the shard's log",
+        "recovered_records" => "Log records read at start-up",
+        "recovery_ms" => "Time the start-up recovery took",
+        "sessions_durable" => "Durable sessions on the shard, connected or not",
+        "sessions_online" => "Durable sessions with a connection",
+        "inbox_entries" => "Entries waiting in inboxes",
+        "inbox_bytes" => "Body bytes waiting in inboxes",
+        "fsyncs" => "fdatasync calls of the log",
+        "handoffs_out" => "Connections handed to the shard owning their session",
+        "handoffs_in" => "Connections taken over from another shard",
+        _ => "A relayhub counter (docs/operations.md)",
     }
 }
 
@@ -177,35 +177,42 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
             registry.register(name, help, family);
         }
     }
-    for (index, shard) in stats.iter().enumerate() {
-        let label = ShardLabel {
-            shard: index.to_string(),
-        };
-        let sub = registry.sub_registry_with_label(("shard".into(), label.shard.clone().into()));
-        sub.register_with_unit(
-            "fsync_duration",
-            "Latency of the log's fdatasync calls.",
-            prometheus_client::registry::Unit::Seconds,
-            ConstMetric(FsyncLatency::read(shard)),
-        );
-    }
+    let latencies = stats
+        .iter()
+        .enumerate()
+        .map(|(index, shard)| {
+            let label = ShardLabel {
+                shard: index.to_string(),
+            };
+            (label, FsyncLatency::read(shard))
+        })
+        .collect();
+    registry.register_with_unit(
+        "fsync_duration",
+        "Latency of the log's fdatasync calls",
+        prometheus_client::registry::Unit::Seconds,
+        FsyncLatencies(latencies),
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
 }
 
-/// A metric whose value was read at scrape time.
+/// Every shard's fsync histogram, one metric family labelled by shard.
 #[derive(Debug)]
-struct ConstMetric<M>(M);
+struct FsyncLatencies(Vec<(ShardLabel, FsyncLatency)>);
 
-impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> EncodeMetric for ConstMetric<M> {
-    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)
+impl EncodeMetric for FsyncLatencies {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (label, latency) in &self.0 {
+            latency.encode(encoder.encode_family(label)?)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
-        self.0.metric_type()
+        MetricType::Histogram
     }
 }
 
@@ -226,7 +233,7 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
         .name("relayhub-metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                if shared.shutdown.load(Ordering::Acquire) {
+                if shared.stopped.load(Ordering::Acquire) {
                     break;
                 }
                 if let Ok(stream) = stream {

@@ -108,6 +108,13 @@ impl Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayhub"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
             .args(["--storage", "disk", "--fsync", "always", "--pin", "false"])
+            // The receiver drains only at the end: room for a long campaign.
+            .args([
+                "--inbox-messages-max",
+                "100000000",
+                "--inbox-bytes-max",
+                "17179869184",
+            ])
             .arg("--data-dir")
             .arg(dir)
             .env("RELAYHUB_LOG", "info")
@@ -115,27 +122,34 @@ impl Binary {
             .spawn()
             .expect("the binary starts");
         let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let started = Instant::now();
-        loop {
-            let line = lines.next().expect("the hub logs").unwrap();
-            if line.contains("relayhub listening") {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no start: {line}"
-            );
-        }
-        // Keep draining its log so it never blocks on a full pipe; show
-        // warnings and errors in the test's output.
+        // Its log, line by line, through a channel: a hub that hangs before
+        // it listens fails the test in a minute instead of hanging it.
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("WARN") || line.contains("ERROR") || line.contains("panicked") {
                     eprintln!("hub: {line}");
                 }
+                if lines_tx.send(line).is_err() {
+                    // Nobody waits any more: keep draining.
+                }
             }
         });
+        let started = Instant::now();
+        loop {
+            let left = Duration::from_secs(60).saturating_sub(started.elapsed());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("relayhub listening") => break,
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = child.kill();
+                    panic!(
+                        "the hub did not listen within 60 s ({error:?}): {:?}",
+                        child.wait()
+                    );
+                }
+            }
+        }
         Binary(child, format!("127.0.0.1:{port}").parse().unwrap())
     }
 
@@ -165,7 +179,12 @@ fn free_port() -> u16 {
 /// order per sender, none twice after dedup by seq.
 #[test]
 fn no_stored_message_is_lost_to_sigkill() {
-    const ROUNDS: u64 = 3;
+    // CI runs 3 rounds; a longer campaign by hand:
+    // RELAYHUB_CRASH_ROUNDS=30 cargo test -p relayhub-server --release --test persistence sigkill
+    let rounds: u64 = std::env::var("RELAYHUB_CRASH_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(3);
     const SENDERS: usize = 4;
     let dir = DataDir::new("crash");
     let hub = Binary::start(&dir.0);
@@ -178,9 +197,10 @@ fn no_stored_message_is_lost_to_sigkill() {
     let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut next_id: HashMap<u64, u64> = senders.iter().map(|s| (s.user, 1)).collect();
     let sender_tokens: HashMap<u64, [u8; 16]> = senders.iter().map(|s| (s.user, s.token)).collect();
-    for round in 0..ROUNDS {
-        // Relay from every sender until the kill, reading Stored answers.
-        let kill_after = Duration::from_millis(150 + 200 * round);
+    for round in 0..rounds {
+        // Relay from every sender until the kill, reading Stored answers,
+        // killing at varied moments.
+        let kill_after = Duration::from_millis(150 + 200 * (round % 5) + 37 * round);
         let started = Instant::now();
         let mut in_flight: Vec<Vec<u64>> = vec![Vec::new(); SENDERS];
         while started.elapsed() < kill_after {
@@ -263,6 +283,9 @@ fn no_stored_message_is_lost_to_sigkill() {
             other => panic!("expected a delivery, got {other:?}"),
         }
     }
+    eprintln!(
+        "{rounds} SIGKILL rounds: {total} messages acknowledged with Stored, all delivered once, in order"
+    );
     for (sender, mut ids) in acknowledged {
         ids.sort_unstable();
         assert_eq!(got[&sender], ids, "sender {sender}: order or loss");
@@ -439,4 +462,54 @@ fn a_full_log_refuses_with_storage_full_and_acks_free_it() {
     }
     assert!(hub.stats().compactions >= 1);
     assert!(hub.stats().storage_full >= 1);
+}
+
+/// A relay to several offline durable receivers of one shard survives a
+/// compaction and a restart for every one of them (a snapshot once listed
+/// later sessions in a record before their own creation record, and their
+/// entries were dropped on recovery).
+#[test]
+fn a_compaction_keeps_fan_out_entries_for_every_receiver() {
+    let dir = DataDir::new("compact-fanout");
+    let path = dir.0.clone();
+    let config = move |config: &mut relayhub_server::Config| {
+        config.storage = Storage::Disk;
+        config.data_dir = path.clone();
+        config.disk_bytes_max = 2 << 20;
+    };
+    let (receivers, tokens);
+    {
+        let hub = start(1, config.clone());
+        let addr = hub.local_addr();
+        let mut sender = RawV2::durable(addr);
+        let offline: Vec<RawV2> = (0..4).map(|_| RawV2::durable(addr)).collect();
+        receivers = offline.iter().map(|r| r.user).collect::<Vec<_>>();
+        tokens = offline.iter().map(|r| r.token).collect::<Vec<_>>();
+        drop(offline);
+        sender.relay(1, 1, &receivers, b"to all four");
+        stored(&mut sender);
+        // Churn through an acking receiver until the log compacts.
+        let mut churn = RawV2::durable(addr);
+        let body = vec![3u8; 64 << 10];
+        let mut id = 1;
+        while hub.stats().compactions == 0 {
+            assert!(id < 500, "no compaction after {id} relays");
+            id += 1;
+            sender.relay(id, id, &[churn.user], &body);
+            stored(&mut sender);
+            let HubMessageV2::DeliverV2(deliver) = churn.next() else {
+                panic!("expected the churn delivery")
+            };
+            churn.send(&Ack { upto: deliver.seq });
+        }
+        hub.shutdown();
+    }
+    let hub = start(1, config);
+    for (user, token) in receivers.into_iter().zip(tokens) {
+        let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+        match receiver.next() {
+            HubMessageV2::DeliverV2(deliver) => assert_eq!(deliver.body, b"to all four"),
+            other => panic!("user {user}: expected its delivery, got {other:?}"),
+        }
+    }
 }

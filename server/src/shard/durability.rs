@@ -303,6 +303,14 @@ impl<Io> Shard<Io> {
             self.pump(now_ms, user);
         }
         self.stats.log_bytes.set(self.log.bytes());
+        if self.shutdown.is_some() {
+            self.advance_shutdown(now_ms);
+        }
+    }
+
+    /// Nothing waits for the log to become durable.
+    pub(super) fn log_waiting_empty(&self) -> bool {
+        self.log.waiting.is_empty()
     }
 
     /// The driver could not write the last batch; it will retry. Until it

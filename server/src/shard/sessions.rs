@@ -813,10 +813,9 @@ impl<Io> Shard<Io> {
         let mut records = vec![Record::IdsReserved {
             next: self.ids.reserved(),
         }];
-        // Entries of one relay share their frame: group them by it.
-        let mut messages: HashMap<*const u8, usize> = HashMap::new();
-        let durable = self.log.appended();
-        for (&user, session) in &mut self.sessions.map {
+        // Every session first: entries of one relay share one `Message`
+        // record, which may name sessions met later.
+        for (&user, session) in &self.sessions.map {
             records.push(Record::SessionCreated {
                 user,
                 token: session.tokens[0],
@@ -853,6 +852,11 @@ impl<Io> Shard<Io> {
                     at_ms,
                 });
             }
+        }
+        // Then the entries; entries of one relay share their frame.
+        let mut messages: HashMap<*const u8, usize> = HashMap::new();
+        let durable = self.log.appended();
+        for (&user, session) in &mut self.sessions.map {
             for entry in &mut session.inbox {
                 // Whatever was not durable becomes durable with the snapshot.
                 entry.lsn = entry.lsn.min(durable);
@@ -989,17 +993,26 @@ impl<Io> Shard<Io> {
         let Some(session) = self.sessions.map.get_mut(&user) else {
             return; // The session expired later in the log.
         };
-        if seq <= session.acked || session.inbox.back().is_some_and(|last| last.seq >= seq) {
-            return; // Acked already, or a snapshot repeated it.
+        if seq <= session.acked {
+            return; // Acked already.
+        }
+        // A snapshot groups entries by relay, so one session's entries may
+        // come out of `seq` order: keep the inbox sorted.
+        let at = session.inbox.partition_point(|entry| entry.seq < seq);
+        if session.inbox.get(at).is_some_and(|entry| entry.seq == seq) {
+            return; // Already there.
         }
         session.inbox_bytes += item.bytes();
         session.next_seq = session.next_seq.max(seq + 1);
-        session.inbox.push_back(Entry {
-            seq,
-            stored_ms,
-            lsn: 0,
-            item,
-        });
+        session.inbox.insert(
+            at,
+            Entry {
+                seq,
+                stored_ms,
+                lsn: 0,
+                item,
+            },
+        );
     }
 
     /// Recovery is over: every stored entry may have been sent before the

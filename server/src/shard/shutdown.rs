@@ -102,12 +102,15 @@ impl<Io> Shard<Io> {
         self.advance_shutdown(now_ms);
     }
 
-    fn advance_shutdown(&mut self, now_ms: u64) {
+    pub(super) fn advance_shutdown(&mut self, now_ms: u64) {
         let others = self.shards - 1;
+        // Answers that wait for the log (Stored, Handled to other shards)
+        // go out before the markers that let other shards close.
+        let answered = self.log_waiting_empty();
         let Some(shutdown) = self.shutdown.as_mut() else {
             return;
         };
-        if !shutdown.sent_round_two && self.markers.round_one == others {
+        if !shutdown.sent_round_two && self.markers.round_one == others && answered {
             shutdown.sent_round_two = true;
             let index = self.index;
             for target in (0..self.shards).filter(|&target| target != index) {
@@ -118,7 +121,7 @@ impl<Io> Shard<Io> {
             .shutdown
             .as_ref()
             .is_some_and(|s| s.sent_round_two && !s.closed);
-        if ready && self.markers.round_two == others {
+        if ready && self.markers.round_two == others && answered {
             self.close_all(now_ms);
         }
     }
