@@ -13,6 +13,9 @@
 //!   lists, mesh outboxes and budgets, timers, phased shutdown. Driven by
 //!   `handle_*`/`poll_*` calls with `now` passed in, and [`shard::Event`]s.
 //! - [`stats`]: per-shard counters readable from any thread.
+//! - [`store`]: the durable log's record format and recovery scan, IO-free.
+//! - [`disk`]: the log files on glommio's DMA files (the driver's side).
+//! - [`metrics`]: `--metrics-listen`, `/metrics` and `/healthz`.
 //! - [`startup`]: start-up checks and listener sockets, with clear errors.
 //! - `driver`: the glommio tasks that do the IO and the waiting for the core.
 //! - [`Hub`]: starts the shards, reports counters, shuts down gracefully.
@@ -28,6 +31,9 @@
 //! | a new counter | `stats.rs` (`stats!`) | docs/operations.md |
 //! | a new mesh message | `shard/mesh.rs` (`MeshMessage`, `weight`, `handle_mesh`) | the no-deadlock argument in docs/architecture.md |
 //! | how bytes move (sockets, rings, timers) | `driver.rs` only | nothing in the core |
+//! | a new log record kind | `store/record.rs` (a new `RecordKind`, never renumbered), `Shard::recover`, `snapshot_records` | docs/architecture.md "Durability"; the record round-trip test |
+//! | what waits for durability | `shard/durability.rs` (`Waiting`) | the SIGKILL test in `server/tests/persistence.rs` |
+//! | a new metric | a counter in `stats.rs`, its help and name in `metrics.rs` | docs/operations.md "Metrics" |
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

@@ -11,6 +11,11 @@
 //! - `list`: paged listing, gathered from every shard.
 //! - `mesh`: mesh messages, outboxes with byte budgets, paused readers.
 //! - `timers`: idle, frame and flush deadlines.
+//! - `sessions`: durable sessions, inboxes, acks, receipts, expiry, and the
+//!   log's view of them (snapshots, recovery).
+//! - `durability`: records appended, batches for the log writer, what
+//!   waits for the durable position.
+//! - `dedup`: content dedup windows.
 //! - `shutdown`: the phased shutdown across shards.
 
 mod dedup;

@@ -4,7 +4,7 @@
 //! - [`record`]: the record format (length, CRC32C, kind, fields) and its
 //!   codec, IO-free.
 //! - [`recovery`]: reading a log back: records, torn tails, corruption.
-//! - `disk` (driver side, in `driver/`): the log file on glommio's DMA
+//! - `crate::disk` (the driver's side): the log files on glommio's DMA
 //!   files, group commit and the fsync policies.
 //!
 //! The core appends records and waits for the durable position before
