@@ -158,6 +158,10 @@ impl<F: FnMut(Record)> Scanner<F> {
                 if rest.iter().all(|&b| b == 0) {
                     return Ok(self.scan(end, Verdict::Clean));
                 }
+                // The zeros dropped after the last non-zero chunk belong to
+                // the bytes being judged (a record's zero fields, padding).
+                let zeros = std::mem::take(&mut self.zeros_after_end) as usize;
+                self.buffer.resize(self.buffer.len() + zeros, 0);
                 (end, Invalid::Length)
             }
             (None, None) => {
@@ -320,5 +324,52 @@ mod end_tests {
         let corruption = scanner.finish().unwrap_err();
         assert_eq!(corruption.offset, valid as u64);
         assert_eq!(corruption.next_valid, (valid + (1 << 16)) as u64);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_found {
+    use super::*;
+
+    /// Found by the log_scan fuzz target: an end marker, then bytes, then a
+    /// valid record whose last bytes are zeros, fed one byte at a time.
+    /// The zeros were dropped as "after the end" and the record, cut
+    /// short, no longer checked out: the verdict depended on the chunking.
+    #[test]
+    fn a_record_ending_in_zeros_after_the_end_is_judged_whole_in_any_chunking() {
+        let mut file = vec![0u8; 5];
+        file.extend_from_slice(&[
+            0x4e, 0x7d, 0x45, 0x03, 0, 0, 0, 0x2c, 0, 0, 0x03, 0, 0, 0, 0x4e,
+        ]);
+        file.resize(48, 0);
+        let mut record = bytes::BytesMut::new();
+        crate::store::record::encode(
+            &crate::store::record::Record::IdsReserved { next: 4 },
+            &mut record,
+        );
+        file.extend_from_slice(&record);
+        file.push(0);
+        let judge = |chunk: usize| {
+            let mut scanner = Scanner::new(|_| {});
+            for piece in file.chunks(chunk) {
+                scanner.feed(piece);
+            }
+            scanner.finish()
+        };
+        let whole = judge(file.len());
+        assert!(
+            matches!(
+                whole,
+                Err(Corruption {
+                    offset: 0,
+                    next_valid: 48,
+                    ..
+                })
+            ),
+            "{whole:?}"
+        );
+        for chunk in [1, 2, 3, 7, 8, 13] {
+            assert_eq!(judge(chunk), whole, "chunks of {chunk}");
+        }
     }
 }
