@@ -124,7 +124,15 @@ fn offline_delivery_then_resume_redelivers_in_order() {
     )
     .unwrap();
     assert!(bob.recv_timeout(SHORT).unwrap().is_none());
-    assert_eq!(bob.duplicates_dropped(), (1, 0));
+    // At least 3 comes back and is dropped; 1 and 2 too when the hub took
+    // the resume before the closed connection's `Ack{2}` (both race to the
+    // session's shard): either way nothing reaches the application.
+    let (by_seq, by_id) = bob.duplicates_dropped();
+    assert!(
+        (1..=3).contains(&by_seq) && by_id == 0,
+        "{:?}",
+        (by_seq, by_id)
+    );
     let resume = resume_of(&bob);
     bob.close().unwrap();
     let mut bob = SessionClient::connect(addr, resume).unwrap();
