@@ -407,11 +407,10 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
         }
     };
     let accept_loop = async {
-        let mut reserve = Reserve::open();
+        let mut reserve = Reserve(context.shared.stats.len());
         let mut warnings = RateLimited::default();
         loop {
-            // Descriptors are the process's: another shard may have taken
-            // the one our reserve gave back. Take one again when we can.
+            // Descriptors are the process's: keep the pool full when we can.
             reserve.refill();
             match listener.accept().await {
                 Ok(stream) => start_connection(context, stream),
@@ -455,28 +454,40 @@ fn out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
     matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// One file descriptor held back so that, at the descriptor limit, the
-/// hub can still accept a client to tell it `ServerFull` instead of leaving
-/// it unanswered in the accept queue.
-struct Reserve(Option<std::fs::File>);
+/// Descriptors held back so that, at the descriptor limit, the hub can
+/// still accept a client to tell it `ServerFull` instead of leaving it
+/// unanswered in the accept queue: one per shard, in one pool for the
+/// process (descriptors are the process's), so that whichever shard has a
+/// client waiting can use any of them.
+static RESERVES: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// A shard's use of the reserve pool; the number is the pool's size.
+struct Reserve(usize);
 
 impl Reserve {
-    fn open() -> Reserve {
-        Reserve(std::fs::File::open("/dev/null").ok())
+    fn pool() -> std::sync::MutexGuard<'static, Vec<std::fs::File>> {
+        RESERVES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Frees the reserve; false when there was none to free.
+    /// Frees one reserved descriptor; false when the pool is empty.
     fn release(&mut self) -> bool {
-        self.0.take().is_some()
+        Self::pool().pop().is_some()
     }
 
-    /// Takes the reserve descriptor if it is not held; true when it is
-    /// held now. (Opening `/dev/null` does not block.)
+    /// Fills the pool up to its size; true when it is full. (Opening
+    /// `/dev/null` does not block; the lock is taken only here and in
+    /// `release`, never on the hot path.)
     fn refill(&mut self) -> bool {
-        if self.0.is_none() {
-            self.0 = std::fs::File::open("/dev/null").ok();
+        let mut pool = Self::pool();
+        while pool.len() < self.0 {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => pool.push(file),
+                Err(_) => return false,
+            }
         }
-        self.0.is_some()
+        true
     }
 }
 
