@@ -139,6 +139,11 @@ impl<Io> Shard<Io> {
             return Handled::Paused;
         }
         self.stats.relays.incr();
+        // A turn is one relay: the next one queues behind whoever waits,
+        // so a sender towards a fast-draining shard cannot keep the turn.
+        if let Some(conn) = self.conn_mut(id) {
+            conn.mesh_turn = None;
+        }
         self.route_handled = 0;
         self.route_duplicates = 0;
         if let [receiver] = receivers {
