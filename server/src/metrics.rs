@@ -147,17 +147,19 @@ impl EncodeMetric for FsyncLatency {
 /// The exposition of every shard's counters, now.
 pub fn render(stats: &[Arc<ShardStats>]) -> String {
     let mut registry = Registry::with_prefix("relayhub");
-    let snapshots: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
-    let Some(first) = snapshots.first() else {
+    // Each shard's counters, read once: `shards[shard][field]`.
+    let shards: Vec<Vec<(&'static str, u64)>> =
+        stats.iter().map(|s| s.snapshot().fields()).collect();
+    let Some(first) = shards.first() else {
         return String::new();
     };
-    for (field, _) in first.fields() {
+    for (column, &(field, _)) in first.iter().enumerate() {
         let name = metric_name(field);
         let help = metric_help(field);
         if GAUGES.contains(&field) {
             let family = Family::<ShardLabel, Gauge>::default();
-            for (index, snapshot) in snapshots.iter().enumerate() {
-                let value = value_of(snapshot, field);
+            for (index, fields) in shards.iter().enumerate() {
+                let value = fields[column].1;
                 family
                     .get_or_create(&ShardLabel {
                         shard: index.to_string(),
@@ -167,12 +169,12 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
             registry.register(name, help, family);
         } else {
             let family = Family::<ShardLabel, Counter>::default();
-            for (index, snapshot) in snapshots.iter().enumerate() {
+            for (index, fields) in shards.iter().enumerate() {
                 family
                     .get_or_create(&ShardLabel {
                         shard: index.to_string(),
                     })
-                    .inc_by(value_of(snapshot, field));
+                    .inc_by(fields[column].1);
             }
             registry.register(name, help, family);
         }
@@ -214,14 +216,6 @@ impl EncodeMetric for FsyncLatencies {
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
     }
-}
-
-fn value_of(snapshot: &crate::stats::StatsSnapshot, field: &str) -> u64 {
-    snapshot
-        .fields()
-        .into_iter()
-        .find(|(name, _)| *name == field)
-        .map_or(0, |(_, value)| value)
 }
 
 /// Binds the endpoint (so a bad address fails the start) and serves it on a
