@@ -189,14 +189,13 @@ fn no_stored_message_is_lost_to_sigkill() {
     let dir = DataDir::new("crash");
     let hub = Binary::start(&dir.0);
     let receiver = RawV2::durable(hub.1);
-    let (receiver_id, mut token) = (receiver.user, receiver.token);
+    let (receiver_id, token) = (receiver.user, receiver.token);
     drop(receiver);
     let mut senders: Vec<RawV2> = (0..SENDERS).map(|_| RawV2::durable(hub.1)).collect();
     let mut hub = Some(hub);
     // Per sender: message ids whose Stored arrived, and the next id.
     let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut next_id: HashMap<u64, u64> = senders.iter().map(|s| (s.user, 1)).collect();
-    let sender_tokens: HashMap<u64, [u8; 16]> = senders.iter().map(|s| (s.user, s.token)).collect();
     for round in 0..rounds {
         // Relay from every sender until the kill, reading Stored answers,
         // killing at varied moments.
@@ -221,11 +220,9 @@ fn no_stored_message_is_lost_to_sigkill() {
         let restarted = Binary::start(&dir.0);
         // Reconnect the senders; retry what had no Stored, same ids.
         for (index, sender) in senders.iter_mut().enumerate() {
-            *sender = RawV2::resume(
-                restarted.1,
-                sender.user,
-                sender_tokens_of(sender, &sender_tokens),
-            );
+            // The token of the sender's latest welcome (rotated on every
+            // resume).
+            *sender = RawV2::resume(restarted.1, sender.user, sender.token);
             for &id in &in_flight[index] {
                 let body = format!("{}:{id}", sender.user);
                 sender.relay(id, id, &[receiver_id], body.as_bytes());
@@ -246,7 +243,6 @@ fn no_stored_message_is_lost_to_sigkill() {
     // per sender, once after dedup by seq.
     let addr = hub.as_ref().unwrap().1;
     let mut receiver = RawV2::resume(addr, receiver_id, token);
-    token = receiver.token;
     let total: usize = acknowledged.values().map(Vec::len).sum();
     let mut got: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut last_seq = 0;
@@ -289,16 +285,6 @@ fn no_stored_message_is_lost_to_sigkill() {
     for (sender, mut ids) in acknowledged {
         ids.sort_unstable();
         assert_eq!(got[&sender], ids, "sender {sender}: order or loss");
-    }
-    let _ = token;
-}
-
-fn sender_tokens_of(sender: &RawV2, tokens: &HashMap<u64, [u8; 16]>) -> [u8; 16] {
-    // The token of the sender's latest welcome (rotated on every resume).
-    if sender.token != [0; 16] {
-        sender.token
-    } else {
-        tokens[&sender.user]
     }
 }
 
