@@ -427,7 +427,12 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
                     }
                     // Really at the limit: tell it why and close it; the
                     // next turn takes the reserve back.
-                    refuse(&stream, &shard::refusal_bytes(ErrorCodeV2::ServerFull, 0));
+                    let bytes = shard::refusal_bytes(
+                        relayhub_protocol::VERSION,
+                        ErrorCodeV2::ServerFull,
+                        0,
+                    );
+                    refuse(&stream, &bytes);
                     context.stats.fd_refusals.incr();
                     drop(stream);
                     warnings.warn("out of file descriptors: refusing clients with ServerFull");

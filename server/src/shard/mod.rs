@@ -34,7 +34,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2, PREFACE};
+use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2};
 use std::collections::HashMap;
 
 pub use dedup::{ContentWindow as ContentWindowBox, CONTENT_DEDUP_ENTRIES_MAX};
@@ -357,12 +357,24 @@ impl<Io> Shard<Io> {
     /// Takes a new connection into the table, or refuses it with
     /// `ServerFull` (the shard is full, or shutting down).
     pub fn handle_accept(&mut self, now_ms: u64, io: Io) -> Result<ConnId, Refusal<Io>> {
+        // The client's version is unknown yet: refused in version 1's words.
+        self.accept_speaking(now_ms, io, relayhub_protocol::VERSION)
+    }
+
+    /// [`handle_accept`](Self::handle_accept), refusing with the preface of
+    /// `version`.
+    fn accept_speaking(
+        &mut self,
+        now_ms: u64,
+        io: Io,
+        version: u16,
+    ) -> Result<ConnId, Refusal<Io>> {
         if self.connections() >= self.limits.connections_max || self.shutdown.is_some() {
             self.stats.connections_refused.incr();
             let detail = self.limits.connections_max as u64;
             return Err(Refusal {
                 io,
-                bytes: refusal_bytes(ErrorCodeV2::ServerFull, detail),
+                bytes: refusal_bytes(version, ErrorCodeV2::ServerFull, detail),
             });
         }
         let slot = match self.free.pop() {
@@ -610,15 +622,8 @@ impl<Io> Shard<Io> {
         io: Io,
         buffered: &[u8],
     ) -> Result<ConnId, Refusal<Io>> {
-        let id = self.handle_accept(now_ms, io).map_err(|mut refusal| {
-            // The client spoke version 2 to the shard that accepted it.
-            let mut bytes = BytesMut::from(&refusal.bytes[..]);
-            bytes[..PREFACE.len()].copy_from_slice(&relayhub_protocol::preface_for(
-                relayhub_protocol::VERSION_2,
-            ));
-            refusal.bytes = bytes.freeze();
-            refusal
-        })?;
+        // The client spoke version 2 to the shard that accepted it.
+        let id = self.accept_speaking(now_ms, io, relayhub_protocol::VERSION_2)?;
         self.stats.handoffs_in.incr();
         let conn = self.conn_mut(id).expect("just accepted");
         conn.version = relayhub_protocol::VERSION_2;
@@ -684,10 +689,10 @@ fn slot_conn<Io>(slots: &mut [Slot<Io>], id: ConnId) -> Option<&mut Connection<I
     slot.conn.as_mut()
 }
 
-/// The hub's preface and one closing `Error` frame: what a refused
-/// connection gets before the hub closes it.
-pub fn refusal_bytes(code: ErrorCodeV2, detail: u64) -> Bytes {
-    let mut bytes = BytesMut::from(&PREFACE[..]);
+/// The hub's preface of `version` and one closing `Error` frame: what a
+/// refused connection gets before the hub closes it.
+pub fn refusal_bytes(version: u16, code: ErrorCodeV2, detail: u64) -> Bytes {
+    let mut bytes = BytesMut::from(&relayhub_protocol::preface_for(version)[..]);
     encode(&ErrorFrame::new_v2(code, 0, detail), &mut bytes).expect("an error frame fits");
     bytes.freeze()
 }
