@@ -150,6 +150,12 @@ pub struct Args {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub reconnect_every: Duration,
 
+    /// With --durable, relayhub targets only: every relay asks for delivery
+    /// receipts; senders count (and ack) them, the drain waits for them, and
+    /// the durable table shows how many came and how many are missing.
+    #[arg(long, requires = "durable")]
+    pub receipts: bool,
+
     /// JetStream: where the stream lives (nats-server needs -js; file
     /// storage goes under its -sd directory).
     #[arg(long, value_enum, default_value_t = JetStreamStorage::Memory)]
@@ -268,6 +274,15 @@ impl Args {
                     target.url
                 ));
             }
+            if let Some(target) = targets
+                .iter()
+                .find(|target| self.receipts && target.kind != TargetKind::Relayhub)
+            {
+                return bad(format!(
+                    "--receipts is relayhub's (its peers have no delivery receipts), not {}",
+                    target.url
+                ));
+            }
         }
         let load = match self.rate {
             Some(rate) => Load::Open { rate },
@@ -338,6 +353,7 @@ impl Args {
         Ok(Some(DurableConfig {
             reconnect_share: self.reconnect_share,
             reconnect_every: self.reconnect_every,
+            receipts: self.receipts,
             jetstream: JetStreamConfig {
                 stream: JETSTREAM_STREAM.into(),
                 storage: self.jetstream_storage,
@@ -428,6 +444,9 @@ pub fn describe(config: &RunConfig) -> String {
                 ),
                 TargetKind::Redis => {
                     ", durable: Redis Streams, a consumer group per receiver".to_string()
+                }
+                _ if durable.receipts => {
+                    ", durable: protocol v2 sessions, delivery receipts".to_string()
                 }
                 _ => ", durable: protocol v2 sessions".to_string(),
             };
@@ -593,5 +612,11 @@ mod tests {
         assert_eq!(jetstream.ack, JetStreamAck::All);
         assert_eq!(jetstream.storage, JetStreamStorage::Memory);
         assert!(parse("lg").configs().unwrap()[0].durable.is_none());
+        assert!(Args::try_parse_from(["lg", "--receipts"]).is_err());
+        assert!(parse("lg --durable --receipts --target nats://127.0.0.1:2")
+            .configs()
+            .is_err());
+        let receipts = parse("lg --durable --receipts").configs().unwrap();
+        assert!(receipts[0].durable.as_ref().unwrap().receipts);
     }
 }

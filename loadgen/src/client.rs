@@ -110,6 +110,7 @@ async fn connect_inner(
         | Event::DeliveryV2 { .. }
         | Event::Message { .. }
         | Event::Stored { .. }
+        | Event::Receipt { .. }
         | Event::StreamAppended(_)
         | Event::StreamEntries { .. }
         | Event::WelcomeV2 { .. } => Err("an unexpected message before the run started".into()),
@@ -221,6 +222,7 @@ fn durable_ready(
         | Event::DeliveryV2 { .. }
         | Event::Message { .. }
         | Event::Stored { .. }
+        | Event::Receipt { .. }
         | Event::StreamAppended(_)
         | Event::StreamEntries { .. }
         | Event::Welcome { .. } => Err("an unexpected message before the run started".into()),

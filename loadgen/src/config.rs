@@ -72,6 +72,9 @@ pub struct DurableConfig {
     pub reconnect_share: f64,
     /// Mean time between two drops of one reconnecting receiver.
     pub reconnect_every: Duration,
+    /// relayhub: relays ask for delivery receipts (`RelayV2.flags.RECEIPT`);
+    /// every sender counts the receipts it gets and the run waits for them.
+    pub receipts: bool,
     /// JetStream targets only.
     pub jetstream: JetStreamConfig,
 }

@@ -304,6 +304,11 @@ pub struct DurableCounts {
     pub acks: u64,
     /// relayhub: inbox sequence numbers never delivered (expiry or loss).
     pub seq_skipped: u64,
+    /// relayhub `--receipts`: receipts received (deduplicated).
+    pub receipts: u64,
+    /// relayhub `--receipts`: receipts owed for the stored publications
+    /// (one per receiver) that had not come by the end of the drain.
+    pub receipts_missing: u64,
     /// Sum of reconnect times (drop to ready), ns.
     pub reconnect_ns_total: u64,
     /// Longest reconnect, ns.
@@ -322,6 +327,8 @@ impl DurableCounts {
         self.deduplicated += other.deduplicated;
         self.acks += other.acks;
         self.seq_skipped += other.seq_skipped;
+        self.receipts += other.receipts;
+        self.receipts_missing += other.receipts_missing;
         self.reconnect_ns_total += other.reconnect_ns_total;
         self.reconnect_ns_max = self.reconnect_ns_max.max(other.reconnect_ns_max);
     }

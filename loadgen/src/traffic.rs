@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
-use relayhub_protocol::flags::REDELIVERY;
+use relayhub_protocol::flags::{self as relay_flag, REDELIVERY};
 
 use crate::checker::{Arrival, SequenceChecker};
 use crate::client::Client;
@@ -188,6 +188,9 @@ struct Sender {
     phase_ns: f64,
     /// Durable runs: publications not yet acknowledged by the server.
     unstored: Unstored,
+    /// relayhub with `--receipts`: receipts received (after dedup by the
+    /// sender's inbox `seq`).
+    receipts: u64,
 }
 
 /// One receiving client: a checker per sender that sends to it, sorted by
@@ -239,6 +242,8 @@ struct DurableState {
     next_drop_ns: u64,
     /// Send to acknowledgement of measured publications, ns.
     stored_latency: Histogram<u64>,
+    /// relayhub: `RelayV2.flags` of every relay (`RECEIPT` or 0).
+    relay_flags: u32,
 }
 
 /// Everything but the sockets.
@@ -314,6 +319,7 @@ impl Engine {
         let mut senders = Vec::with_capacity(clients.len());
         let mut identities = Vec::with_capacity(clients.len());
         let durable = config.durable.is_some();
+        let relay_flags = relay_flags(config.durable.as_ref());
         for (local, client) in clients.into_iter().enumerate() {
             identities.push((client.address, client.token));
             let mut take = |stream: glommio::net::TcpStream, inbound, role| {
@@ -346,13 +352,21 @@ impl Engine {
                 .map(|&target| addresses[target])
                 .collect();
             let sender_index = (first + local) as u32;
-            let encoding = templates(kind, echo, durable, sender_index, &receivers, body.len())
-                .map_or(Encoding::PerMessage, |mut templates| {
-                    if body.len() < LARGE_BODY_BYTES {
-                        templates.iter_mut().for_each(|t| t.fill(body.bytes()));
-                    }
-                    Encoding::Templates(templates)
-                });
+            let encoding = templates(
+                kind,
+                echo,
+                durable,
+                relay_flags,
+                sender_index,
+                &receivers,
+                body.len(),
+            )
+            .map_or(Encoding::PerMessage, |mut templates| {
+                if body.len() < LARGE_BODY_BYTES {
+                    templates.iter_mut().for_each(|t| t.fill(body.bytes()));
+                }
+                Encoding::Templates(templates)
+            });
             let global = (first + local) as f64;
             senders.push(Sender {
                 sent: 0,
@@ -368,6 +382,7 @@ impl Engine {
                 // Phases spread evenly over one interval.
                 phase_ns: interval_ns * global / config.clients as f64,
                 unstored: Unstored::default(),
+                receipts: 0,
             });
         }
         let subscriber_conns: Vec<usize> = conns
@@ -436,6 +451,7 @@ impl Engine {
                 rng,
                 next_drop_ns,
                 stored_latency: new_histogram(),
+                relay_flags,
             }
         });
         Ok(Engine {
@@ -1107,6 +1123,14 @@ impl Engine {
                 .iter()
                 .map(|sender| sender.unstored.outstanding())
                 .sum();
+            if durable.relay_flags & relay_flag::RECEIPT != 0 {
+                let owed: u64 = state
+                    .senders
+                    .iter()
+                    .map(|s| (s.sent - s.unstored.outstanding()) * state.fanout)
+                    .sum();
+                result.durable.receipts_missing = owed.saturating_sub(result.durable.receipts);
+            }
             result.stored_latency = Some(std::mem::replace(
                 &mut durable.stored_latency,
                 new_histogram(),
@@ -1127,10 +1151,19 @@ fn drop_delay_ns(rng: &mut SplitMix64, mean_ns: f64) -> u64 {
 
 /// The templates of one sender's publication, if the encoder fits them.
 /// `sender` is the sender's client index (JetStream's ack inbox).
+/// `RelayV2.flags` of a run's relays: `RECEIPT` with `--receipts`.
+fn relay_flags(durable: Option<&crate::config::DurableConfig>) -> u32 {
+    match durable {
+        Some(durable) if durable.receipts => relay_flag::RECEIPT,
+        _ => 0,
+    }
+}
+
 fn templates(
     kind: TargetKind,
     echo: bool,
     durable: bool,
+    relay_flags: u32,
     sender: u32,
     receivers: &[u64],
     body_len: usize,
@@ -1140,7 +1173,7 @@ fn templates(
     };
     match kind {
         TargetKind::Relayhub if durable => Some(vec![learn(&|request, body, out| {
-            relayhub::encode_relay_v2(out, request, receivers, body)
+            relayhub::encode_relay_v2(out, request, relay_flags, receivers, body)
         })?]),
         TargetKind::Nats if durable => receivers
             .iter()
@@ -1210,7 +1243,15 @@ impl State {
             && self.senders.iter().all(|sender| {
                 sender.delivered >= sender.sent * self.fanout
                     && (self.durable.is_none() || sender.unstored.outstanding() == 0)
+                    && (!self.receipts() || sender.receipts >= sender.sent * self.fanout)
             })
+    }
+
+    /// Relays ask for delivery receipts.
+    fn receipts(&self) -> bool {
+        self.durable
+            .as_ref()
+            .is_some_and(|d| d.relay_flags & relay_flag::RECEIPT != 0)
     }
 
     /// Appends one new publication from `sender` to its outbound buffer.
@@ -1256,6 +1297,7 @@ impl State {
         // relayhub v2: the request id is the message id too.
         let request = sequence + 1;
         let durable = self.durable.is_some();
+        let relay_flags = self.durable.as_ref().map_or(0, |d| d.relay_flags);
         match &s.encoding {
             Encoding::Templates(templates) if self.large => {
                 for template in templates {
@@ -1274,7 +1316,7 @@ impl State {
                     relayhub::encode_echo(out, request, body)?
                 }
                 (TargetKind::Relayhub, out) if durable => {
-                    relayhub::encode_relay_v2(out, request, &s.receivers, body)?
+                    relayhub::encode_relay_v2(out, request, relay_flags, &s.receivers, body)?
                 }
                 (TargetKind::Relayhub | TargetKind::Sink, out) => {
                     relayhub::encode_relay(out, request, &s.receivers, body)?
@@ -1439,6 +1481,20 @@ impl State {
                 duplicate,
                 ..
             } => self.on_stored(local, message_id, duplicate, now_ns),
+            Event::Receipt { seq, flags, .. } if role == Role::Subscriber => {
+                if flags & REDELIVERY != 0 {
+                    self.stats.result.durable.redelivered += 1;
+                }
+                // A receipt is an entry of the sender's own inbox: numbered,
+                // acked and deduplicated like a delivery.
+                match self.receivers[local].seq_dedup.arrival(seq) {
+                    Dedup::New => {
+                        self.senders[local].receipts += 1;
+                        self.stats.result.durable.receipts += 1;
+                    }
+                    Dedup::Duplicate => self.stats.result.durable.deduplicated += 1,
+                }
+            }
             Event::Message {
                 subject,
                 reply,
@@ -1479,7 +1535,7 @@ impl State {
                     format!("hub error {code} ({name:?}) request {request} detail {detail}")
                 })
             }
-            Event::DeliveryV2 { .. } | Event::StreamEntries { .. } => self
+            Event::DeliveryV2 { .. } | Event::StreamEntries { .. } | Event::Receipt { .. } => self
                 .stats
                 .error(|| "a delivery on a publisher connection".into()),
             Event::Published(_)

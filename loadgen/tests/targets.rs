@@ -259,6 +259,28 @@ fn relayhub_durable_is_clean_with_reconnects() {
     hub.shutdown();
 }
 
+/// `--receipts`: every stored relay to a fan-out of 4 comes back as 4
+/// receipts, once each after dedup by the sender's inbox seq, with a third
+/// of the clients (senders and receivers both: one connection each)
+/// dropping and resuming mid-run.
+#[test]
+fn relayhub_receipts_are_counted_once_per_receiver() {
+    let hub =
+        relayhub_server::Hub::start(relayhub_server::Config::for_tests(2)).expect("hub starts");
+    let url = format!("relayhub://{}", hub.local_addr());
+    for reconnect in ["", "--reconnect-share 0.3 --reconnect-every 250ms"] {
+        let summaries = loadgen(&format!(
+            "--target {url} --durable --receipts --clients 12 --scenario fanout --fanout 4 \
+             --window 4 {reconnect}"
+        ));
+        assert_durable_clean(&summaries, !reconnect.is_empty());
+        let counts = summaries[0].durable.as_ref().unwrap().counts;
+        assert_eq!(counts.receipts, counts.stored * 4, "{counts:?}");
+        assert_eq!(counts.receipts_missing, 0, "{counts:?}");
+    }
+    hub.shutdown();
+}
+
 #[test]
 #[ignore = "needs nats-server/redis-server on PATH; CI runs them with --ignored"]
 fn nats_and_redis_traffic_is_clean_and_compared() {

@@ -206,6 +206,7 @@ pub fn durable(summaries: &[Summary]) -> String {
         "redelivered",
         "dedup dropped",
         "acks",
+        "receipts (missing)",
     ];
     let rows: Vec<Vec<String>> = summaries
         .iter()
@@ -224,6 +225,11 @@ pub fn durable(summaries: &[Summary]) -> String {
                 c.redelivered.to_string(),
                 c.deduplicated.to_string(),
                 c.acks.to_string(),
+                if c.receipts + c.receipts_missing == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({})", c.receipts, c.receipts_missing)
+                },
             ])
         })
         .collect();

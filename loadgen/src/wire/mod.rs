@@ -57,6 +57,14 @@ pub enum Event<'a> {
         seq: u64,
         flags: u32,
     },
+    /// relayhub v2: `receiver` acked this connection's relay `message_id`
+    /// (asked for with `RECEIPT`); a durable sender acks `seq` like a
+    /// delivery.
+    Receipt {
+        message_id: u64,
+        seq: u64,
+        flags: u32,
+    },
     /// relayhub v2: the hub handled every receiver of relay `request`.
     Stored {
         request: u64,

@@ -91,10 +91,12 @@ pub fn encode_hello(
 }
 
 /// Encodes a durable relay of `body` to `receivers`: `message_id` is the
-/// request id too (one number names the relay in `Stored` and in retries).
+/// request id too (one number names the relay in `Stored` and in retries);
+/// `flags` are `RelayV2.flags` (`RECEIPT` or 0).
 pub fn encode_relay_v2(
     out: &mut BytesMut,
     message_id: u64,
+    flags: u32,
     receivers: &[u64],
     body: &[u8],
 ) -> Result<(), WireError> {
@@ -102,7 +104,7 @@ pub fn encode_relay_v2(
         &RelayV2Ref {
             request: message_id,
             message_id,
-            flags: 0,
+            flags,
             receivers,
             body,
         },
@@ -149,12 +151,16 @@ pub fn next_event_v2(decoder: &mut Decoder<ClientSideV2>) -> Result<Option<Event
             request: error.request.to_native(),
             detail: error.detail.to_native(),
         },
+        HubFrameV2::Receipt(receipt) => Event::Receipt {
+            message_id: receipt.message_id.to_native(),
+            seq: receipt.seq.to_native(),
+            flags: receipt.flags.to_native(),
+        },
         HubFrameV2::EchoReply(reply) => Event::Delivery(reply.body.as_slice()),
         // Version 1 only (the decoder refuses them on a v2 connection), or
-        // not asked for (receipts, identity, list).
+        // not asked for (identity, list).
         HubFrameV2::Welcome(_)
         | HubFrameV2::Deliver(_)
-        | HubFrameV2::Receipt(_)
         | HubFrameV2::IdentityReply(_)
         | HubFrameV2::ListReply(_) => Event::Other,
     }))
@@ -174,7 +180,7 @@ mod tests {
         let mut wire = BytesMut::new();
         wire.extend_from_slice(&CLIENT_PREFACE_V2);
         encode_hello(&mut wire, 1, None).unwrap();
-        encode_relay_v2(&mut wire, 7, &[3, 4], b"body").unwrap();
+        encode_relay_v2(&mut wire, 7, 0, &[3, 4], b"body").unwrap();
         encode_ack(&mut wire, 9);
         encode_hello(&mut wire, 2, Some((5, [7; 16]))).unwrap();
         let mut hub = Decoder::<HubSideV2>::new();

@@ -235,7 +235,7 @@ mod tests {
                 assert_eq!(template.request_in_suffix.len(), 1);
                 // Version 2: request and message id, both the same number.
                 let template = check(body_len, &|request, body, out| {
-                    relayhub::encode_relay_v2(out, request, receivers, body)
+                    relayhub::encode_relay_v2(out, request, 0, receivers, body)
                 });
                 assert_eq!(template.request_in_suffix.len(), 2);
             }
