@@ -3,7 +3,9 @@
 //! it was sent within the window, by a 128-bit BLAKE3 hash, at most
 //! [`CONTENT_DEDUP_ENTRIES_MAX`] of them (oldest forgotten first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{hash_map::Entry, VecDeque};
+
+use foldhash::HashMap;
 
 /// Bodies one receiver's content-dedup window remembers at most: 1024
 /// (about 170 KB of state per receiver while it is full: the hash table
@@ -48,8 +50,11 @@ impl ContentWindow {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&old) == Some(&at) {
-                self.seen.remove(&old);
+            // Forget it unless a later acceptance of the same body renewed it.
+            if let Entry::Occupied(entry) = self.seen.entry(old) {
+                if *entry.get() == at {
+                    entry.remove();
+                }
             }
         }
         self.seen

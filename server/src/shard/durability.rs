@@ -10,9 +10,10 @@
 //! growing across compactions, which start a new generation of the log
 //! file with a snapshot of the live state.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
+use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::Stored;
 
 use super::{Event, MeshMessage, Shard};

@@ -1,7 +1,7 @@
 //! Paged listing of connected users: this shard's users at once, the other
 //! shards' through the mesh, merged when every shard has answered.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use relayhub_protocol::{ListReplyRef, LIST_PAGE_USERS_MAX};
 

@@ -34,8 +34,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2};
-use std::collections::HashMap;
 
 pub use dedup::{ContentWindow as ContentWindowBox, CONTENT_DEDUP_ENTRIES_MAX};
 pub use durability::{LogBatch, COMPACTION_MIN_BYTES, COMPACTION_RATIO};

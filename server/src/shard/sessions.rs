@@ -8,9 +8,10 @@
 //! entry, [`ENTRY_BYTES`] plus its body, which is shared (one `Deliver`
 //! frame per relay and shard, whatever the fan-out).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::{
     flags, preface_for, ArchivedHello, DeliverV2Meta, ErrorCodeV2, Receipt, ResumeToken, Stored,
     WelcomeV2, RESUME_TOKEN_BYTES,
