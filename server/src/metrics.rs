@@ -48,6 +48,7 @@ fn metric_name(field: &str) -> String {
         "bytes_in" => "received_bytes".into(),
         "bytes_out" => "sent_bytes".into(),
         "recovery_ms" => "recovery_milliseconds".into(),
+        "log_appended" => "log_appended_bytes".into(),
         other => other.into(),
     }
 }
@@ -91,6 +92,9 @@ fn metric_help(field: &str) -> &'static str {
         "log_write_errors" => "Log writes the disk refused (retried)",
         "compactions" => "Log compactions",
         "log_bytes" => "Bytes in the shard's log",
+        "log_appended" => {
+            "Bytes appended to the shard's log since start (records and compaction copies)"
+        }
         "recovered_records" => "Log records read at start-up",
         "recovery_ms" => "Time the start-up recovery took",
         "sessions_durable" => "Durable sessions on the shard, connected or not",

@@ -206,6 +206,9 @@ stats! {
     compactions,
     /// Bytes in this shard's log now (a gauge).
     log_bytes,
+    /// Bytes appended to this shard's log since start: records and the
+    /// copies compaction writes (what the disk was asked to write).
+    log_appended,
     /// Log records read back at start-up.
     recovered_records,
     /// Milliseconds the start-up recovery took.

@@ -304,6 +304,7 @@ impl<Io> Shard<Io> {
             self.pump(now_ms, user);
         }
         self.stats.log_bytes.set(self.log.bytes());
+        self.stats.log_appended.set(self.log.appended);
         if self.shutdown.is_some() {
             self.advance_shutdown(now_ms);
         }
