@@ -27,10 +27,13 @@
 //! - [`sink`]: the trivial peer that measures the loadgen alone.
 //! - [`summary`]: one target's result; [`report`]: table, hgrm, JSON, SVG.
 //! - [`sys`]: getrusage, /proc CPU and RSS, the fd limit.
+//! - [`capacity`]: `sweep` (highest rate held per workload) and `plan`
+//!   (cores, memory, disk, machines for a population from a sweep).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod capacity;
 pub mod checker;
 pub mod cli;
 pub mod client;

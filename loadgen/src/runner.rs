@@ -88,7 +88,12 @@ fn run_inner(config: RunConfig) -> Result<Summary, LoadgenError> {
     shared.start();
     let mut rss_connected = None;
     match config.scenario {
-        Scenario::Traffic(_) => progress_until_end(&config, &shared),
+        Scenario::Traffic(_) => {
+            progress_until_end(&config, &shared);
+            // Sending just ended: every connection is open, queues hold
+            // what the load left in them.
+            rss_connected = config.server_pid.and_then(sys::process_rss_kib);
+        }
         Scenario::Storm => wait_for(&shared.done),
         Scenario::Idle => {
             sleep(IDLE_SETTLE);
@@ -119,6 +124,8 @@ fn run_inner(config: RunConfig) -> Result<Summary, LoadgenError> {
         let per_delivery = |time: Duration| time.as_nanos() as f64 / run_deliveries as f64;
         summary.loadgen_cpu_ns_per_delivery = Some(per_delivery(cpu));
         summary.server_cpu_ns_per_delivery = server_cpu.map(per_delivery);
+        summary.server_rss_before_kib = rss_before;
+        summary.server_rss_kib = rss_connected;
     }
     if let (Scenario::Idle, Some(connections)) = (config.scenario, summary.connections.as_mut()) {
         connections.rss_before_kib = rss_before;
@@ -289,6 +296,8 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         server_cpu_percent: None,
         loadgen_cpu_ns_per_delivery: None,
         server_cpu_ns_per_delivery: None,
+        server_rss_before_kib: None,
+        server_rss_kib: None,
         send_lag: total.send_lag.as_ref().map(Percentiles::of),
         connections,
         durable,

@@ -131,6 +131,12 @@ pub struct Summary {
     pub loadgen_cpu_ns_per_delivery: Option<f64>,
     /// Traffic: the server's CPU time per delivery over the same span.
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Traffic, with `--server-pid`: the server's RSS before the clients
+    /// connected, KiB.
+    pub server_rss_before_kib: Option<u64>,
+    /// Traffic, with `--server-pid`: the server's RSS when sending ended
+    /// (every connection open), KiB.
+    pub server_rss_kib: Option<u64>,
     /// Open loop: how late the loadgen sent messages (actual minus
     /// scheduled send time), measured messages only. Small next to the
     /// latencies: the loadgen kept the schedule.
@@ -142,4 +148,39 @@ pub struct Summary {
     /// The latency histogram (ns), for the .hgrm and .svg outputs.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
+}
+
+#[cfg(test)]
+impl Summary {
+    /// A summary of nothing, for tests that fill in a few fields.
+    pub fn empty_for_tests() -> Summary {
+        Summary {
+            target: "test".into(),
+            url: "relayhub://127.0.0.1:1".into(),
+            scenario: Scenario::Traffic(crate::plan::Topology::Relay),
+            load: Load::Open { rate: 1.0 },
+            clients: 2,
+            fanout: 1,
+            body_bytes: 64,
+            duration_s: 1.0,
+            sent: 0,
+            deliveries: 0,
+            deliveries_per_s: 0.0,
+            megabytes_per_s: 0.0,
+            latency: Percentiles::default(),
+            sequence: SequenceCounts::default(),
+            errors: 0,
+            error_samples: Vec::new(),
+            loadgen_cpu_percent: 0.0,
+            server_cpu_percent: None,
+            loadgen_cpu_ns_per_delivery: None,
+            server_cpu_ns_per_delivery: None,
+            server_rss_before_kib: None,
+            server_rss_kib: None,
+            send_lag: None,
+            connections: None,
+            durable: None,
+            histogram: crate::engine::new_histogram(),
+        }
+    }
 }
