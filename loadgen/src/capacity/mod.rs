@@ -172,9 +172,10 @@ pub enum Verdict {
     Held,
     /// p99 over the objective.
     OverObjective,
-    /// Delivered less than [`KEEP_UP_SHARE`] of what was offered.
+    /// Delivered less than [`KEEP_UP_SHARE`] of what was offered, or not
+    /// everything by the end of the drain (counted lost).
     Behind,
-    /// Errors, or lost, duplicated or reordered deliveries.
+    /// Errors, or duplicated or reordered deliveries.
     Faults,
     /// The run itself failed (connect, setup).
     Failed,

@@ -340,9 +340,13 @@ fn run_line(line: &[String]) -> Result<Summary, LoadgenError> {
 fn step_of(summary: &Summary, offered: f64, fanout: usize, slo_us: f64) -> Step {
     let faults = summary.sequence.lost + summary.sequence.duplicated + summary.sequence.reordered;
     let expected = offered * fanout as f64;
-    let verdict = if summary.errors > 0 || faults > 0 {
+    let verdict = if summary.errors > 0
+        || summary.sequence.duplicated > 0
+        || summary.sequence.reordered > 0
+    {
         Verdict::Faults
-    } else if summary.deliveries_per_s < KEEP_UP_SHARE * expected {
+    } else if summary.sequence.lost > 0 || summary.deliveries_per_s < KEEP_UP_SHARE * expected {
+        // Lost, in an open-loop step: not delivered by the end of the drain.
         Verdict::Behind
     } else if summary.latency.p99_us > slo_us {
         Verdict::OverObjective
