@@ -156,7 +156,8 @@ pub struct Step {
     pub loadgen_cpu_percent: f64,
     /// Server RSS with every connection open at the end of sending, KiB.
     pub server_rss_kib: Option<u64>,
-    /// (RSS at the end of sending - RSS before connecting) / clients.
+    /// (RSS at the end of sending - RSS before connecting) / clients; none
+    /// when RSS fell (memory an earlier run freed was reused).
     pub bytes_per_connection: Option<f64>,
     pub errors: u64,
     /// Lost + duplicated + reordered deliveries.

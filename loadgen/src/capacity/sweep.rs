@@ -358,7 +358,9 @@ fn step_of(summary: &Summary, offered: f64, fanout: usize, slo_us: f64) -> Step 
             Some((with as f64 - before as f64) * 1024.0 / summary.clients as f64)
         }
         _ => None,
-    };
+    }
+    // RSS can fall over a step (memory an earlier run freed): no reading.
+    .filter(|&bytes| bytes > 0.0);
     Step {
         offered_per_s: offered,
         deliveries_per_s: summary.deliveries_per_s,
