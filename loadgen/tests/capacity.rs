@@ -86,6 +86,22 @@ fn durable_with_fsync_always_uses_the_nearest_size() {
         "relayhub (memory) has no fsync-always row"
     );
     assert!(plan.answers[2].1.is_err(), "nats has no durable row");
+    assert_eq!(disk.stored_bytes, None, "no --stored-per-user");
+
+    // Half the users offline with 10 messages waiting each, 200 B a
+    // message (the sweep's stored row): 1,000 x 0.5 x 10 x 200 = 1 MB.
+    let plan = ask(
+        "--users 1000 --rate-per-user 1 --size 1000 --p99-ms 5 --durable --fsync always \
+         --online-share 0.5 --stored-per-user 10",
+    )
+    .unwrap();
+    let disk = plan.answers[1].1.as_ref().unwrap();
+    assert_eq!(disk.stored_bytes, Some(1_000_000.0));
+    // 500 online x 3,000 B + traffic 204,800 + inboxes 1,000,000 + process.
+    assert_eq!(
+        disk.memory_bytes,
+        1_500_000.0 + 204_800.0 + 1_000_000.0 + 51_200_000.0
+    );
 }
 
 #[test]
@@ -111,8 +127,11 @@ fn questions_the_sweep_cannot_answer_are_refused() {
 }
 
 /// A real sweep, bounded to a few seconds: two workloads against a
-/// two-shard in-process hub, steps up by 4x from 500/s, the budget cut
-/// short on purpose; then `plan` answers from the file it wrote.
+/// two-shard in-process hub, steps up by 4x from 500/s; then `plan`
+/// answers from the file it wrote. The hub is a debug build sharing this
+/// process (and a busy CI machine) with the loadgen: the objective is a
+/// loose 250 ms, so that the first step holding says the sweep works, not
+/// that the machine was quiet.
 #[test]
 fn a_short_real_sweep_feeds_the_planner() {
     let hub =
@@ -121,10 +140,11 @@ fn a_short_real_sweep_feeds_the_planner() {
     let out = dir.join("sweep.json");
     let line = format!(
         "sweep --target relayhub://{} --label hub --server-cores 2 --modes at-most-once,durable \
-         --clients 8 --start-rate 500 --step-factor 4 --max-rate 8000 --refine 0 \
+         --clients 8 --p99-ms 250 --start-rate 500 --step-factor 4 --max-rate 8000 --refine 0 \
          --step-duration 300ms --step-warmup 100ms --step-drain 1s --budget 40s \
-         --idle-clients 50 --out {} --svg {} -q",
+         --idle-clients 50 --stored-messages 2000 --server-pid {} --out {} --svg {} -q",
         hub.local_addr(),
+        std::process::id(),
         out.display(),
         dir.join("sweep.svg").display()
     );
@@ -134,19 +154,23 @@ fn a_short_real_sweep_feeds_the_planner() {
     assert!(started.elapsed() < std::time::Duration::from_secs(40));
     assert_eq!(file.cells.len(), 2);
     assert_eq!(file.idle.len(), 1);
+    // The hub runs in this process: the stored row measured it.
+    assert_eq!(file.stored.len(), 1);
+    assert_eq!(file.stored[0].messages, 2000);
+    assert!(file.stored[0].bytes_per_message.is_finite());
     for cell in &file.cells {
         assert!(!cell.steps.is_empty(), "{cell:?}");
         let rates: Vec<f64> = cell.steps.iter().map(|s| s.offered_per_s).collect();
         assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
         assert_eq!(rates[0], 500.0);
-        // A debug-build hub still carries 500/s within 10 ms.
+        // A debug-build hub carries 500/s within 250 ms.
         assert_eq!(cell.steps[0].verdict, Verdict::Held, "{cell:?}");
         assert!(cell.steps[0].deliveries_per_s > 450.0, "{cell:?}");
     }
     assert!(dir.join("sweep-relay-64b.svg").exists());
     assert!(dir.join("sweep-relay-64b-durable.svg").exists());
     let plan_line = format!(
-        "plan --sweep {} --users 100 --rate-per-user 2 --size 64 --p99-ms 10 --durable",
+        "plan --sweep {} --users 100 --rate-per-user 2 --size 64 --p99-ms 250 --durable",
         out.display()
     );
     let plan_args = PlanArgs::try_parse_from(plan_line.split_whitespace()).unwrap();

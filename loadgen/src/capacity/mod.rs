@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod planner;
+pub mod stored;
 pub mod svg;
 pub mod sweep;
 
@@ -38,6 +39,23 @@ pub struct SweepFile {
     pub idle: Vec<IdleRow>,
     /// One per (target, workload), in the order run.
     pub cells: Vec<Cell>,
+    /// Memory per stored message, per relayhub target, when asked.
+    #[serde(default)]
+    pub stored: Vec<StoredRow>,
+}
+
+/// Server memory per message stored for an offline session
+/// ([`stored::measure`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoredRow {
+    /// [`TargetInfo::label`].
+    pub label: String,
+    /// Messages stored.
+    pub messages: u64,
+    /// Body bytes of each.
+    pub body_bytes: usize,
+    /// (RSS after - RSS before) / messages.
+    pub bytes_per_message: f64,
 }
 
 /// Server memory per idle connection, from the idle scenario.

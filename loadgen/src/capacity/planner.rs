@@ -14,6 +14,8 @@
 //! cores            ceil(D / (HEADROOM_SHARE x c))
 //! memory           online users x idle bytes per connection
 //!                  + (RSS at that step - RSS before it) x D / its deliveries/s
+//!                  + offline users x stored-per-user x bytes per stored
+//!                    message (relayhub, when the sweep measured it)
 //!                  + the idle process's RSS, once per machine
 //! machines         max(ceil(cores / cores per machine),
 //!                      ceil(memory / (HEADROOM_SHARE x memory per machine)))
@@ -81,6 +83,11 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 1.0)]
     pub online_share: f64,
 
+    /// With --durable: messages waiting in each offline user's inbox, on
+    /// average (memory per stored message from the sweep's stored rows).
+    #[arg(long, default_value_t = 0.0, requires = "durable")]
+    pub stored_per_user: f64,
+
     /// Cores per machine (default: the sweep machine's).
     #[arg(long)]
     pub cores_per_machine: Option<usize>,
@@ -104,6 +111,9 @@ pub struct Answer {
     pub memory_bytes: f64,
     /// Disk bytes written per second (durable relayhub rows with metrics).
     pub disk_bytes_per_s: Option<f64>,
+    /// Memory of the offline users' waiting messages (in `memory_bytes`);
+    /// `None` when the sweep did not measure it for this target.
+    pub stored_bytes: Option<f64>,
     pub machines: u64,
 }
 
@@ -130,6 +140,9 @@ impl PlanArgs {
         }
         if !(self.online_share > 0.0 && self.online_share <= 1.0) {
             return bad("--online-share must be in (0, 1]");
+        }
+        if self.stored_per_user < 0.0 {
+            return bad("--stored-per-user cannot be negative");
         }
         if self.fanout == 0 {
             return bad("--fanout must be at least 1");
@@ -288,7 +301,16 @@ pub fn plan(file: &SweepFile, args: &PlanArgs) -> Result<Plan, LoadgenError> {
                 _ => 0.0,
             };
             let by_cores = cores.div_ceil(cores_per_machine as u64);
-            let variable = online * per_connection + traffic;
+            let stored = (args.stored_per_user > 0.0)
+                .then(|| file.stored.iter().find(|row| row.label == label))
+                .flatten()
+                .map(|row| {
+                    args.users as f64
+                        * (1.0 - args.online_share)
+                        * args.stored_per_user
+                        * row.bytes_per_message.max(0.0)
+                });
+            let variable = online * per_connection + traffic + stored.unwrap_or(0.0);
             // Each machine runs one server process: its floor counts once
             // per machine.
             let usable = HEADROOM_SHARE * memory_per_machine - process;
@@ -313,6 +335,7 @@ pub fn plan(file: &SweepFile, args: &PlanArgs) -> Result<Plan, LoadgenError> {
                     .disk_bytes_per_message
                     .filter(|_| args.durable)
                     .map(|bytes| bytes * deliveries),
+                stored_bytes: stored,
                 machines,
             })
         });
@@ -380,14 +403,14 @@ pub fn render(plan: &Plan, args: &PlanArgs, file: &SweepFile) -> String {
         plan.cores_per_machine,
         bytes_text(plan.memory_per_machine_bytes),
     );
-    out += "| target | storage | row used | held there (p99) | per core | cores | memory | disk writes | machines |\n\
-            | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    out += "| target | storage | row used | held there (p99) | per core | cores | memory | of which inboxes | disk writes | machines |\n\
+            | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     let mut refused = String::new();
     for (label, answer) in &plan.answers {
         match answer {
             Ok(a) => {
                 out += &format!(
-                    "| {label} | {} | {} at {:.0}/s offered | {:.0} deliveries/s ({:.2} ms) | {:.0}/s | {} | {} | {} | {} |\n",
+                    "| {label} | {} | {} at {:.0}/s offered | {:.0} deliveries/s ({:.2} ms) | {:.0}/s | {} | {} | {} | {} | {} |\n",
                     a.storage,
                     a.workload,
                     a.step.offered_per_s,
@@ -396,6 +419,11 @@ pub fn render(plan: &Plan, args: &PlanArgs, file: &SweepFile) -> String {
                     a.per_core,
                     a.cores,
                     bytes_text(a.memory_bytes),
+                    match (a.stored_bytes, args.stored_per_user > 0.0) {
+                        (Some(bytes), _) => bytes_text(bytes),
+                        (None, true) => "not measured".into(),
+                        (None, false) => "-".into(),
+                    },
                     a.disk_bytes_per_s
                         .map_or("-".into(), |b| format!("{:.1} MB/s", b / 1e6)),
                     a.machines,
@@ -409,8 +437,8 @@ pub fn render(plan: &Plan, args: &PlanArgs, file: &SweepFile) -> String {
     }
     out += "\nCores scale the measured per-core rate linearly (one shard per core, shards share \
             only the mesh). More than one machine is an estimate: relayhub runs on one machine \
-            until the multi-node milestone. Inbox memory for offline users is not in this \
-            estimate (docs/operations.md, Memory bound).\n";
+            until the multi-node milestone. Inbox memory counts only with --stored-per-user, \
+            from the sweep's stored rows (relayhub only).\n";
     out
 }
 

@@ -138,6 +138,16 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 2000)]
     pub idle_clients: usize,
 
+    /// relayhub targets with --server-pid, after every cell: messages
+    /// stored for offline durable sessions to measure memory per stored
+    /// message (0: skip). The sessions stay on the hub.
+    #[arg(long, default_value_t = 100_000)]
+    pub stored_messages: u64,
+
+    /// Body bytes of those messages.
+    #[arg(long, default_value_t = 64)]
+    pub stored_body_bytes: usize,
+
     /// Loadgen executors (threads).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
@@ -478,6 +488,7 @@ pub fn run(args: &SweepArgs, command: String) -> Result<SweepFile, LoadgenError>
         slo_p99_ms: args.p99_ms,
         idle: Vec::new(),
         cells: Vec::new(),
+        stored: Vec::new(),
     };
     let progress = |text: String| {
         if !args.quiet {
@@ -536,6 +547,29 @@ pub fn run(args: &SweepArgs, command: String) -> Result<SweepFile, LoadgenError>
                 progress(format!("{name}: {text}"))
             });
             file.cells.push(cell);
+        }
+    }
+    if args.stored_messages > 0 {
+        for subject in &subjects {
+            let (TargetKind::Relayhub, Some(pid)) = (subject.target.kind, subject.pid) else {
+                continue;
+            };
+            match super::stored::measure(
+                &subject.info.label,
+                subject.target.address,
+                pid,
+                args.stored_messages,
+                args.stored_body_bytes,
+            ) {
+                Ok(row) => {
+                    progress(format!(
+                        "{}: {} messages of {} B stored for offline sessions, {:.0} bytes each",
+                        row.label, row.messages, row.body_bytes, row.bytes_per_message
+                    ));
+                    file.stored.push(row);
+                }
+                Err(error) => progress(format!("{}: stored messages: {error}", subject.info.label)),
+            }
         }
     }
     write_outputs(args, &file)?;
