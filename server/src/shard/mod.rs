@@ -701,3 +701,5 @@ pub fn refusal_bytes(version: u16, code: ErrorCodeV2, detail: u64) -> Bytes {
 mod tests;
 #[cfg(test)]
 mod tests_v2;
+#[cfg(test)]
+mod tests_welcome;

@@ -128,6 +128,9 @@ pub(super) struct DurableSession {
 pub(super) struct Sessions {
     pub(super) map: HashMap<u64, DurableSession>,
     next_sweep_ms: Option<u64>,
+    /// Durable sessions with a `WelcomeV2` waiting for the log, and how
+    /// many: such a session has no connection yet, but must not expire.
+    welcoming: HashMap<u64, u32>,
 }
 
 fn token_hash(token: &ResumeToken) -> TokenHash {
@@ -300,6 +303,9 @@ impl<Io> Shard<Io> {
         if let Some(conn) = self.conn_mut(id) {
             conn.paused_on = Some(Pause::Durable);
         }
+        if kind == SessionKind::Durable {
+            *self.sessions.welcoming.entry(user).or_insert(0) += 1;
+        }
         let waiting = Waiting::Welcome {
             id,
             user,
@@ -325,11 +331,18 @@ impl<Io> Shard<Io> {
         resumed: bool,
     ) {
         let limits = self.welcome_limits();
+        // It may have closed while its session's records became durable.
+        let open = self
+            .conn(id)
+            .is_some_and(|conn| conn.state == ConnState::AwaitHello);
+        if kind == SessionKind::Durable {
+            self.welcome_done(now_ms, user, open);
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.state != ConnState::AwaitHello {
-            return; // It closed while its session's records became durable.
+        if !open {
+            return;
         }
         conn.paused_on = None;
         conn.user = user;
@@ -359,6 +372,7 @@ impl<Io> Shard<Io> {
             if let Some(old) = session.conn.replace(id) {
                 // Taken over while this welcome waited for the log.
                 session.conn = Some(id);
+                self.stats.takeovers.incr();
                 self.close(now_ms, old, Some((ErrorCodeV2::SessionTakenOver, 0, 0)));
             }
             let session = self.sessions.map.get_mut(&user).expect("present");
@@ -369,6 +383,35 @@ impl<Io> Shard<Io> {
             self.pump(now_ms, user);
         }
         self.arm_sweep(now_ms);
+    }
+
+    /// A durable session's welcome no longer waits for the log. When its
+    /// connection closed meanwhile (`open` false) and nothing else holds the
+    /// session, its expiry clock starts now, as if that connection had been
+    /// attached and closed.
+    fn welcome_done(&mut self, now_ms: u64, user: u64, open: bool) {
+        let waiting = self
+            .sessions
+            .welcoming
+            .get_mut(&user)
+            .expect("a durable welcome is counted");
+        *waiting -= 1;
+        if *waiting > 0 {
+            return;
+        }
+        self.sessions.welcoming.remove(&user);
+        if open {
+            return;
+        }
+        if let Some(session) = self.sessions.map.get_mut(&user) {
+            if session.conn.is_none() {
+                session.detached_ms = now_ms;
+                self.log(&Record::SessionDetached {
+                    user,
+                    at_ms: now_ms,
+                });
+            }
+        }
     }
 
     /// The limits a `WelcomeV2` advertises.
@@ -694,8 +737,10 @@ impl<Io> Shard<Io> {
         let mut expired_entries = 0;
         let mut resumed = Vec::new();
         let mut gone = Vec::new();
+        let welcoming = &self.sessions.welcoming;
         self.sessions.map.retain(|&user, session| {
-            if session.conn.is_none() && session.detached_ms.saturating_add(expiry) <= now_ms {
+            let unattached = session.conn.is_none() && !welcoming.contains_key(&user);
+            if unattached && session.detached_ms.saturating_add(expiry) <= now_ms {
                 expired_sessions += 1;
                 expired_entries += session.inbox.len() as u64;
                 gone.push(user);
