@@ -9,9 +9,10 @@ use std::{
 
 use bytes::BytesMut;
 use relayhub_protocol::{
-    encode, preface_for, ClientSideV2, Decoder, Hello, HubFrameV2, HubMessageV2, RelayV2Ref,
-    ResumeToken, VERSION_2,
+    encode, preface_for, Ack, ClientSideV2, Decoder, Echo, ErrorCodeV2, Hello, HubFrameV2,
+    HubMessageV2, RelayV2Ref, ResumeToken, VERSION_2,
 };
+use relayhub_server::ids::owner;
 
 use super::EVENT_TIMEOUT;
 
@@ -68,6 +69,39 @@ impl RawV2 {
         client
     }
 
+    /// A new ephemeral session.
+    pub fn ephemeral(addr: SocketAddr) -> RawV2 {
+        let (client, first) = RawV2::open(addr, Hello::new_session(1, false));
+        assert!(
+            matches!(&first, HubMessageV2::WelcomeV2(w) if !w.durable && !w.resumed),
+            "{first:?}"
+        );
+        client
+    }
+
+    /// A new durable session whose id `shard` (of `shards`) owns. Sessions
+    /// opened on the way that another shard owns are left offline.
+    pub fn durable_on(addr: SocketAddr, shard: usize, shards: usize) -> RawV2 {
+        for _ in 0..200 {
+            let client = RawV2::durable(addr);
+            if owner(client.user, shards) == shard {
+                return client;
+            }
+        }
+        panic!("the kernel never gave shard {shard} a connection");
+    }
+
+    /// A new ephemeral session whose id `shard` (of `shards`) owns.
+    pub fn ephemeral_on(addr: SocketAddr, shard: usize, shards: usize) -> RawV2 {
+        for _ in 0..200 {
+            let client = RawV2::ephemeral(addr);
+            if owner(client.user, shards) == shard {
+                return client;
+            }
+        }
+        panic!("the kernel never gave shard {shard} a connection");
+    }
+
     pub fn send<M: relayhub_protocol::Message>(&mut self, message: &M) {
         let mut bytes = BytesMut::new();
         encode(message, &mut bytes).unwrap();
@@ -84,11 +118,54 @@ impl RawV2 {
         });
     }
 
+    /// A cumulative `Ack`.
+    pub fn ack(&mut self, upto: u64) {
+        self.send(&Ack { upto });
+    }
+
+    /// A relay with `flags` (`RECEIPT`).
+    pub fn relay_flags(
+        &mut self,
+        request: u64,
+        message_id: u64,
+        flags: u32,
+        to: &[u64],
+        body: &[u8],
+    ) {
+        self.send(&RelayV2Ref {
+            request,
+            message_id,
+            flags,
+            receivers: to,
+            body,
+        });
+    }
+
+    /// Sends an `Echo` and returns every frame that came before its reply:
+    /// everything the hub queued on this connection before it read the
+    /// echo (a barrier).
+    pub fn until_echo(&mut self, request: u64) -> Vec<HubMessageV2> {
+        self.send(&Echo {
+            request,
+            body: Vec::new(),
+        });
+        let mut before = Vec::new();
+        loop {
+            match self.next() {
+                HubMessageV2::EchoReply(reply) if reply.request == request => return before,
+                other => before.push(other),
+            }
+        }
+    }
+
     /// The next frame from the hub (panics on a close or a timeout).
     pub fn next(&mut self) -> HubMessageV2 {
         match self.try_next() {
             Some(message) => message,
-            None => panic!("user {}: the hub closed the connection", self.user),
+            None => panic!(
+                "user {}: the hub closed the connection, or sent nothing within {EVENT_TIMEOUT:?}",
+                self.user
+            ),
         }
     }
 
@@ -111,5 +188,17 @@ impl RawV2 {
     /// Frames until the hub closes the connection.
     pub fn until_closed(&mut self) -> Vec<HubMessageV2> {
         std::iter::from_fn(|| self.try_next()).collect()
+    }
+}
+
+/// `(code, request, detail)` of an `Error` frame; `None` for other frames.
+pub fn error_of(message: &HubMessageV2) -> Option<(ErrorCodeV2, u64, u64)> {
+    match message {
+        HubMessageV2::Error(error) => Some((
+            ErrorCodeV2::from_wire(error.code).expect("a known error code"),
+            error.request,
+            error.detail,
+        )),
+        _ => None,
     }
 }
