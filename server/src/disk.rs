@@ -14,8 +14,20 @@
 //! Writes: the file is written in whole 4 KiB blocks. The last, partial
 //! block is kept in memory and written again, longer, with the next batch,
 //! so records are never split across a write that could tear except the
-//! last one. The file is preallocated in [`PREALLOCATE_BYTES`] steps: what
-//! lies past the last record reads as zeros, the log's end marker.
+//! last one. The file is preallocated in [`PREALLOCATE_BYTES`] steps, asked
+//! for once less than [`GROW_AHEAD_BYTES`] is left past the end: what lies
+//! past the last record reads as zeros, the log's end marker.
+//!
+//! A full disk: when the disk cannot give a step (ENOSPC from `fallocate`),
+//! the log asks for smaller ones, down to [`GROW_MIN_BYTES`], each only if
+//! [`DISK_RESERVE_BYTES`] stays free past it; a failed `fallocate` gives back
+//! what it took (ext4 keeps the part it found). When none fits, the log is
+//! *limited* to what it has: [`DiskLog::room`] tells the core, which refuses
+//! new entries (`StorageFull`) while the reserve in the file takes the
+//! other records (acks, tokens, sessions), and compacts as soon as acks make
+//! that worth it. The snapshot of a compaction gets just the room it needs,
+//! from the reserve left on the disk. Growth is asked for again every
+//! [`GROW_RETRY`] while limited, so space freed by others is used.
 
 use std::{
     fs, io,
@@ -33,6 +45,21 @@ use crate::{
 
 /// Preallocation step of a log file: 64 MiB.
 pub const PREALLOCATE_BYTES: u64 = 64 << 20;
+
+/// The log asks for its next preallocation step once less than this is
+/// preallocated past its end: 16 MiB.
+pub const GROW_AHEAD_BYTES: u64 = 16 << 20;
+
+/// The smallest step asked for when the disk cannot give a whole one:
+/// 1 MiB (steps halve from [`PREALLOCATE_BYTES`]).
+pub const GROW_MIN_BYTES: u64 = 1 << 20;
+
+/// Room the log leaves free on the disk when it grows, for a compaction's
+/// snapshot once the disk is full: 1 MiB.
+pub const DISK_RESERVE_BYTES: u64 = 1 << 20;
+
+/// How often a log the disk refused to grow asks again: 100 ms.
+pub const GROW_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bytes read per recovery read: 8 MiB.
 pub const RECOVERY_READ_BYTES: usize = 8 << 20;
@@ -189,6 +216,19 @@ pub struct DiskLog {
     unsynced: bool,
     /// The shard's counters (fsync count and latency).
     stats: std::sync::Arc<crate::stats::ShardStats>,
+    /// The disk refused to grow the file: the log holds what is allocated.
+    limited: bool,
+    /// While limited, when growth is asked for again.
+    next_growth: Instant,
+}
+
+/// Why [`DiskLog::write`] failed.
+#[derive(Debug)]
+pub enum LogWriteError {
+    /// The batch is not in the log (nothing of it counts): write it again.
+    NotWritten(glommio::GlommioError<()>),
+    /// The batch is written but its `fdatasync` failed: sync again.
+    NotSynced(glommio::GlommioError<()>),
 }
 
 async fn scan_file<F: FnMut(crate::store::record::Record)>(
@@ -293,14 +333,16 @@ impl DiskLog {
             file,
             write_offset,
             tail,
-            allocated: 0,
+            // The truncation left exactly the valid bytes.
+            allocated: scan.valid_bytes,
             policy,
             unsynced: false,
             stats: shard.stats().clone(),
+            limited: false,
+            next_growth: Instant::now(),
         };
-        log.preallocate(scan.valid_bytes + PREALLOCATE_BYTES)
-            .await
-            .map_err(io_error(&path))?;
+        // A full disk does not stop the start: the log is limited instead.
+        log.grow().await;
         let recovered = Recovered {
             scan,
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -309,25 +351,128 @@ impl DiskLog {
         Ok((log, recovered))
     }
 
-    async fn preallocate(&mut self, up_to: u64) -> glommio::Result<(), ()> {
-        if up_to > self.allocated {
-            let size = up_to.next_multiple_of(PREALLOCATE_BYTES);
-            self.file.pre_allocate(size, false).await?;
-            self.allocated = size;
+    /// Bytes the current file may hold, for the core: `u64::MAX` while the
+    /// disk gives the log the room it asks for; what is preallocated once
+    /// the disk refused to grow it.
+    pub fn room(&self) -> u64 {
+        if self.limited {
+            self.allocated
+        } else {
+            u64::MAX
         }
-        Ok(())
+    }
+
+    /// The disk refused to grow the log; [`grow`](Self::grow) asks again
+    /// every [`GROW_RETRY`].
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Preallocates ahead of the log's end when less than
+    /// [`GROW_AHEAD_BYTES`] is left: a whole step, or the largest smaller
+    /// one the disk can give while keeping [`DISK_RESERVE_BYTES`] free. None
+    /// fits: the log is limited to what it has.
+    pub async fn grow(&mut self) {
+        let want = self.write_offset + self.tail.len() as u64 + GROW_AHEAD_BYTES;
+        if want <= self.allocated {
+            return;
+        }
+        if self.limited && Instant::now() < self.next_growth {
+            return;
+        }
+        let mut step = PREALLOCATE_BYTES;
+        let mut refused = None;
+        while step >= GROW_MIN_BYTES {
+            let size = want.next_multiple_of(step);
+            // Take the reserve too, then give it back: the disk keeps it
+            // free, for a compaction's snapshot.
+            match self
+                .file
+                .pre_allocate(size + DISK_RESERVE_BYTES, false)
+                .await
+            {
+                Ok(()) => {
+                    self.allocated = size + DISK_RESERVE_BYTES;
+                    if self.file.truncate(size).await.is_ok() {
+                        self.allocated = size;
+                    }
+                    if std::mem::take(&mut self.limited) {
+                        tracing::info!(
+                            file = %log_path(&self.dir, self.generation).display(),
+                            allocated = self.allocated,
+                            "the disk has room for the log again"
+                        );
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.give_back().await;
+                    refused = Some(error);
+                    step /= 2;
+                }
+            }
+        }
+        if !self.limited {
+            tracing::warn!(
+                error = %refused.map_or_else(String::new, |error| error.to_string()),
+                file = %log_path(&self.dir, self.generation).display(),
+                allocated = self.allocated,
+                "the disk has no room to grow the log: new durable entries get StorageFull \
+                 until acks let it compact or the disk has room again"
+            );
+        }
+        self.limited = true;
+        self.next_growth = Instant::now() + GROW_RETRY;
+    }
+
+    /// Truncates the file back to what is allocated: a failed
+    /// `fallocate` can leave blocks it took (ext4 does).
+    async fn give_back(&mut self) {
+        let _ = self.file.truncate(self.allocated).await;
+    }
+
+    /// Makes sure the file has room up to `up_to` (a write is about to go
+    /// there): a whole step if the disk has it and the log is not limited,
+    /// else just that.
+    async fn preallocate(&mut self, up_to: u64) -> glommio::Result<(), ()> {
+        if up_to <= self.allocated {
+            return Ok(());
+        }
+        if !self.limited {
+            let size = up_to.next_multiple_of(PREALLOCATE_BYTES);
+            if self.file.pre_allocate(size, false).await.is_ok() {
+                self.allocated = size;
+                return Ok(());
+            }
+            self.give_back().await;
+        }
+        match self.file.pre_allocate(up_to, false).await {
+            Ok(()) => {
+                self.allocated = up_to;
+                Ok(())
+            }
+            Err(error) => {
+                self.give_back().await;
+                Err(error)
+            }
+        }
     }
 
     /// Writes `batch` (and syncs, as the policy says). A new generation is
     /// written to a new file, made durable with its directory, and the old
-    /// file removed.
-    pub async fn write(&mut self, batch: &LogBatch) -> glommio::Result<(), ()> {
+    /// file removed; if that fails, the old file stays the log, as it was.
+    pub async fn write(&mut self, batch: &LogBatch) -> Result<(), LogWriteError> {
         if batch.new_generation {
-            return self.write_generation(batch).await;
+            return self
+                .write_generation(batch)
+                .await
+                .map_err(LogWriteError::NotWritten);
         }
-        self.append(&batch.bytes).await?;
+        self.append(&batch.bytes)
+            .await
+            .map_err(LogWriteError::NotWritten)?;
         if self.policy == Fsync::Always {
-            self.sync().await?;
+            self.sync().await.map_err(LogWriteError::NotSynced)?;
         }
         Ok(())
     }
@@ -365,22 +510,47 @@ impl DiskLog {
             .truncate(true)
             .dma_open(&path)
             .await?;
-        let old = std::mem::replace(&mut self.file, file);
-        let old_path = log_path(&self.dir, self.generation);
-        self.generation = next;
-        self.write_offset = 0;
-        self.tail.clear();
-        self.allocated = 0;
-        self.append(&batch.bytes).await?;
+        let mut fresh = DiskLog {
+            dir: self.dir.clone(),
+            generation: next,
+            file,
+            write_offset: 0,
+            tail: Vec::new(),
+            allocated: 0,
+            policy: self.policy,
+            unsynced: false,
+            stats: self.stats.clone(),
+            // Limited: the snapshot gets just the room it needs.
+            limited: self.limited,
+            next_growth: self.next_growth,
+        };
         // The snapshot must be durable, and its name too, before the old
         // generation goes, whatever the policy.
-        self.sync().await?;
-        glommio::io::Directory::open(&self.dir)
-            .await?
-            .sync()
-            .await?;
-        old.close().await?;
-        glommio::io::remove(&old_path).await?;
+        let written = async {
+            fresh.append(&batch.bytes).await?;
+            fresh.sync().await?;
+            glommio::io::Directory::open(&self.dir).await?.sync().await
+        }
+        .await;
+        if let Err(error) = written {
+            // The old generation stays the log; what was written of the new
+            // one goes (a start would remove it as incomplete anyway).
+            let _ = fresh.file.close().await;
+            let _ = glommio::io::remove(&path).await;
+            return Err(error);
+        }
+        let old = std::mem::replace(self, fresh);
+        // The old file's room is free now: ask for room at once.
+        self.next_growth = Instant::now();
+        let old_path = log_path(&old.dir, old.generation);
+        let removed = match old.file.close().await {
+            Ok(()) => glommio::io::remove(&old_path).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = removed {
+            // The new generation is the log: the next start removes this one.
+            tracing::warn!(%error, file = %old_path.display(), "could not remove a superseded log generation");
+        }
         Ok(())
     }
 

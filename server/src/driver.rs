@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{Config, Fsync},
     conn::ConnId,
-    disk::{DiskLog, ShardFiles},
+    disk::{DiskLog, LogWriteError, ShardFiles},
     outbound::Outbound,
     shard::{self, Event, Limits, MeshMessage, Read, ReadReady, Shard, WriteReady},
     stats::ShardStats,
@@ -346,17 +346,23 @@ const LOG_RETRY: Duration = Duration::from_millis(100);
 
 /// Writes the core's log batches, one at a time (what piles up meanwhile is
 /// the next batch: group commit), syncing as the policy says, and tells the
-/// core what is durable. A failed write is retried; meanwhile the core
-/// refuses new durable relays with `StorageFull`.
+/// core what is durable and how much room the disk gives the log. A failed
+/// write goes back to the core, which hands it out again (with what came
+/// since, or superseded by a compaction); a failed sync is retried; while
+/// either fails the core refuses new durable relays with `StorageFull`.
 async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
     let interval = match disk.policy() {
         Fsync::Interval(ms) => Some(Duration::from_millis(ms)),
         Fsync::Always | Fsync::Never => None,
     };
     let mut last_sync = Instant::now();
+    let mut failures = LogFailures::default();
+    let room = disk.room();
+    context.with_shard(|shard| shard.handle_log_room(room));
     loop {
         let next = poll_fn(|cx| {
-            context.with_shard(|shard| match shard.poll_log() {
+            let now = context.now_ms();
+            context.with_shard(|shard| match shard.poll_log(now) {
                 Some(batch) => Poll::Ready(Some(batch)),
                 None => {
                     context.log_writer.set(Some(cx.waker().clone()));
@@ -364,9 +370,16 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
                 }
             })
         });
-        let batch = match interval {
-            Some(interval) => {
-                let due = interval.saturating_sub(last_sync.elapsed());
+        // Wake for the interval's sync, and to ask a full disk for room again.
+        let due = [
+            interval.map(|interval| interval.saturating_sub(last_sync.elapsed())),
+            disk.limited().then_some(crate::disk::GROW_RETRY),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let batch = match due {
+            Some(due) => {
                 let timeout = async {
                     sleep(due).await;
                     None
@@ -376,18 +389,54 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
             None => next.await,
         };
         let Some(batch) = batch else {
-            // The interval passed with nothing new to write: sync.
-            if let Err(error) = disk.sync().await {
-                warn!(%error, "fdatasync of the log failed");
+            if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
+                // The interval passed with nothing new to write: sync.
+                if let Err(error) = disk.sync().await {
+                    warn!(%error, "fdatasync of the log failed");
+                }
+                last_sync = Instant::now();
             }
-            last_sync = Instant::now();
+            disk.grow().await;
+            let room = disk.room();
+            context.with_shard(|shard| shard.handle_log_room(room));
             continue;
         };
-        while let Err(error) = disk.write(&batch).await {
-            tracing::error!(%error, "log write failed; durable relays get StorageFull until it succeeds");
-            context.with_shard(|shard| shard.handle_log_failed());
-            sleep(LOG_RETRY).await;
+        match disk.write(&batch).await {
+            Ok(()) => {}
+            Err(LogWriteError::NotWritten(error)) => {
+                failures.report(
+                    &error,
+                    if batch.new_generation {
+                        "log compaction failed: the current generation stays the log, \
+                         the compaction is tried again later"
+                    } else {
+                        "log write failed; written again every 100 ms, durable relays get \
+                         StorageFull until it succeeds"
+                    },
+                );
+                let (now, room) = (context.now_ms(), disk.room());
+                context.with_shard(|shard| {
+                    shard.handle_log_failed(now, batch);
+                    shard.handle_log_room(room);
+                });
+                sleep(LOG_RETRY).await;
+                continue;
+            }
+            Err(LogWriteError::NotSynced(mut error)) => loop {
+                failures.report(
+                    &error,
+                    "fdatasync of the log failed; retried every 100 ms, durable relays get \
+                     StorageFull until it succeeds",
+                );
+                context.with_shard(|shard| shard.handle_log_unsynced());
+                sleep(LOG_RETRY).await;
+                match disk.sync().await {
+                    Ok(()) => break,
+                    Err(again) => error = again,
+                }
+            },
         }
+        failures.recovered();
         if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
             if let Err(error) = disk.sync().await {
                 warn!(%error, "fdatasync of the log failed");
@@ -397,6 +446,37 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
         let now = context.now_ms();
         context
             .with_shard(|shard| shard.handle_log_written(now, batch.end_lsn, batch.new_generation));
+        disk.grow().await;
+        let room = disk.room();
+        context.with_shard(|shard| shard.handle_log_room(room));
+    }
+}
+
+/// Log lines for failed log writes: the first of a run, then at most one
+/// every 10 s, and one when writes succeed again.
+#[derive(Default)]
+struct LogFailures {
+    run: u64,
+    last: Option<Instant>,
+}
+
+impl LogFailures {
+    fn report(&mut self, error: &glommio::GlommioError<()>, what: &str) {
+        self.run += 1;
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::error!(%error, failures = self.run, "{what}");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.run > 0 {
+            info!(failures = self.run, "the log is written again");
+        }
+        *self = LogFailures::default();
     }
 }
 

@@ -30,6 +30,15 @@ pub const COMPACTION_MIN_BYTES: u64 = 64 << 20;
 /// bytes the live state needs.
 pub const COMPACTION_RATIO: u64 = 2;
 
+/// Once the disk refused to grow the log: room in the log file that new
+/// entries do not take, for the records that keep the hub going (acks,
+/// tokens of resumes, sessions): 1 MiB.
+pub const LOG_RESERVE_BYTES: u64 = 1 << 20;
+
+/// A failed compaction is tried again once the live state is half what it
+/// was, or this long after (10 s).
+pub const COMPACTION_RETRY_MS: u64 = 10_000;
+
 /// Records for the driver to write, in order, then report with
 /// [`Shard::handle_log_written`].
 #[derive(Debug)]
@@ -62,6 +71,17 @@ pub(super) enum Waiting {
     },
 }
 
+/// A snapshot being written as the next generation.
+struct Compaction {
+    /// Where the current generation started before it.
+    generation_start: u64,
+    /// Its bytes.
+    snapshot_bytes: u64,
+    /// What was pending when it was taken (in its state already): written
+    /// to the current generation after all if the snapshot fails.
+    superseded: Bytes,
+}
+
 /// The shard's log state.
 pub(super) struct Log {
     /// False with `--storage memory`: everything is "durable" at once.
@@ -76,7 +96,11 @@ pub(super) struct Log {
     /// The driver's writer waits for [`Event::LogReady`].
     writer_parked: bool,
     /// A snapshot is pending or being written.
-    compacting: bool,
+    compaction: Option<Compaction>,
+    /// A compaction failed: the next waits until the live state is below
+    /// the first bytes, or the clock at the second ms, or the disk has
+    /// room again.
+    compaction_retry: Option<(u64, u64)>,
     waiting: VecDeque<(u64, Waiting)>,
     /// Sessions whose acks or sender high-water marks changed since the
     /// last batch (one coalesced record each per batch).
@@ -89,6 +113,10 @@ pub(super) struct Log {
     failed: bool,
     /// Most bytes this shard's log may hold.
     bytes_max: u64,
+    /// Most bytes the current log file can hold on the disk, as the driver
+    /// reports ([`Shard::handle_log_room`]); `u64::MAX` while the disk
+    /// gives the log the room it asks for.
+    room: u64,
 }
 
 impl Log {
@@ -100,12 +128,14 @@ impl Log {
             durable: 0,
             generation_start: 0,
             writer_parked: false,
-            compacting: false,
+            compaction: None,
+            compaction_retry: None,
             waiting: VecDeque::new(),
             dirty: HashMap::new(),
             undelivered: Vec::new(),
             failed: false,
             bytes_max,
+            room: u64::MAX,
         }
     }
 
@@ -114,9 +144,15 @@ impl Log {
         self.appended - self.generation_start
     }
 
-    /// True when entries appended now would be refused (`StorageFull`).
+    /// True when entries appended now would be refused (`StorageFull`):
+    /// past the share, while the disk refuses writes, or past the room
+    /// the disk gave the file less its reserve.
     pub(super) fn full(&self, more: u64) -> bool {
-        self.enabled && (self.failed || self.bytes() + more > self.bytes_max)
+        let after = self.bytes() + more;
+        self.enabled
+            && (self.failed
+                || after > self.bytes_max
+                || after.saturating_add(LOG_RESERVE_BYTES) > self.room)
     }
 
     /// The position an action taken now must wait for.
@@ -238,12 +274,12 @@ impl<Io> Shard<Io> {
 
     /// The next batch for the driver's log writer; `None` parks the writer
     /// until [`Event::LogReady`].
-    pub fn poll_log(&mut self) -> Option<LogBatch> {
+    pub fn poll_log(&mut self, now_ms: u64) -> Option<LogBatch> {
         if !self.log.enabled {
             return None;
         }
         self.flush_dirty();
-        if !self.log.compacting && self.compaction_due() {
+        if self.log.compaction.is_none() && self.compaction_due(now_ms) {
             return Some(self.snapshot());
         }
         if self.log.pending.is_empty() {
@@ -281,7 +317,8 @@ impl<Io> Shard<Io> {
         self.log.failed = false;
         self.log.durable = self.log.durable.max(end_lsn);
         if new_generation {
-            self.log.compacting = false;
+            self.log.compaction = None;
+            self.log.compaction_retry = None;
             self.stats.compactions.incr();
         }
         while let Some((lsn, _)) = self.log.waiting.front() {
@@ -315,11 +352,50 @@ impl<Io> Shard<Io> {
         self.log.waiting.is_empty()
     }
 
-    /// The driver could not write the last batch; it will retry. Until it
-    /// succeeds, relays to durable sessions get `StorageFull`.
-    pub fn handle_log_failed(&mut self) {
+    /// The driver could not write `batch` (nothing of it is in the log).
+    /// Its records go out again with the next batch, unless a compaction
+    /// makes them moot; a failed snapshot leaves the current generation the
+    /// log, and what it superseded goes there. Until a write succeeds,
+    /// relays to durable sessions get `StorageFull`.
+    pub fn handle_log_failed(&mut self, now_ms: u64, batch: LogBatch) {
+        self.handle_log_unsynced();
+        let again = if batch.new_generation {
+            let compaction = self
+                .log
+                .compaction
+                .take()
+                .expect("a new generation is a compaction's");
+            // The snapshot's positions stay used (positions only grow).
+            self.log.generation_start = compaction.generation_start + compaction.snapshot_bytes;
+            self.log.compaction_retry = Some((self.live_bytes() / 2, now_ms + COMPACTION_RETRY_MS));
+            compaction.superseded
+        } else {
+            batch.bytes
+        };
+        let mut pending = BytesMut::with_capacity(again.len() + self.log.pending.len());
+        pending.extend_from_slice(&again);
+        pending.extend_from_slice(&self.log.pending);
+        self.log.pending = pending;
+    }
+
+    /// The driver wrote a batch but could not `fdatasync` it; it syncs
+    /// again. Until it succeeds, relays to durable sessions get
+    /// `StorageFull`.
+    pub fn handle_log_unsynced(&mut self) {
         self.log.failed = true;
         self.stats.log_write_errors.incr();
+    }
+
+    /// The log file can hold `room` bytes on the disk (`u64::MAX`: what
+    /// the log asks for). Entries that would leave less than
+    /// [`LOG_RESERVE_BYTES`] of it get `StorageFull`, and the log compacts
+    /// past half of it (as past half its share).
+    pub fn handle_log_room(&mut self, room: u64) {
+        if room == u64::MAX && self.log.room != u64::MAX {
+            // The disk has room again: so may a failed compaction.
+            self.log.compaction_retry = None;
+        }
+        self.log.room = room;
     }
 
     /// Bytes the live state would take in a snapshot (an estimate that
@@ -328,10 +404,19 @@ impl<Io> Shard<Io> {
         self.sessions_live_bytes()
     }
 
-    fn compaction_due(&self) -> bool {
+    fn compaction_due(&self, now_ms: u64) -> bool {
         let bytes = self.log.bytes();
-        let big = bytes > COMPACTION_MIN_BYTES || bytes > self.log.bytes_max / 2;
-        big && bytes > COMPACTION_RATIO * self.live_bytes()
+        let limit = self.log.bytes_max.min(self.log.room);
+        let big = self.log.failed || bytes > COMPACTION_MIN_BYTES || bytes > limit / 2;
+        if !big {
+            return false;
+        }
+        let live = self.live_bytes();
+        bytes > COMPACTION_RATIO * live
+            && self
+                .log
+                .compaction_retry
+                .is_none_or(|(below, at_ms)| live < below || now_ms >= at_ms)
     }
 
     /// True when nothing waits to be written or for durability: what the
@@ -352,10 +437,13 @@ impl<Io> Shard<Io> {
         }
         encode(&Record::SnapshotEnd, &mut out);
         // What was pending is in the snapshot's state already.
-        self.log.pending.clear();
+        self.log.compaction = Some(Compaction {
+            generation_start: self.log.generation_start,
+            snapshot_bytes: out.len() as u64,
+            superseded: self.log.pending.split().freeze(),
+        });
         self.log.generation_start = self.log.appended;
         self.log.appended += out.len() as u64;
-        self.log.compacting = true;
         LogBatch {
             bytes: out.freeze(),
             end_lsn: self.log.appended,
@@ -371,3 +459,6 @@ impl<Io> Shard<Io> {
         self.log.durable = lsn;
     }
 }
+
+#[cfg(test)]
+mod tests;
