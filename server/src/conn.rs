@@ -76,6 +76,9 @@ pub struct Connection<Io> {
     /// Highest `message_id` an ephemeral version-2 sender relayed (a
     /// durable one keeps it in its session).
     pub(crate) message_id_high: u64,
+    /// The lowest `message_id` of an ephemeral version-2 sender's relays
+    /// that a receiver refused (`u64::MAX`: none).
+    pub(crate) message_id_refused: u64,
     /// Version-2 relays of this connection waiting for other shards before
     /// their `Stored` can go out.
     pub(crate) relays_pending: u16,
@@ -121,6 +124,7 @@ impl<Io> Connection<Io> {
             version: 0,
             kind: SessionKind::Ephemeral,
             message_id_high: 0,
+            message_id_refused: u64::MAX,
             relays_pending: 0,
             outbound: Outbound::new(outbound_bytes_max),
             greeted: false,

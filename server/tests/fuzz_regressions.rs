@@ -7,11 +7,15 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use relayhub_protocol::{encode, RelayRef, BODY_BYTES_MAX, PREFACE};
+use relayhub_protocol::{
+    decode_frame_version, encode, preface_for, rkyv::util::AlignedVec, Ack, ClientSideV2,
+    ErrorCodeV2, Hello, HubMessageV2, RelayRef, RelayV2Ref, BODY_BYTES_MAX, PREFACE, PREFACE_BYTES,
+    VERSION_2,
+};
 use relayhub_server::{
     config::MESH_BYTES_MIN,
-    conn::ConnState,
-    shard::{Event, Limits, Read, ReadReady, Shard},
+    conn::{ConnId, ConnState},
+    shard::{Event, Limits, Read, ReadReady, Shard, WriteReady},
     Config,
 };
 
@@ -107,5 +111,142 @@ fn a_reader_paused_at_shutdown_keeps_its_deadline_in_the_heap() {
     assert!(
         next.is_some_and(|next| next <= idle),
         "the connection's deadline ({idle}) is in no heap entry; next is {next:?}"
+    );
+}
+
+/// Feeds `bytes` to connection `id` as its reader would.
+fn send(shard: &mut Shard<()>, id: ConnId, bytes: &[u8]) {
+    let mut offset = 0;
+    while offset < bytes.len() && shard.poll_read(0, id) == ReadReady::Read {
+        let buffer = shard.read_buffer(id);
+        let len = buffer.len().min(bytes.len() - offset);
+        buffer[..len].copy_from_slice(&bytes[offset..offset + len]);
+        offset += len;
+        shard.handle_read(0, id, Read::Bytes(len));
+    }
+    assert_eq!(offset, bytes.len(), "the connection stopped reading");
+}
+
+/// Everything queued for `id`, written out and decoded (version 2).
+fn take(shard: &mut Shard<()>, id: ConnId) -> Vec<HubMessageV2> {
+    let mut bytes = Vec::new();
+    while shard.poll_write(id) == WriteReady::Write {
+        let mut slices = Vec::new();
+        shard.outbound(id).expect("open").slices(&mut slices);
+        let len: usize = slices.iter().map(|slice| slice.len()).sum();
+        for slice in &slices {
+            bytes.extend_from_slice(slice);
+        }
+        shard.handle_written(id, len);
+    }
+    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
+        PREFACE_BYTES
+    } else {
+        0
+    };
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(&bytes[start..]);
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset < aligned.len() {
+        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
+            .expect("valid version-2 frames");
+        messages.push(frame.to_owned());
+        offset += len;
+    }
+    messages
+}
+
+fn frame<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode(message, &mut out).expect("fits");
+    out
+}
+
+fn relay_v2(request: u64, message_id: u64, to: u64) -> BytesMut {
+    let body = message_id.to_le_bytes();
+    frame(&RelayV2Ref {
+        request,
+        message_id,
+        receivers: &[to],
+        body: &body,
+        flags: 0,
+    })
+}
+
+/// A durable session on `shard`: its connection and user id.
+fn durable(shard: &mut Shard<()>) -> (ConnId, u64) {
+    let id = shard.handle_accept(0, ()).expect("accepted");
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    bytes.extend_from_slice(&frame(&Hello::new_session(1, true)));
+    send(shard, id, &bytes);
+    let HubMessageV2::WelcomeV2(welcome) = &take(shard, id)[0] else {
+        panic!("no welcome");
+    };
+    assert!(welcome.durable);
+    (id, welcome.user)
+}
+
+/// hub_session, the seed `scenario-v2-inbox-full-retry` of the version-2
+/// model (a durable sender relays past a durable receiver's inbox limit;
+/// the receiver acks; the sender retries the refused messages, the last
+/// one first): the retry of a message that got `InboxFull` was answered
+/// `Stored{duplicate: true}` and never stored, so the receiver never got a
+/// message whose `Stored` came with no error about it. The sender's
+/// high-water mark had been raised past the refused id by the later
+/// message's clean `Stored`, and the receiver's inbox mark by its store,
+/// so both took the retry for a duplicate. docs/protocol.md promises that
+/// a retry of a relay a receiver refused is tried again for it. (The same
+/// holds for a retry sent while the first attempt still waits for another
+/// shard: it is routed, not answered from the mark.)
+#[test]
+fn a_retry_of_a_refused_message_is_stored_after_a_later_one() {
+    let mut config = Config::for_tests(1);
+    config.inbox_messages_max = 1;
+    let mut shard: Shard<()> = Shard::new(0, 1, Limits::from_config(&config, 1), Arc::default());
+    let (receiver, user) = durable(&mut shard);
+    let (sender, _) = durable(&mut shard);
+    // Message 1 fills the inbox; message 2 is refused.
+    send(&mut shard, sender, &relay_v2(11, 1, user));
+    send(&mut shard, sender, &relay_v2(12, 2, user));
+    let answers = take(&mut shard, sender);
+    let inbox_full = ErrorCodeV2::InboxFull.to_wire();
+    assert!(
+        matches!(&answers[1], HubMessageV2::Error(e) if e.code == inbox_full && e.request == 12),
+        "{answers:?}"
+    );
+    let got = take(&mut shard, receiver);
+    let HubMessageV2::DeliverV2(first) = &got[0] else {
+        panic!("{got:?}")
+    };
+    send(&mut shard, receiver, &frame(&Ack { upto: first.seq }));
+    // Message 3 is stored cleanly; then message 2 is retried.
+    send(&mut shard, sender, &relay_v2(13, 3, user));
+    let got = take(&mut shard, receiver);
+    let HubMessageV2::DeliverV2(third) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(third.message_id, 3);
+    send(&mut shard, receiver, &frame(&Ack { upto: third.seq }));
+    send(&mut shard, sender, &relay_v2(14, 2, user));
+    let answers = take(&mut shard, sender);
+    assert!(
+        answers.iter().any(|m| matches!(m, HubMessageV2::Stored(s)
+            if s.request == 14 && !s.duplicate)),
+        "the retry of the refused message was not stored: {answers:?}"
+    );
+    let got = take(&mut shard, receiver);
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, HubMessageV2::DeliverV2(d) if d.message_id == 2)),
+        "the receiver never got message 2: {got:?}"
+    );
+    // A retry below the refused id is still answered at once.
+    send(&mut shard, sender, &relay_v2(15, 1, user));
+    let answers = take(&mut shard, sender);
+    assert!(
+        answers.iter().any(|m| matches!(m, HubMessageV2::Stored(s)
+            if s.request == 15 && s.duplicate)),
+        "{answers:?}"
     );
 }

@@ -48,6 +48,8 @@ pub(super) struct RelayRequest {
 /// A version-2 relay waiting for other shards before its `Stored`.
 pub(super) struct PendingStored {
     conn: ConnId,
+    /// The sender.
+    from: u64,
     request: u64,
     message_id: u64,
     shards_missing: usize,
@@ -80,7 +82,13 @@ impl<Io> Shard<Io> {
         let request = relay.request.to_native();
         let message_id = relay.message_id.to_native();
         let dedup = self.limits.dedup_window_ms > 0;
-        if dedup && message_id != 0 && message_id <= *self.message_id_high(id) {
+        // A retry at or below the mark, unless this id was refused by a
+        // receiver or still waits for other shards: those are routed again.
+        if dedup
+            && message_id != 0
+            && message_id <= *self.message_id_high(id)
+            && !self.refused_or_pending(id, from, message_id)
+        {
             self.stats.duplicates.incr();
             let stored = Stored {
                 request,
@@ -197,6 +205,9 @@ impl<Io> Shard<Io> {
         }
         self.route = route;
         let clean = failures.is_empty();
+        if !clean && relay.version != VERSION {
+            self.note_refused(relay.from, id, relay.message_id);
+        }
         if let Some(failures) = Failures::from_vec(failures) {
             self.report(now_ms, relay.from, relay.request, failures);
         }
@@ -206,6 +217,7 @@ impl<Io> Shard<Io> {
             } else {
                 let pending = PendingStored {
                     conn: id,
+                    from: relay.from,
                     request: relay.request,
                     message_id: relay.message_id,
                     shards_missing,
@@ -231,6 +243,9 @@ impl<Io> Shard<Io> {
     ) {
         let clean = failure.is_none();
         if let Some(failure) = failure {
+            if relay.version != VERSION {
+                self.note_refused(relay.from, id, relay.message_id);
+            }
             self.report(now_ms, relay.from, relay.request, Failures::One(failure));
         }
         if relay.version != VERSION {
@@ -337,7 +352,12 @@ impl<Io> Shard<Io> {
         pending.duplicate &= duplicate;
         pending.clean &= failed.is_none();
         pending.shards_missing -= 1;
-        if pending.shards_missing > 0 {
+        let (from, id, message_id) = (pending.from, pending.conn, pending.message_id);
+        let done = pending.shards_missing == 0;
+        if failed.is_some() {
+            self.note_refused(from, id, message_id);
+        }
+        if !done {
             return;
         }
         let pending = self.pending_stored.remove(&ticket).expect("present");
@@ -372,6 +392,7 @@ impl<Io> Shard<Io> {
         if let Some(hash) = relay.content {
             if self.content_seen(now_ms, receiver, hash) {
                 self.stats.content_duplicates.incr();
+                self.mark_refused(receiver, relay.from, relay.message_id);
                 return Some(ErrorCodeV2::DuplicateContent);
             }
         }
@@ -400,7 +421,10 @@ impl<Io> Shard<Io> {
                     self.content_accepted(now_ms, receiver, relay.content);
                     None
                 }
-                Err(code) => Some(code),
+                Err(code) => {
+                    self.mark_refused(receiver, relay.from, relay.message_id);
+                    Some(code)
+                }
             };
         }
         let Some(&id) = self.users.get(&receiver) else {
@@ -527,5 +551,30 @@ impl<Io> Shard<Io> {
         if overflow {
             self.cut_slow_consumer(now_ms, id);
         }
+    }
+}
+
+impl<Io> Shard<Io> {
+    /// A receiver refused `message_id` of `from`'s relay (sent on `id`):
+    /// a retry of it must be routed again, whatever the sender's mark.
+    fn note_refused(&mut self, from: u64, id: ConnId, message_id: u64) {
+        if message_id == 0 {
+            return;
+        }
+        if let Some(refused) = self.message_id_refused(from, id) {
+            *refused = (*refused).min(message_id);
+        }
+    }
+
+    /// True when `message_id` of the sender on `id` may not have been
+    /// stored for every receiver: at or above an id a receiver refused, or
+    /// still waiting for other shards' answers.
+    fn refused_or_pending(&mut self, id: ConnId, from: u64, message_id: u64) -> bool {
+        let refused = self.message_id_refused(from, id).map_or(u64::MAX, |r| *r);
+        message_id >= refused
+            || self
+                .pending_stored
+                .values()
+                .any(|pending| pending.from == from && pending.message_id == message_id)
     }
 }

@@ -113,10 +113,15 @@ pub(super) struct DurableSession {
     inflight_bytes: u64,
     /// The highest `message_id` this session relayed (retry dedup).
     pub(super) message_id_high: u64,
+    /// The lowest `message_id` of this session's relays that a receiver
+    /// refused (`u64::MAX`: none): from it on, retries are routed again.
+    pub(super) message_id_refused: u64,
     /// Retry dedup where the store happens: per sender, the highest
-    /// `message_id` stored in this inbox and when (at most
-    /// [`RETRY_DEDUP_SENDERS_MAX`] senders).
-    recent: HashMap<u64, (u64, u64)>,
+    /// `message_id` stored in this inbox, when, and the highest id that may
+    /// be taken for a retry (below every id this inbox refused from that
+    /// sender, which a retry must try again), for at most
+    /// [`RETRY_DEDUP_SENDERS_MAX`] senders.
+    recent: HashMap<u64, (u64, u64, u64)>,
     /// Content dedup (`--content-dedup-window-ms`), created on first use.
     pub(super) contents: Option<Box<super::dedup::ContentWindow>>,
     /// When its last connection closed.
@@ -163,6 +168,7 @@ impl DurableSession {
             inflight: 0,
             inflight_bytes: 0,
             message_id_high: 0,
+            message_id_refused: u64::MAX,
             recent: HashMap::new(),
             contents: None,
             detached_ms: now_ms,
@@ -705,6 +711,15 @@ impl<Io> Shard<Io> {
         }
     }
 
+    /// The lowest refused `message_id` of `from` (its session's), or of its
+    /// connection `id` while it is there (an ephemeral sender).
+    pub(super) fn message_id_refused(&mut self, from: u64, id: ConnId) -> Option<&mut u64> {
+        if let Some(session) = self.sessions.map.get_mut(&from) {
+            return Some(&mut session.message_id_refused);
+        }
+        super::slot_conn(&mut self.slots, id).map(|conn| &mut conn.message_id_refused)
+    }
+
     /// The highest `message_id` the sender of `id` relayed.
     pub(super) fn message_id_high(&mut self, id: ConnId) -> &mut u64 {
         let conn = super::slot_conn(&mut self.slots, id).expect("the sender is in the table");
@@ -799,7 +814,8 @@ impl<Io> Shard<Io> {
 
 impl<Io> Shard<Io> {
     /// True when `receiver`'s inbox already stored `message_id` (or a later
-    /// one) from `from` within the dedup window: a retry.
+    /// one) from `from` within the dedup window, and never refused it: a
+    /// retry.
     pub(super) fn is_retry(&self, receiver: u64, from: u64, message_id: u64, now_ms: u64) -> bool {
         let window = self.limits.dedup_window_ms;
         if message_id == 0 || window == 0 {
@@ -809,24 +825,47 @@ impl<Io> Shard<Io> {
             .map
             .get(&receiver)
             .and_then(|session| session.recent.get(&from))
-            .is_some_and(|&(high, at)| message_id <= high && at.saturating_add(window) > now_ms)
+            .is_some_and(|&(high, at, cap)| {
+                message_id <= high.min(cap) && at.saturating_add(window) > now_ms
+            })
     }
 
     /// Remembers that `receiver` stored `message_id` from `from`.
     pub(super) fn mark_stored(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
+        self.mark(receiver, from, message_id, |mark| {
+            *mark = (mark.0.max(message_id), mark.1.max(at_ms), mark.2);
+        });
+    }
+
+    /// Remembers that `receiver` refused `message_id` from `from`: a later
+    /// message stored from `from` must not make a retry of it look stored,
+    /// so nothing from that id on is taken for a retry any more (a copy
+    /// stored twice is dropped by the client, a refused one would be lost).
+    pub(super) fn mark_refused(&mut self, receiver: u64, from: u64, message_id: u64) {
+        self.mark(receiver, from, message_id, |mark| {
+            mark.2 = mark.2.min(message_id - 1);
+        });
+    }
+
+    fn mark(
+        &mut self,
+        receiver: u64,
+        from: u64,
+        message_id: u64,
+        f: impl FnOnce(&mut (u64, u64, u64)),
+    ) {
         if message_id == 0 || self.limits.dedup_window_ms == 0 {
             return;
         }
         let Some(session) = self.sessions.map.get_mut(&receiver) else {
             return;
         };
-        let mark = session.recent.entry(from).or_insert((0, 0));
-        *mark = (mark.0.max(message_id), mark.1.max(at_ms));
+        f(session.recent.entry(from).or_insert((0, 0, u64::MAX)));
         if session.recent.len() > RETRY_DEDUP_SENDERS_MAX {
             let oldest = session
                 .recent
                 .iter()
-                .min_by_key(|(_, &(_, at))| at)
+                .min_by_key(|(_, &(_, at, _))| at)
                 .map(|(&sender, _)| sender)
                 .expect("not empty");
             session.recent.remove(&oldest);
@@ -890,11 +929,11 @@ impl<Io> Shard<Io> {
                     message_id: session.message_id_high,
                 });
             }
-            for (&from, &(message_id, at_ms)) in &session.recent {
+            for (&from, &(message_id, at_ms, cap)) in &session.recent {
                 records.push(Record::DedupMark {
                     user,
                     from,
-                    message_id,
+                    message_id: message_id.min(cap),
                     at_ms,
                 });
             }
