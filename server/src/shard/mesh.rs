@@ -113,8 +113,6 @@ pub enum MeshMessage {
     Handled {
         /// The ticket on the sender's shard.
         ticket: u64,
-        /// The sender.
-        to: u64,
         /// The sender's request id.
         request: u64,
         /// Receivers that did not get it, and why.
@@ -368,11 +366,10 @@ impl<Io> Shard<Io> {
             }
             MeshMessage::Handled {
                 ticket,
-                to,
                 request,
                 failures,
                 duplicate,
-            } => self.relay_handled(now_ms, ticket, to, request, failures, duplicate),
+            } => self.relay_handled(now_ms, ticket, request, failures, duplicate),
             MeshMessage::Receipt {
                 to,
                 message_id,

@@ -324,7 +324,6 @@ impl<Io> Shard<Io> {
         let target = owner(relay.from, self.shards);
         let message = MeshMessage::Handled {
             ticket,
-            to: relay.from,
             request: relay.request,
             failures,
             duplicate: self.route_all_duplicate(),
@@ -333,29 +332,30 @@ impl<Io> Shard<Io> {
     }
 
     /// Another shard handled its receivers of our version-2 relay `ticket`.
+    /// Its errors, like its `Stored`, go to the connection that sent the
+    /// relay, and are dropped when that connection is gone: a resumed
+    /// session's new connection is never told about the old one's relays.
     pub(super) fn relay_handled(
         &mut self,
         now_ms: u64,
         ticket: u64,
-        to: u64,
         request: u64,
         failures: Option<Failures>,
         duplicate: bool,
     ) {
-        let failed = failures.as_ref().map(|_| ());
-        if let Some(failures) = failures {
-            self.report(now_ms, to, request, failures);
-        }
         let Some(pending) = self.pending_stored.get_mut(&ticket) else {
             return;
         };
         pending.duplicate &= duplicate;
-        pending.clean &= failed.is_none();
+        pending.clean &= failures.is_none();
         pending.shards_missing -= 1;
-        let (from, id, message_id) = (pending.from, pending.conn, pending.message_id);
-        let done = pending.shards_missing == 0;
-        if failed.is_some() {
+        let (id, done) = (pending.conn, pending.shards_missing == 0);
+        let (from, message_id) = (pending.from, pending.message_id);
+        if failures.is_some() {
             self.note_refused(from, id, message_id);
+        }
+        if let Some(failures) = failures {
+            self.report_to_conn(now_ms, id, request, failures);
         }
         if !done {
             return;
@@ -535,7 +535,15 @@ impl<Io> Shard<Io> {
             // The sender left: nobody is there to tell.
             return;
         };
-        let conn = self.conn_mut(id).expect("reachable users are in the table");
+        self.report_to_conn(now_ms, id, request, failures);
+    }
+
+    /// Queues the errors of `id`'s request `request` on that connection,
+    /// if it is still there.
+    fn report_to_conn(&mut self, now_ms: u64, id: ConnId, request: u64, failures: Failures) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let version_one = conn.version() == VERSION;
         let mut overflow = false;
         for &(code, receiver) in failures.as_slice() {

@@ -525,3 +525,31 @@ fn an_over_limit_frame_before_hello_is_still_hello_required() {
         [(ErrorCodeV2::HelloRequired.to_wire(), 0)]
     );
 }
+
+/// The errors of a relay that another shard answers go to the connection
+/// that sent it, like its `Stored`: when that connection closed and the
+/// session was resumed meanwhile, the new connection is not told (its
+/// request ids are its own; a stray error would name one of them).
+#[test]
+fn a_closed_connections_relay_errors_do_not_reach_the_resumed_one() {
+    let mut net = Net::new(2, limits());
+    let sender = net.new_session(0, true);
+    let nobody = 1_000_001; // owned by shard 1, and nobody's
+    net.relay_v2(sender.client, 1, 7, &[nobody], b"to nobody");
+    net.disconnect(sender.client);
+    let (resumed, messages) = net.resume(0, sender);
+    assert!(messages.is_empty(), "{messages:?}");
+    // Shard 1 answers the old connection's relay only now.
+    net.settle();
+    let stray = net.output_v2(resumed.client);
+    assert!(stray.is_empty(), "{stray:?}");
+    // The resumed connection's own relays get their errors as usual.
+    net.relay_v2(resumed.client, 1, 8, &[nobody], b"to nobody");
+    net.settle();
+    let answers = net.output_v2(resumed.client);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::UnknownReceiver.to_wire(), nobody)]
+    );
+    assert_eq!(stored(&answers), [(1, false)]);
+}
