@@ -63,9 +63,9 @@ pub enum ErrorCodeV2 {
     /// The receiver's shard is out of storage; nothing was stored for that
     /// receiver. Keeps going. detail: the receiver id.
     StorageFull = 19,
-    /// Content dedup dropped the relay for one receiver (the same sender
-    /// sent it the same body within the window). Keeps going. detail: the
-    /// receiver id.
+    /// Content dedup dropped the relay for one receiver (that receiver
+    /// took the same body, from any sender, within the window). Keeps
+    /// going. detail: the receiver id.
     DuplicateContent = 20,
     /// An `Ack` named a sequence the hub never sent this session. Closes.
     /// detail: the highest sequence sent to the session.
