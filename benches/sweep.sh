@@ -6,7 +6,7 @@
 # workload of the matrix, the open-loop rate stepped up under a p99
 # objective. Servers pinned to SERVER_CORE, the loadgen to LOADGEN_CORE.
 #
-#   benches/sweep.sh                          # the standard matrix, ~15 min
+#   benches/sweep.sh                          # the standard matrix, ~18 min
 #   BUDGET=3m SIZES=64 FANOUTS=1 benches/sweep.sh   # a quick one
 #   PRIORITY=1 benches/sweep.sh               # own session, autogroup nice -20 (root)
 #
@@ -24,7 +24,9 @@ if [[ -n ${PRIORITY:-} ]]; then
 fi
 
 OUT=${OUT:-docs/reports/capacity}
-BUDGET=${BUDGET:-15m}
+BUDGET=${BUDGET:-18m}
+STEP=${STEP:-1500ms}
+STEP_FACTOR=${STEP_FACTOR:-4}
 P99_MS=${P99_MS:-10}
 SIZES=${SIZES:-64,1024,1048576}
 FANOUTS=${FANOUTS:-1,16}
@@ -102,7 +104,8 @@ target "redis://127.0.0.1:$port" redis aof-always "$served_pid"
 echo "sweep.sh: budget $BUDGET, p99 <= $P99_MS ms, sizes $SIZES, fan-outs $FANOUTS, modes $MODES" >&2
 taskset -c "$LOADGEN_CORE" "$LOADGEN" sweep "${targets[@]}" --server-cores 1 --server-cores 1 \
     --server-cores 1 --server-cores 1 --sizes "$SIZES" --fanouts "$FANOUTS" --modes "$MODES" \
-    --p99-ms "$P99_MS" --budget "$BUDGET" --out "$OUT/sweep.json" --svg "$OUT/sweep.svg" \
+    --p99-ms "$P99_MS" --budget "$BUDGET" --step-factor "$STEP_FACTOR" --step-duration "$STEP" \
+    --step-warmup 300ms --out "$OUT/sweep.json" --svg "$OUT/sweep.svg" \
     | tee "$OUT/sweep.md"
 {
     echo

@@ -104,6 +104,11 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 1000.0)]
     pub start_rate: f64,
 
+    /// Large bodies start lower: the first step offers at most this many
+    /// body megabytes (10^6) per second (1 MiB bodies: 47 publications/s).
+    #[arg(long, default_value_t = 50.0)]
+    pub start_megabytes: f64,
+
     /// Each step offers this many times the last one (> 1).
     #[arg(long, default_value_t = 2.0)]
     pub step_factor: f64,
@@ -210,6 +215,9 @@ impl SweepArgs {
         }
         if !positive(self.p99_ms) {
             return bad("--p99-ms must be positive".into());
+        }
+        if !positive(self.start_megabytes) {
+            return bad("--start-megabytes must be positive".into());
         }
         if self.step_duration.is_zero() {
             return bad("--step-duration must be positive".into());
@@ -620,7 +628,10 @@ fn run_cell(
         step
     };
     // Up by --step-factor while steps hold.
-    let mut rate = args.start_rate;
+    let mut rate = args
+        .start_rate
+        .min(args.start_megabytes * 1e6 / workload.body_bytes as f64)
+        .max(1.0);
     let mut held: Option<f64> = None;
     let mut failed: Option<f64> = None;
     loop {
