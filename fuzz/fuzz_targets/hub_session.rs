@@ -6,7 +6,10 @@
 //! (no panic; events only when due; every byte the hub sends decodes;
 //! closing errors come last; queues within their limits; timeouts never
 //! early and never missed; paused senders resume; no silent drops for
-//! well-formed clients; a shutdown that finishes).
+//! well-formed clients; a shutdown that finishes), and for version-2
+//! sessions `relayhub_fuzz::hub::v2`'s model (resumes and tokens, takeover,
+//! sequences and redelivery, no loss and no duplicate after client-side
+//! dedup, per-pair order, typed refusals).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -12,7 +12,10 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use crate::hub::{Body, Op, Preset, Request, SessionInput, Target, Wire};
+use crate::hub::{
+    AckUpto, Body, HelloKind, MessageIdChoice, Op, Preset, Request, SessionInput, Target,
+    TokenChoice, Wire,
+};
 
 #[derive(Default)]
 struct Out(Vec<u8>);
@@ -105,8 +108,28 @@ impl Out {
         }
     }
 
+    fn hello_kind(&mut self, hello: HelloKind) {
+        match hello {
+            HelloKind::New { durable } => {
+                self.variant(0, 2);
+                self.bool(durable);
+            }
+            HelloKind::Resume { session, token } => {
+                self.variant(1, 2);
+                self.u8(session);
+                let index = match token {
+                    TokenChoice::Latest => 0,
+                    TokenChoice::Previous => 1,
+                    TokenChoice::Oldest => 2,
+                    TokenChoice::Wrong => 3,
+                };
+                self.variant(index, 4);
+            }
+        }
+    }
+
     fn op(&mut self, op: &Op) {
-        const OPS: u32 = 14;
+        const OPS: u32 = 17;
         match op {
             Op::Connect { shard } => {
                 self.variant(0, OPS);
@@ -193,6 +216,51 @@ impl Out {
                 self.variant(13, OPS);
                 self.u8(*shard);
                 self.u16(*grace);
+            }
+            Op::Hello { shard, hello, wire } => {
+                self.variant(14, OPS);
+                self.u8(*shard);
+                self.hello_kind(*hello);
+                self.wire(*wire);
+            }
+            Op::RelayV2 {
+                client,
+                receivers,
+                body,
+                id,
+                receipt,
+                wire,
+            } => {
+                self.variant(15, OPS);
+                self.u8(*client);
+                self.vec(receivers, |out, &target| out.target(target));
+                self.body(body);
+                match id {
+                    MessageIdChoice::Next => self.variant(0, 3),
+                    MessageIdChoice::None => self.variant(1, 3),
+                    MessageIdChoice::Retry(back) => {
+                        self.variant(2, 3);
+                        self.u8(*back);
+                    }
+                }
+                self.bool(*receipt);
+                self.wire(*wire);
+            }
+            Op::Ack { client, upto, wire } => {
+                self.variant(16, OPS);
+                self.u8(*client);
+                match upto {
+                    AckUpto::Highest => self.variant(0, 3),
+                    AckUpto::Behind(n) => {
+                        self.variant(1, 3);
+                        self.u8(*n);
+                    }
+                    AckUpto::Beyond(n) => {
+                        self.variant(2, 3);
+                        self.u8(*n);
+                    }
+                }
+                self.wire(*wire);
             }
         }
     }
@@ -624,6 +692,251 @@ pub fn scenarios() -> Vec<(&'static str, SessionInput)> {
         drain(2),
     ];
     out.push(("http-garbage-large-echo", input(1, Preset::Roomy, ops)));
+
+    out.extend(v2_scenarios());
+    out
+}
+
+fn hello(shard: u8, hello: HelloKind) -> Op {
+    Op::Hello {
+        shard,
+        hello,
+        wire: ALL,
+    }
+}
+
+fn durable(shard: u8) -> Op {
+    hello(shard, HelloKind::New { durable: true })
+}
+
+fn resume(shard: u8, session: u8, token: TokenChoice) -> Op {
+    hello(shard, HelloKind::Resume { session, token })
+}
+
+fn relay_v2(client: u8, to: &[u8], id: MessageIdChoice, body: &[u8]) -> Op {
+    Op::RelayV2 {
+        client,
+        receivers: to.iter().map(|&c| Target::Client(c)).collect(),
+        body: small(body),
+        id,
+        receipt: false,
+        wire: ALL,
+    }
+}
+
+fn ack(client: u8, upto: AckUpto) -> Op {
+    Op::Ack {
+        client,
+        upto,
+        wire: ALL,
+    }
+}
+
+/// Version-2 scenarios: durable sessions offline and back, takeovers,
+/// tokens old and wrong, full inboxes and retries, acks out of range,
+/// expiry, content dedup, unrecognised retries and mixed versions.
+fn v2_scenarios() -> Vec<(&'static str, SessionInput)> {
+    use MessageIdChoice::{Next, Retry};
+    let mut out = Vec::new();
+
+    // A durable receiver on shard 0 reads, acks, drops its connection;
+    // messages wait in its inbox; it resumes on shard 1 (a hand-off) with
+    // its latest token and gets them, redeliveries first.
+    let mut ops = vec![
+        durable(0),
+        hello(1, HelloKind::New { durable: false }),
+        drain(0),
+        relay_v2(1, &[0], Next, b"one"),
+        relay_v2(1, &[0], Next, b"two"),
+    ];
+    ops.extend(mesh(2));
+    ops.extend([drain(0), drain(1), ack(0, AckUpto::Behind(1))]);
+    ops.push(Op::Reset {
+        client: 0,
+        writer_first: false,
+    });
+    ops.extend([
+        relay_v2(1, &[0, 0], Next, b"offline"),
+        relay_v2(1, &[0], MessageIdChoice::None, b"no id"),
+    ]);
+    ops.extend(mesh(2));
+    ops.push(resume(1, 0, TokenChoice::Latest));
+    ops.extend(mesh(2));
+    ops.extend(mesh(2));
+    ops.extend([drain(2), ack(2, AckUpto::Highest), drain(1)]);
+    out.push(("v2-offline-resume-hand-off", input(2, Preset::Tight, ops)));
+
+    // A takeover: the session resumes while its connection is open; the
+    // old one reads what was queued, then SessionTakenOver. Receipts go
+    // to a durable sender, which acks them.
+    let ops = vec![
+        durable(0),
+        durable(0),
+        drain(0),
+        drain(1),
+        Op::RelayV2 {
+            client: 1,
+            receivers: vec![Target::Client(0)],
+            body: small(b"with a receipt"),
+            id: Next,
+            receipt: true,
+            wire: ALL,
+        },
+        relay_v2(1, &[0], Next, b"second"),
+        resume(0, 0, TokenChoice::Latest),
+        drain(0),
+        drain(2),
+        ack(2, AckUpto::Highest),
+        drain(1),
+        ack(1, AckUpto::Highest),
+        drain(2),
+    ];
+    out.push(("v2-takeover-receipts", input(1, Preset::Roomy, ops)));
+
+    // Tokens: the latest, the one before it (still valid), the oldest
+    // (refused once a later resume presented the newer one) and a wrong
+    // one, on every shard.
+    let ops = vec![
+        durable(0),
+        drain(0),
+        Op::Eof { client: 0 },
+        resume(1, 0, TokenChoice::Latest),
+        drain(1),
+        Op::Eof { client: 1 },
+        resume(2, 0, TokenChoice::Previous),
+        drain(2),
+        resume(0, 0, TokenChoice::Wrong),
+        drain(3),
+        resume(0, 0, TokenChoice::Latest),
+        drain(4),
+        resume(1, 0, TokenChoice::Oldest),
+        Op::Forward { link: 0, max: 255 },
+        Op::Consume { link: 0, max: 255 },
+        drain(5),
+        drain(2),
+        drain(4),
+    ];
+    out.push(("v2-tokens", input(3, Preset::Roomy, ops)));
+
+    // A full inbox (4 entries): InboxFull for the rest, not fatal; the
+    // receiver acks, the sender retries the refused ones.
+    let mut ops = vec![durable(0), durable(1)];
+    for body in [b"m1", b"m2", b"m3", b"m4", b"m5", b"m6"] {
+        ops.push(relay_v2(1, &[0], Next, body));
+    }
+    ops.extend(mesh(2));
+    ops.extend([drain(1), drain(0), ack(0, AckUpto::Highest)]);
+    ops.extend([
+        relay_v2(1, &[0], Retry(0), b""),
+        relay_v2(1, &[0], Retry(1), b""),
+    ]);
+    ops.extend(mesh(2));
+    ops.extend([drain(1), drain(0)]);
+    out.push(("v2-inbox-full-retry", input(2, Preset::Small, ops)));
+
+    // Acks out of range: a durable session acks past what it read, an
+    // ephemeral one acks anything; both are closed with AckOutOfRange and
+    // the durable one resumes.
+    let ops = vec![
+        durable(0),
+        hello(0, HelloKind::New { durable: false }),
+        relay_v2(1, &[0], Next, b"to ack"),
+        drain(0),
+        ack(0, AckUpto::Beyond(3)),
+        ack(1, AckUpto::Beyond(0)),
+        drain(0),
+        drain(1),
+        resume(0, 0, TokenChoice::Latest),
+        drain(2),
+    ];
+    out.push(("v2-ack-out-of-range", input(1, Preset::Tight, ops)));
+
+    // Expiry (3 s in Small): an offline session expires; a relay to it
+    // gets UnknownReceiver, a resume ResumeRejected.
+    let ops = vec![
+        durable(0),
+        durable(0),
+        drain(0),
+        Op::Eof { client: 0 },
+        Op::Advance {
+            ms: 2000,
+            coarse: false,
+        },
+        relay_v2(1, &[0], Next, b"before"),
+        Op::Advance {
+            ms: 2500,
+            coarse: false,
+        },
+        relay_v2(1, &[0], Next, b"after"),
+        drain(1),
+        resume(0, 0, TokenChoice::Latest),
+        drain(2),
+    ];
+    out.push(("v2-expiry", input(1, Preset::Small, ops)));
+
+    // Content dedup (2 s in Tight): a retry within the window gets
+    // DuplicateContent for the receiver that took the body.
+    let ops = vec![
+        durable(0),
+        hello(0, HelloKind::New { durable: false }),
+        relay_v2(1, &[0], Next, b"same body"),
+        Op::Reset {
+            client: 1,
+            writer_first: true,
+        },
+        hello(0, HelloKind::New { durable: true }),
+        relay_v2(2, &[0], Next, b"body"),
+        relay_v2(2, &[0], Retry(0), b""),
+        Op::Advance {
+            ms: 2100,
+            coarse: false,
+        },
+        relay_v2(2, &[0], Retry(0), b""),
+        drain(2),
+        drain(0),
+    ];
+    out.push(("v2-content-dedup", input(1, Preset::Tight, ops)));
+
+    // Retry dedup off in inboxes (Untimed): a retry on a new connection of
+    // the sender is stored again and dropped by (from, message_id); entry
+    // lifetimes of 5 s.
+    let mut ops = vec![
+        durable(0),
+        durable(1),
+        drain(1),
+        relay_v2(1, &[0], Next, b"retried"),
+        Op::Reset {
+            client: 1,
+            writer_first: false,
+        },
+        resume(1, 1, TokenChoice::Latest),
+        relay_v2(2, &[0], Retry(0), b""),
+    ];
+    ops.extend(mesh(2));
+    ops.extend([drain(0), ack(0, AckUpto::Highest), drain(2)]);
+    ops.push(relay_v2(2, &[0], Next, b"expires"));
+    ops.extend(mesh(2));
+    ops.push(Op::Advance {
+        ms: 6000,
+        coarse: false,
+    });
+    ops.extend([drain(0), drain(2)]);
+    out.push(("v2-retry-unrecognised-ttl", input(2, Preset::Untimed, ops)));
+
+    // Mixed versions: a version-1 client relays to a durable session
+    // (stored, delivered as DeliverV2), a version-2 sender to a version-1
+    // client (Deliver), a durable receiver offline meanwhile.
+    let mut ops = vec![connect(0), preface(0), durable(1), drain(1)];
+    ops.push(Op::Reset {
+        client: 1,
+        writer_first: false,
+    });
+    ops.push(send(0, relay(&[1, 1], small(b"from version 1"))));
+    ops.push(durable(0));
+    ops.push(relay_v2(2, &[0, 1], Next, b"to both"));
+    ops.extend(mesh(2));
+    ops.extend([drain(0), drain(2)]);
+    out.push(("v2-mixed-versions", input(2, Preset::Roomy, ops)));
 
     out
 }
