@@ -46,12 +46,19 @@ fuzz_target!(|data: &[u8]| {
             for record in &records {
                 encode(record, &mut again);
             }
-            assert_eq!(&again[..], &file[..valid], "records re-encode to what was read");
+            assert_eq!(
+                &again[..],
+                &file[..valid],
+                "records re-encode to what was read"
+            );
         }
         Err(corruption) => {
             let (offset, next) = (corruption.offset as usize, corruption.next_valid as usize);
             assert!(offset < next && next < file.len());
-            assert!(matches!(decode(&file[next..]), Ok(Some(_))), "a valid record follows");
+            assert!(
+                matches!(decode(&file[next..]), Ok(Some(_))),
+                "a valid record follows"
+            );
         }
     }
 });

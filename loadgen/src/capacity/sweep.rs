@@ -117,6 +117,11 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 5_000_000.0)]
     pub max_rate: f64,
 
+    /// A step that did not hold is run again this many times before the
+    /// cell stops there (the last try counts).
+    #[arg(long, default_value_t = 1)]
+    pub confirm: u32,
+
     /// Bisection steps between the last rate that held and the first that
     /// did not.
     #[arg(long, default_value_t = 1)]
@@ -639,7 +644,15 @@ fn run_cell(
             stopped = "time budget".into();
             break;
         }
-        let step = try_rate(rate, &mut steps);
+        let mut step = try_rate(rate, &mut steps);
+        // One stall of a shared machine should not end a cell: a step that
+        // did not hold is run again before it counts.
+        for _ in 0..args.confirm {
+            if step.verdict == Verdict::Held || step.verdict == Verdict::Failed || !fits(started) {
+                break;
+            }
+            step = try_rate(rate, &mut steps);
+        }
         if step.verdict != Verdict::Held {
             stopped = format!("{:?} at {rate:.0}/s", step.verdict);
             failed = Some(rate);
