@@ -74,7 +74,7 @@ pub struct IdleRow {
 /// Where the numbers come from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Machine {
-    /// Online CPUs.
+    /// CPUs online on the machine (not only those the sweep could use).
     pub cpus: usize,
     /// `model name` of /proc/cpuinfo.
     pub cpu_model: String,

@@ -473,11 +473,20 @@ fn machine() -> Machine {
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0);
     Machine {
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The machine's, not this process's: the sweep itself is usually
+        // pinned to one core (taskset), which available_parallelism reports.
+        cpus: online_cpus(),
         cpu_model,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
         memory_kib,
     }
+}
+
+/// CPUs online on the machine.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
 }
 
 fn elapsed_text(elapsed: Duration, budget: Duration) -> String {
