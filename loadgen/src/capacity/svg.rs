@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{Cell, Verdict};
+use crate::report::svg::{escape, open, COLORS};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 520.0;
@@ -11,9 +12,6 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 200.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 6] = [
-    "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-];
 
 /// The plot of `cells` (one workload, several targets).
 pub fn render(title: &str, cells: &[&Cell], slo_ms: f64) -> String {
@@ -43,17 +41,7 @@ pub fn render(title: &str, cells: &[&Cell], slo_ms: f64) -> String {
     };
 
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="25" font-size="15" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        escape(title)
-    );
+    open(&mut out, (WIDTH, HEIGHT), LEFT + plot_w / 2.0, title);
     for decade in x_low..=x_high {
         let x = x_of(10f64.powi(decade));
         let _ = writeln!(
@@ -161,10 +149,4 @@ fn us_label(us: f64) -> String {
         u if u >= 1.0 => format!("{u:.0}us"),
         u => format!("{u}us"),
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

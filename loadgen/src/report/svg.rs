@@ -12,7 +12,8 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 170.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 6] = [
+/// Curve colours, in target order.
+pub(crate) const COLORS: [&str; 6] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
 
@@ -42,17 +43,7 @@ pub fn render(title: &str, summaries: &[Summary]) -> String {
     };
 
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="25" font-size="15" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        escape(title)
-    );
+    open(&mut out, (WIDTH, HEIGHT), LEFT + plot_w / 2.0, title);
     let ticks = (0..=nines).map(|nine| (f64::from(nine), percentile_label(nine)));
     for (nine, label) in ticks.chain([(2f64.log10(), "50%".to_string())]) {
         let x = x_of(nine);
@@ -163,7 +154,24 @@ fn percentile_label(nine: u32) -> String {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Starts an SVG of `size` (width, height) on white, with `title` centred
+/// on `title_x`.
+pub(crate) fn open(out: &mut String, size: (f64, f64), title_x: f64, title: &str) {
+    let (width, height) = size;
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{title_x}" y="25" font-size="15" text-anchor="middle">{}</text>"#,
+        escape(title)
+    );
+}
+
+/// `text` with the characters XML gives a meaning escaped.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
