@@ -492,38 +492,40 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
         loop {
             // Descriptors are the process's: keep the pool full when we can.
             reserve.refill();
-            match listener.accept().await {
-                Ok(stream) => start_connection(context, stream),
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
                 Err(error) if out_of_descriptors(&error) && reserve.release() => {
                     // The reserve descriptor is free: take the waiting client.
                     let Ok(stream) = listener.accept().await else {
                         continue;
                     };
-                    if reserve.refill() {
-                        // Descriptors were free after all (connections
-                        // closed meanwhile): serve it.
-                        start_connection(context, stream);
-                        continue;
-                    }
-                    // Really at the limit: tell it why and close it; the
-                    // next turn takes the reserve back.
-                    let bytes = shard::refusal_bytes(
-                        relayhub_protocol::VERSION,
-                        ErrorCodeV2::ServerFull,
-                        0,
-                    );
-                    refuse(&stream, &bytes);
-                    context.stats.fd_refusals.incr();
-                    drop(stream);
-                    warnings.warn("out of file descriptors: refusing clients with ServerFull");
+                    stream
                 }
                 Err(error) => {
                     // Out of descriptors with no reserve, or out of memory:
                     // keep serving the connections we have.
                     warnings.warn(&format!("accept failed: {error}"));
                     sleep(ACCEPT_RETRY).await;
+                    continue;
                 }
+            };
+            // Serve a client only while the pool stays full. Any shard's
+            // accept can take the descriptor another shard freed from the
+            // pool to refuse its client; served, that connection would keep
+            // it, the pool could not be refilled, and from then on clients
+            // at the limit would wait unanswered in the accept queue.
+            if reserve.refill() {
+                start_connection(context, stream);
+                continue;
             }
+            // At the limit: tell it why and close it; the next turn takes
+            // the reserve back.
+            let bytes =
+                shard::refusal_bytes(relayhub_protocol::VERSION, ErrorCodeV2::ServerFull, 0);
+            refuse(&stream, &bytes);
+            context.stats.fd_refusals.incr();
+            drop(stream);
+            warnings.warn("out of file descriptors: refusing clients with ServerFull");
         }
     };
     futures_lite::future::or(shutdown_requested, accept_loop).await;
