@@ -6,12 +6,33 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use relayhub_protocol::{
-    decode_frame, encode, rkyv::util::AlignedVec, ClientSide, EchoRef, ErrorCode, HubMessage,
-    Identity, List, RelayRef, BODY_BYTES_MAX, PREFACE,
+    decode_frame, decode_frame_version, encode, preface_for, rkyv::util::AlignedVec, ClientSide,
+    ClientSideV2, EchoRef, ErrorCode, HubMessage, HubMessageV2, Identity, List, RelayRef,
+    BODY_BYTES_MAX, PREFACE, PREFACE_BYTES, VERSION_2,
 };
 
 use super::*;
 use crate::conn::ConnId;
+
+/// Version-2 hub frames, decoded (a leading hub preface skipped).
+pub(super) fn decode_v2(bytes: &[u8]) -> Vec<HubMessageV2> {
+    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
+        PREFACE_BYTES
+    } else {
+        0
+    };
+    let mut aligned = AlignedVec::<16>::new();
+    aligned.extend_from_slice(&bytes[start..]);
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset < aligned.len() {
+        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
+            .expect("valid version-2 frames");
+        messages.push(frame.to_owned());
+        offset += len;
+    }
+    messages
+}
 
 const IDLE_MS: u64 = 2_000;
 const FRAME_MS: u64 = 500;
@@ -114,6 +135,13 @@ impl Net {
                 body,
             },
         );
+    }
+
+    /// The version-2 frames queued for `client`, decoded (the hub's
+    /// preface skipped).
+    pub(super) fn output_v2(&mut self, client: Client) -> Vec<HubMessageV2> {
+        let bytes = self.take_bytes(client.shard, client.id);
+        decode_v2(&bytes)
     }
 
     /// The raw bytes queued for `id` (the driver's write path).

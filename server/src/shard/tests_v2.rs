@@ -4,11 +4,11 @@
 
 use bytes::BytesMut;
 use relayhub_protocol::{
-    decode_frame_version, encode, flags, preface_for, Ack, ClientSideV2, ErrorCodeV2, Hello,
-    HubMessageV2, Identity, RelayRef, RelayV2Ref, ResumeToken, PREFACE_BYTES, VERSION_2,
+    encode, flags, preface_for, Ack, ErrorCodeV2, Hello, HubMessageV2, Identity, RelayRef,
+    RelayV2Ref, ResumeToken, VERSION_2,
 };
 
-use super::tests::{limits, Client, Net};
+use super::tests::{decode_v2, limits, Client, Net};
 use super::*;
 
 /// A version-2 client as the tests see it.
@@ -18,25 +18,6 @@ struct Session {
     token: ResumeToken,
 }
 
-fn decode_v2(bytes: &[u8]) -> Vec<HubMessageV2> {
-    let mut aligned = relayhub_protocol::rkyv::util::AlignedVec::<16>::new();
-    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
-        PREFACE_BYTES
-    } else {
-        0
-    };
-    aligned.extend_from_slice(&bytes[start..]);
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < aligned.len() {
-        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
-            .expect("valid version-2 frames");
-        messages.push(frame.to_owned());
-        offset += len;
-    }
-    messages
-}
-
 fn wire<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
     let mut out = BytesMut::new();
     encode(message, &mut out).unwrap();
@@ -44,11 +25,6 @@ fn wire<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
 }
 
 impl Net {
-    fn output_v2(&mut self, client: Client) -> Vec<HubMessageV2> {
-        let bytes = self.take_bytes(client.shard, client.id);
-        decode_v2(&bytes)
-    }
-
     /// Opens a version-2 connection on `shard` with `hello`; runs a
     /// hand-off to the owner shard as the driver would.
     fn hello(&mut self, shard: usize, hello: Hello) -> (Client, Vec<HubMessageV2>) {

@@ -3,10 +3,7 @@
 //! is counted like any other.
 
 use bytes::BytesMut;
-use relayhub_protocol::{
-    decode_frame_version, encode, preface_for, ClientSideV2, Hello, HubMessageV2, ResumeToken,
-    PREFACE_BYTES, VERSION_2,
-};
+use relayhub_protocol::{encode, preface_for, Hello, HubMessageV2, ResumeToken, VERSION_2};
 
 use super::sessions::SESSION_SWEEP_MS;
 use super::tests::{limits, Client, Net};
@@ -34,27 +31,6 @@ fn write_log(net: &mut Net) {
     shard.handle_log_written(now, end, false);
 }
 
-/// Frames queued for `client`, decoded (the hub's preface skipped).
-fn frames(net: &mut Net, client: Client) -> Vec<HubMessageV2> {
-    let bytes = net.take_bytes(client.shard, client.id);
-    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
-        PREFACE_BYTES
-    } else {
-        0
-    };
-    let mut aligned = relayhub_protocol::rkyv::util::AlignedVec::<16>::new();
-    aligned.extend_from_slice(&bytes[start..]);
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < aligned.len() {
-        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
-            .expect("valid version-2 frames");
-        messages.push(frame.to_owned());
-        offset += len;
-    }
-    messages
-}
-
 /// A connection that has sent its preface and `hello`; nothing written to
 /// the log yet.
 fn say_hello(net: &mut Net, hello: Hello) -> ConnId {
@@ -71,7 +47,7 @@ fn welcomed(net: &mut Net, id: ConnId, resumed: bool) -> (Client, ResumeToken, V
     write_log(net);
     let user = net.shards[0].conn(id).unwrap().user();
     let client = Client { shard: 0, id, user };
-    let mut messages = frames(net, client);
+    let mut messages = net.output_v2(client);
     match messages.first() {
         Some(HubMessageV2::WelcomeV2(welcome)) => {
             assert!(welcome.durable && welcome.resumed == resumed, "{welcome:?}");
@@ -111,7 +87,7 @@ fn a_takeover_waiting_for_the_log_does_not_expire_the_session() {
     assert_eq!(net.shards[0].durable_sessions(), 1, "connected: kept");
 
     let id = say_hello(&mut net, Hello::resume(2, first.user, token));
-    let closing = frames(&mut net, first);
+    let closing = net.output_v2(first);
     assert!(taken_over(&closing), "{closing:?}");
     pass(&mut net, 2 * SESSION_SWEEP_MS);
     let (second, _, _) = welcomed(&mut net, id, true);
@@ -131,7 +107,7 @@ fn a_takeover_between_two_waiting_welcomes_is_counted() {
     let (first, token, _) = welcomed(&mut net, id, false);
     let a = say_hello(&mut net, Hello::resume(2, first.user, token));
     let b = say_hello(&mut net, Hello::resume(3, first.user, token));
-    let closing = frames(&mut net, first);
+    let closing = net.output_v2(first);
     assert!(taken_over(&closing), "{closing:?}");
     write_log(&mut net);
     let (_, _, after) = welcomed(&mut net, a, true);

@@ -3,8 +3,7 @@
 
 use bytes::BytesMut;
 use relayhub_protocol::{
-    decode_frame_version, encode, preface_for, Ack, ClientSideV2, ErrorCodeV2, Hello, HubMessageV2,
-    RelayV2Ref, PREFACE_BYTES, VERSION_2,
+    encode, preface_for, Ack, ErrorCodeV2, Hello, HubMessageV2, RelayV2Ref, VERSION_2,
 };
 
 use super::*;
@@ -22,27 +21,6 @@ fn disk_limits() -> Limits {
         inbox_messages_max: 1000,
         ..limits()
     }
-}
-
-/// Frames queued for `client`, decoded.
-fn frames(net: &mut Net, client: Client) -> Vec<HubMessageV2> {
-    let bytes = net.take_bytes(client.shard, client.id);
-    let start = if bytes.starts_with(&preface_for(VERSION_2)) {
-        PREFACE_BYTES
-    } else {
-        0
-    };
-    let mut aligned = relayhub_protocol::rkyv::util::AlignedVec::<16>::new();
-    aligned.extend_from_slice(&bytes[start..]);
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < aligned.len() {
-        let (frame, len) = decode_frame_version::<ClientSideV2>(VERSION_2, &aligned[offset..])
-            .expect("valid version-2 frames");
-        messages.push(frame.to_owned());
-        offset += len;
-    }
-    messages
 }
 
 /// The log writer succeeding: every batch written; returns them.
@@ -67,7 +45,7 @@ fn durable(net: &mut Net) -> Client {
     let user = net.shards[0].conn(id).unwrap().user();
     let client = Client { shard: 0, id, user };
     assert!(matches!(
-        frames(net, client).as_slice(),
+        net.output_v2(client).as_slice(),
         [HubMessageV2::WelcomeV2(welcome)] if welcome.durable && welcome.user == user
     ));
     client
@@ -137,7 +115,7 @@ fn the_room_the_disk_gives_bounds_entries_less_the_reserve() {
         relay(&mut net, sender, request, receiver.user);
         write_log(&mut net);
         assert!(log_bytes(&net) + LOG_RESERVE_BYTES <= room);
-        outcomes.extend(answers(&frames(&mut net, sender)));
+        outcomes.extend(answers(&net.output_v2(sender)));
     }
     let stored: Vec<u64> = outcomes
         .iter()
@@ -147,12 +125,12 @@ fn the_room_the_disk_gives_bounds_entries_less_the_reserve() {
     assert_eq!(outcomes.len(), 10);
     assert!((3..10).contains(&stored.len()), "{outcomes:?}");
     assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
-    assert_eq!(delivered(&frames(&mut net, receiver)).0, stored);
+    assert_eq!(delivered(&net.output_v2(receiver)).0, stored);
     // More room lets entries in again.
     net.shards[0].handle_log_room(u64::MAX);
     relay(&mut net, sender, 11, receiver.user);
     write_log(&mut net);
-    assert_eq!(answers(&frames(&mut net, sender)), [(11, false)]);
+    assert_eq!(answers(&net.output_v2(sender)), [(11, false)]);
 }
 
 /// A batch the disk refused goes out again, first in the next one; what
@@ -167,9 +145,9 @@ fn a_failed_write_goes_out_again_and_its_answers_wait() {
     let failed = net.shards[0].poll_log(now).expect("the relay's batch");
     let failed_bytes = failed.bytes.clone();
     net.shards[0].handle_log_failed(now, failed);
-    assert!(frames(&mut net, sender).is_empty(), "Stored before durable");
+    assert!(net.output_v2(sender).is_empty(), "Stored before durable");
     assert!(
-        frames(&mut net, receiver).is_empty(),
+        net.output_v2(receiver).is_empty(),
         "delivered before durable"
     );
     relay(&mut net, sender, 2, receiver.user);
@@ -177,11 +155,11 @@ fn a_failed_write_goes_out_again_and_its_answers_wait() {
     assert!(!again.new_generation);
     assert!(again.bytes.starts_with(&failed_bytes));
     net.shards[0].handle_log_written(now, again.end_lsn, false);
-    assert_eq!(answers(&frames(&mut net, sender)), [(1, false), (2, true)]);
-    assert_eq!(delivered(&frames(&mut net, receiver)).0, [1]);
+    assert_eq!(answers(&net.output_v2(sender)), [(1, false), (2, true)]);
+    assert_eq!(delivered(&net.output_v2(receiver)).0, [1]);
     relay(&mut net, sender, 3, receiver.user);
     write_log(&mut net);
-    assert_eq!(answers(&frames(&mut net, sender)), [(3, false)]);
+    assert_eq!(answers(&net.output_v2(sender)), [(3, false)]);
     assert_eq!(net.shards[0].stats().log_write_errors.get(), 1);
 }
 
@@ -203,8 +181,8 @@ fn a_failed_compaction_leaves_the_log_as_it_was() {
         relay(&mut net, sender, request, receiver.user);
         write_log(&mut net);
     }
-    assert_eq!(answers(&frames(&mut net, sender)).len(), 40);
-    let (ids, last) = delivered(&frames(&mut net, receiver));
+    assert_eq!(answers(&net.output_v2(sender)).len(), 40);
+    let (ids, last) = delivered(&net.output_v2(receiver));
     assert_eq!(ids.len(), 40);
     let before = log_bytes(&net);
     net.send_message(receiver, &Ack { upto: last });
@@ -226,6 +204,6 @@ fn a_failed_compaction_leaves_the_log_as_it_was() {
     assert!(log_bytes(&net) < before);
     relay(&mut net, sender, 41, receiver.user);
     write_log(&mut net);
-    assert_eq!(answers(&frames(&mut net, sender)), [(41, false)]);
-    assert_eq!(delivered(&frames(&mut net, receiver)).0, [41]);
+    assert_eq!(answers(&net.output_v2(sender)), [(41, false)]);
+    assert_eq!(delivered(&net.output_v2(receiver)).0, [41]);
 }
