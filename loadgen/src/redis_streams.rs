@@ -88,42 +88,32 @@ fn connect(address: SocketAddr) -> Result<(TcpStream, Inbound), LoadgenError> {
 
 /// Creates an empty stream with its consumer group for each of `clients`.
 pub fn setup(address: SocketAddr, clients: usize) -> Result<(), LoadgenError> {
-    let (mut stream, mut inbound) = connect(address)?;
-    let clients = clients as u32;
-    for first in (0..clients).step_by(PIPELINE as usize) {
-        let end = (first + PIPELINE).min(clients);
-        let mut commands = Vec::new();
-        for client in first..end {
-            resp::encode_stream_setup(&mut commands, client);
-        }
-        exchange(
-            &mut stream,
-            &mut inbound,
-            address,
-            &commands,
-            2 * (end - first) as usize,
-        )?;
-    }
-    Ok(())
+    per_client(address, clients, 2, resp::encode_stream_setup)
 }
 
 /// Deletes the streams of `clients` clients.
 pub fn teardown(address: SocketAddr, clients: usize) -> Result<(), LoadgenError> {
+    per_client(address, clients, 1, resp::encode_stream_delete)
+}
+
+/// Sends `encode`'s commands for every client, [`PIPELINE`] clients at a
+/// time, each answered by `replies` replies.
+fn per_client(
+    address: SocketAddr,
+    clients: usize,
+    replies: usize,
+    encode: fn(&mut Vec<u8>, u32),
+) -> Result<(), LoadgenError> {
     let (mut stream, mut inbound) = connect(address)?;
     let clients = clients as u32;
     for first in (0..clients).step_by(PIPELINE as usize) {
         let end = (first + PIPELINE).min(clients);
         let mut commands = Vec::new();
         for client in first..end {
-            resp::encode_stream_delete(&mut commands, client);
+            encode(&mut commands, client);
         }
-        exchange(
-            &mut stream,
-            &mut inbound,
-            address,
-            &commands,
-            (end - first) as usize,
-        )?;
+        let expected = replies * (end - first) as usize;
+        exchange(&mut stream, &mut inbound, address, &commands, expected)?;
     }
     Ok(())
 }
