@@ -496,34 +496,23 @@ fn write_outputs(args: &Args, command: String, summaries: &[Summary]) -> Result<
             );
         }
     }
-    let write = |path: &PathBuf, text: String| {
-        if let Some(parent) = path
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-        {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        std::fs::write(path, text).map_err(|error| {
-            LoadgenError::BadOptions(format!("cannot write {}: {error}", path.display()))
-        })
-    };
     if let Some(path) = &args.hgrm {
         for summary in summaries {
-            write(
+            report::write_file(
                 &report::path_for_target(path, &summary.target),
                 report::hgrm::render(&summary.histogram),
             )?;
         }
     }
     if let Some(path) = &args.json {
-        write(path, report::json::render(command.clone(), summaries))?;
+        report::write_file(path, report::json::render(command.clone(), summaries))?;
     }
     if let Some(path) = &args.svg {
         let title = summaries.first().map(describe_summary).unwrap_or_default();
-        write(path, report::svg::render(&title, summaries))?;
+        report::write_file(path, report::svg::render(&title, summaries))?;
     }
     if let Some(path) = &args.markdown {
-        write(path, format!("`{command}`\n\n{results}\n{ratios}"))?;
+        report::write_file(path, format!("`{command}`\n\n{results}\n{ratios}"))?;
     }
     Ok(())
 }

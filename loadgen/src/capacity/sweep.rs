@@ -718,16 +718,8 @@ fn run_cell(
 }
 
 fn write_outputs(args: &SweepArgs, file: &SweepFile) -> Result<(), LoadgenError> {
-    let write = |path: &Path, text: String| {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        std::fs::write(path, text).map_err(|error| {
-            LoadgenError::BadOptions(format!("cannot write {}: {error}", path.display()))
-        })
-    };
     let json = serde_json::to_string_pretty(file).expect("a sweep serializes");
-    write(&args.out, json + "\n")?;
+    crate::report::write_file(&args.out, json + "\n")?;
     println!("{}", table(file));
     if let Some(svg) = &args.svg {
         let mut names: Vec<String> = file.cells.iter().map(|c| c.workload.name()).collect();
@@ -742,7 +734,7 @@ fn write_outputs(args: &SweepArgs, file: &SweepFile) -> Result<(), LoadgenError>
                 "{name}: p99 by offered rate (objective {} ms)",
                 file.slo_p99_ms
             );
-            write(
+            crate::report::write_file(
                 &with_suffix(svg, &name),
                 super::svg::render(&title, &cells, file.slo_p99_ms),
             )?;

@@ -9,7 +9,21 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 
+use crate::error::LoadgenError;
 use crate::summary::Summary;
+
+/// Writes an output file, creating its directory first.
+pub fn write_file(path: &Path, text: String) -> Result<(), LoadgenError> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(path, text).map_err(|error| {
+        LoadgenError::BadOptions(format!("cannot write {}: {error}", path.display()))
+    })
+}
 
 /// `out.hgrm` + `nats` -> `out.nats.hgrm`: one file per target.
 pub fn path_for_target(path: &Path, target: &str) -> PathBuf {
