@@ -26,7 +26,8 @@ use std::{
 use common::v2::RawV2;
 use relayhub_client::Client;
 use relayhub_protocol::{
-    flags, Ack, DeliverV2, ErrorCodeV2, Hello, HubMessageV2, Receipt, RelayV2Ref, Stored,
+    flags, Ack, DeliverV2, ErrorCodeV2, Hello, HubMessageV2, Receipt, RelayV2Ref, ResumeToken,
+    Stored,
 };
 use relayhub_server::{ids::owner, shard::CONTENT_DEDUP_ENTRIES_MAX};
 
@@ -805,27 +806,7 @@ fn receipts_come_once_per_receiver_after_its_ack() {
 fn a_receipt_waits_for_an_offline_sender_until_acked() {
     let hub = common::start(SHARDS, |_| {});
     let addr = hub.local_addr();
-    let mut sender = durable_on(addr, 0);
-    let mut receiver = durable_on(addr, 1);
-    let from = sender.user;
-    relay_flags(
-        &mut sender,
-        1,
-        3,
-        flags::RECEIPT,
-        &[receiver.user],
-        b"while away",
-    );
-    expect_stored(&mut sender, 1, 3);
-    let (_, token, rest) = close_and_wait(sender);
-    assert!(rest.is_empty(), "{rest:?}");
-
-    let seq = expect_delivery(&mut receiver, from, b"while away").seq;
-    receiver.send(&Ack { upto: seq });
-    // A relay from the receiver's shard to the sender's follows the
-    // receipt through the mesh: once it is stored, so is the receipt.
-    receiver.relay(1, 1, &[from], b"after the ack");
-    expect_stored(&mut receiver, 1, 1);
+    let (from, token, receiver) = receipt_while_the_sender_is_away(addr, 3, b"while away");
 
     let mut sender = RawV2::resume(addr, from, token);
     let receipt = expect_receipt(&mut sender);
@@ -866,32 +847,47 @@ fn a_receipt_waits_for_an_offline_sender_until_acked() {
     hub.shutdown();
 }
 
+/// A durable sender on shard 0 relays `body` as `message_id` with
+/// `RECEIPT` to a durable receiver on shard 1, gets its `Stored` and
+/// disconnects; the receiver gets the body and acks it, then relays
+/// "after the ack" back to the sender and gets its `Stored`: that relay
+/// follows the receipt through the mesh into the sender's shard, so once
+/// it is stored (and durable), so is the receipt. Returns the sender's
+/// user id, its latest token, and the receiver, still connected.
+fn receipt_while_the_sender_is_away(
+    addr: SocketAddr,
+    message_id: u64,
+    body: &[u8],
+) -> (u64, ResumeToken, RawV2) {
+    let mut sender = durable_on(addr, 0);
+    let mut receiver = durable_on(addr, 1);
+    let from = sender.user;
+    relay_flags(
+        &mut sender,
+        1,
+        message_id,
+        flags::RECEIPT,
+        &[receiver.user],
+        body,
+    );
+    expect_stored(&mut sender, 1, message_id);
+    let (_, token, rest) = close_and_wait(sender);
+    assert!(rest.is_empty(), "{rest:?}");
+    let seq = expect_delivery(&mut receiver, from, body).seq;
+    receiver.send(&Ack { upto: seq });
+    receiver.relay(1, 1, &[from], b"after the ack");
+    expect_stored(&mut receiver, 1, 1);
+    (from, token, receiver)
+}
+
 /// A receipt stored for an offline sender survives a graceful restart of
 /// the hub binary (disk storage), and so does the receiver's ack.
 #[test]
 fn a_receipt_survives_a_restart() {
     let dir = DataDir::new("receipt");
     let hub = Binary::start(&dir);
-    let mut sender = durable_on(hub.addr, 0);
-    let mut receiver = durable_on(hub.addr, 1);
-    let from = sender.user;
-    relay_flags(
-        &mut sender,
-        1,
-        9,
-        flags::RECEIPT,
-        &[receiver.user],
-        b"ack across",
-    );
-    expect_stored(&mut sender, 1, 9);
-    let (_, sender_token, rest) = close_and_wait(sender);
-    assert!(rest.is_empty(), "{rest:?}");
-    let seq = expect_delivery(&mut receiver, from, b"ack across").seq;
-    receiver.send(&Ack { upto: seq });
-    // Follows the receipt into the sender's shard: once it is stored (and
-    // durable), so is the receipt.
-    receiver.relay(1, 1, &[from], b"after the ack");
-    expect_stored(&mut receiver, 1, 1);
+    let (from, sender_token, receiver) =
+        receipt_while_the_sender_is_away(hub.addr, 9, b"ack across");
     let (receiver_user, receiver_token) = (receiver.user, receiver.token);
     hub.terminate();
     drop(receiver);
