@@ -92,6 +92,13 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Task work (completions of polled requests) does not interrupt the
+        /// running task: it runs on the task's next entry into the kernel.
+        /// Kernel >= 5.19.
+        const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel sets `IORING_SQ_TASKRUN` in the SQ
+        /// ring's flags while task work is pending. Kernel >= 5.19.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

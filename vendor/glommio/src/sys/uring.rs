@@ -452,12 +452,22 @@ fn transmute_error(res: io::Result<u32>) -> io::Result<usize> {
         })
 }
 
+/// True when `src`'s latency is collected: only then are its timestamps
+/// read (a clock read per submission and completion costs more than the
+/// rest of the bookkeeping for a socket poll).
+fn collects_latency(src: &InnerSource) -> bool {
+    src.stats_collection
+        .is_some_and(|stats| stats.latency.is_some())
+}
+
 fn record_stats<Ring: UringCommon>(
     ring: &mut Ring,
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
+    if collects_latency(src) {
+        src.wakers.fulfilled_at = Some(Instant::now());
+    }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
@@ -503,7 +513,7 @@ fn extract_one_chain(
     source_map: &mut SourceMap,
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
-    now: Instant,
+    now: &mut Option<Instant>,
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
@@ -511,7 +521,9 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    if collects_latency(&x) {
+                        x.wakers.submitted_at = Some(*now.get_or_insert_with(Instant::now));
+                    }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -855,11 +867,11 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        let mut now = None;
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &mut now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -899,12 +911,25 @@ impl SleepableRing {
     fn new(
         size: usize,
         name: &'static str,
+        flags: iou::SetupFlags,
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        let with_flags = !flags.is_empty();
+        let ring = match iou::IoUring::new_with_flags(
+            size as _,
+            flags,
+            iou::SetupFeatures::empty(),
+        ) {
+            // A kernel older than the flags: the ring works without them.
+            Err(error) if with_flags && error.raw_os_error() == Some(libc::EINVAL) => {
+                iou::IoUring::new(size as _)?
+            }
+            other => other?,
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -918,6 +943,16 @@ impl SleepableRing {
 
     fn ring_fd(&self) -> RawFd {
         self.ring.raw().ring_fd
+    }
+
+    /// True while the kernel holds task work for this ring (set only on a
+    /// ring created with `TASKRUN_FLAG`): completions it has not posted yet.
+    fn task_work_pending(&self) -> bool {
+        // SAFETY: `kflags` points into the SQ ring, mapped for the ring's
+        // whole life; the kernel updates it concurrently, hence the
+        // volatile read.
+        let flags = unsafe { std::ptr::read_volatile(self.ring.raw().sq.kflags) };
+        flags & uring_sys::IORING_SQ_TASKRUN != 0
     }
 
     /// This function prepares a timer that fires unconditionally after a
@@ -1130,8 +1165,9 @@ impl UringCommon for SleepableRing {
 
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
-        self.waiting_kernel_submission() > 0
+        // kernel posts the CQEs asynchronously for us), unless the ring was set up
+        // with `COOP_TASKRUN`: then completions wait as task work until we enter.
+        self.waiting_kernel_submission() > 0 || self.task_work_pending()
     }
 
     fn can_sleep(&self) -> bool {
@@ -1187,11 +1223,11 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
+        let mut now = None;
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
-                let ops = extract_one_chain(source_map, queue, chain, now);
+                let ops = extract_one_chain(source_map, queue, chain, &mut now);
                 if ops.is_empty() {
                     // all the sources in the ring were cancelled
                     continue;
@@ -1222,6 +1258,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// When the armed `latency_preemption_timeout_src` fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1306,11 +1344,28 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+        // The main ring's completions (socket polls, mostly) must not
+        // interrupt a running executor: with `COOP_TASKRUN` their task work
+        // waits for the executor's next system call instead of costing an
+        // IPI each, and `TASKRUN_FLAG` tells `needs_kernel_enter` when some
+        // is pending. The latency ring keeps the default: its preemption
+        // timer must show up in its completion queue while a task runs,
+        // with no system call in between.
+        let main_ring = SleepableRing::new(
+            ring_depth,
+            "main",
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+            allocator.clone(),
+            source_map.clone(),
+        )?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
-        let mut latency_ring =
-            SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
+        let mut latency_ring = SleepableRing::new(
+            ring_depth,
+            "latency",
+            iou::SetupFlags::empty(),
+            allocator.clone(),
+            source_map.clone(),
+        )?;
 
         match main_ring.registrar().register_buffers_by_ref(&registry) {
             Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
@@ -1353,6 +1408,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1870,36 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // The old timer stays armed while it has not fired: it wakes this
+        // executor at most once more, and cancelling it before every sleep
+        // and arming a new one after every wake-up cost two submissions per
+        // turn (one per message when messages travel alone). Below, it is
+        // replaced only when it would fire later than needed.
+        let now = Instant::now();
+        if self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none())
+            .map(|timer| self.latency_preemption_timeout_src.set(Some(timer)))
+            .is_none()
+        {
+            self.latency_preemption_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
+        // up sleeping. One that is still armed stays: it counts completions since it
+        // was armed, so keeping it only makes it fire sooner, and replacing it on
+        // every turn cost a cancellation and two submissions per turn.
+        let armed = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|timer| timer.result().is_none());
+        self.throughput_preemption_timeout_src.set(Some(armed.unwrap_or_else(|| {
             main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            ),
-        ));
+            )
+        })));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1851,9 +1921,9 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if self.arm_latency_timer(&mut lat_ring, now, dur) {
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1880,9 +1950,10 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            let now = if should_sleep { Instant::now() } else { now };
+            if self.arm_latency_timer(&mut lat_ring, now, preempt) {
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -1893,6 +1964,25 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Makes sure the latency ring's timer fires within `duration` of
+    /// `now`: keeps the armed one if it does, else replaces it. True when a
+    /// new timer was prepared (the latency ring must be flushed).
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, now: Instant, duration: Duration) -> bool {
+        let wanted = now + duration;
+        if self
+            .latency_preemption_deadline
+            .get()
+            .is_some_and(|deadline| deadline <= wanted)
+        {
+            return false;
+        }
+        // Dropping the old source (if any) cancels it.
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(duration)));
+        self.latency_preemption_deadline.set(Some(wanted));
+        true
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
@@ -1997,7 +2087,12 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    {
+        let mut inner = source.inner.borrow_mut();
+        if collects_latency(&inner) {
+            inner.wakers.queued_at = Some(Instant::now());
+        }
+    }
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 
@@ -2155,7 +2250,7 @@ mod tests {
     fn sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(4, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(4, "main", iou::SetupFlags::empty(), allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2189,7 +2284,7 @@ mod tests {
     fn unterminated_sqe_link_chain() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(2, "main", iou::SetupFlags::empty(), allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
@@ -2209,7 +2304,7 @@ mod tests {
     fn sqe_link_chain_overflow() {
         let allocator = Rc::new(UringBufferAllocator::new(65536));
         let source_map = Rc::new(RefCell::new(SourceMap::default()));
-        let mut ring = SleepableRing::new(2, "main", allocator, source_map).unwrap();
+        let mut ring = SleepableRing::new(2, "main", iou::SetupFlags::empty(), allocator, source_map).unwrap();
         let q = ring.submission_queue();
         let mut queue = q.borrow_mut();
 
