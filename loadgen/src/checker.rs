@@ -7,6 +7,12 @@
 //! bitmap of the [`WINDOW`] numbers below it, which tells a late arrival
 //! (reordered: it was counted as a gap, now it fills it) from a second copy
 //! (duplicated).
+//!
+//! With `--pick random` a sender draws the receiver of each message, so a
+//! receiver gets only some of a sender's messages. The sender then numbers
+//! its messages per receiver ([`SenderCheckers::next_sequence`]): each pair
+//! still sees 0, 1, 2, ... and is checked the same way, and the loss at the
+//! end is counted against what the sender addressed to that receiver.
 
 /// How many sequence numbers below the expected one the checker remembers.
 /// An arrival older than that is counted as reordered (it cannot be told
@@ -139,6 +145,80 @@ impl SequenceChecker {
     }
 }
 
+/// One (sender, receiver) pair as its receiver keeps it.
+#[derive(Clone, Debug, Default)]
+pub struct Pair {
+    /// The sender's client index.
+    pub sender: u32,
+    /// What arrived from it.
+    pub checker: SequenceChecker,
+    /// `--pick random`: messages the sender addressed to this receiver so
+    /// far (the pair's next sequence number). Unused with fixed receivers,
+    /// which get every message of their senders.
+    pub addressed: u64,
+}
+
+/// The checkers of one receiver, one per sender that sends to it, sorted by
+/// sender index.
+#[derive(Clone, Debug, Default)]
+pub struct SenderCheckers {
+    pairs: Vec<Pair>,
+}
+
+impl SenderCheckers {
+    /// Fixed receivers: every sender is known before the run.
+    pub fn with_senders(senders: impl IntoIterator<Item = u32>) -> Self {
+        let mut pairs: Vec<Pair> = senders
+            .into_iter()
+            .map(|sender| Pair {
+                sender,
+                ..Pair::default()
+            })
+            .collect();
+        pairs.sort_unstable_by_key(|pair| pair.sender);
+        SenderCheckers { pairs }
+    }
+
+    /// `--pick random`: `sender` addresses one more message to this
+    /// receiver; returns the message's sequence number in the pair. The
+    /// pair is added on its first message, before anything can arrive.
+    pub fn next_sequence(&mut self, sender: u32) -> u64 {
+        let position = match self.position(sender) {
+            Ok(position) => position,
+            Err(position) => {
+                self.pairs.insert(
+                    position,
+                    Pair {
+                        sender,
+                        ..Pair::default()
+                    },
+                );
+                position
+            }
+        };
+        let pair = &mut self.pairs[position];
+        pair.addressed += 1;
+        pair.addressed - 1
+    }
+
+    /// Records the arrival of `sequence` from `sender`; `None` when
+    /// `sender` is not one of this receiver's senders (or, with
+    /// `--pick random`, never addressed it).
+    pub fn record(&mut self, sender: u32, sequence: u64) -> Option<Arrival> {
+        let position = self.position(sender).ok()?;
+        Some(self.pairs[position].checker.record(sequence))
+    }
+
+    /// Every pair, by sender index.
+    pub fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    fn position(&self, sender: u32) -> Result<usize, usize> {
+        self.pairs.binary_search_by_key(&sender, |pair| pair.sender)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +338,54 @@ mod tests {
         assert_eq!(counts.reordered, 1);
         assert_eq!(counts.duplicated, 1);
         assert_eq!(counts.lost, 127);
+    }
+
+    #[test]
+    fn fixed_senders_are_known_before_the_run() {
+        let mut checkers = SenderCheckers::with_senders([9, 3]);
+        let senders: Vec<u32> = checkers.pairs().iter().map(|pair| pair.sender).collect();
+        assert_eq!(senders, [3, 9]);
+        assert_eq!(checkers.record(3, 0), Some(Arrival::InOrder));
+        assert_eq!(checkers.record(3, 0), Some(Arrival::Duplicated));
+        assert_eq!(checkers.record(4, 0), None);
+    }
+
+    #[test]
+    fn random_pick_numbers_each_pair_on_its_own() {
+        // Senders 1 and 2 draw this receiver now and then: each pair is
+        // numbered 0, 1, 2, ... whatever the sender sent elsewhere between.
+        let mut checkers = SenderCheckers::default();
+        assert_eq!(checkers.record(1, 0), None, "not addressed yet");
+        let from_two: Vec<u64> = (0..3).map(|_| checkers.next_sequence(2)).collect();
+        let from_one: Vec<u64> = (0..4).map(|_| checkers.next_sequence(1)).collect();
+        assert_eq!((from_one, from_two), (vec![0, 1, 2, 3], vec![0, 1, 2]));
+        // Sender 1's: 0, 2, 1 (late), 2 again; 3 never comes. Sender 2's
+        // all in order.
+        for (sender, sequence) in [(1, 0), (2, 0), (1, 2), (2, 1), (1, 1), (2, 2), (1, 2)] {
+            assert!(checkers.record(sender, sequence).is_some());
+        }
+        let pairs = checkers.pairs();
+        assert_eq!(
+            pairs.iter().map(|pair| pair.sender).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let one = pairs[0].checker.finish(pairs[0].addressed);
+        assert_eq!(
+            one,
+            SequenceCounts {
+                received: 3,
+                lost: 1,
+                duplicated: 1,
+                reordered: 1,
+            }
+        );
+        let two = pairs[1].checker.finish(pairs[1].addressed);
+        assert_eq!(
+            two,
+            SequenceCounts {
+                received: 3,
+                ..Default::default()
+            }
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! for it; for the loadgen it means a delivery only ever touches state of
 //! the executor that received it (no cross-thread wake-ups in the window
 //! accounting).
+//!
+//! `--pick random` changes how a relay's receiver is chosen: not once for
+//! the run but per message, uniformly among the sender's executor's other
+//! clients ([`other_client`]), as users of a hub do. The executor-local
+//! property holds either way.
 
 use crate::error::LoadgenError;
 
@@ -33,6 +38,19 @@ impl Topology {
             Topology::Fanout(count) => count,
         }
     }
+}
+
+/// How a relay's receiver is chosen (`--pick`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pick {
+    /// Once for the run: the random cyclic permutation of [`Topology::Relay`].
+    #[default]
+    Fixed,
+    /// Per message: uniformly among the other clients of the sender's
+    /// executor ([`other_client`]); each (sender, receiver) pair numbers its
+    /// own messages 0, 1, 2, ...
+    Random,
 }
 
 /// A small, seedable generator (SplitMix64): no dependency, reproducible.
@@ -76,6 +94,33 @@ pub fn client_range(clients: usize, executors: usize, executor: usize) -> (usize
     let first = executor * base + executor.min(extra);
     let count = base + usize::from(executor < extra);
     (first, count)
+}
+
+/// A client in `0..count` other than `sender`, each of the `count - 1`
+/// equally likely (`count >= 2`): `--pick random`'s receiver of one message.
+pub fn other_client(rng: &mut SplitMix64, count: usize, sender: usize) -> usize {
+    debug_assert!(count >= 2 && sender < count);
+    let drawn = rng.below(count - 1);
+    drawn + usize::from(drawn >= sender)
+}
+
+/// The fixed receivers (indices in `0..count`) of each of `count` local
+/// clients: [`receivers`] for [`Pick::Fixed`]; none for [`Pick::Random`],
+/// whose receivers are drawn per message (relay only, at least 2 clients).
+pub fn plan(
+    topology: Topology,
+    pick: Pick,
+    count: usize,
+    rng: &mut SplitMix64,
+) -> Result<Vec<Vec<usize>>, LoadgenError> {
+    match (pick, topology) {
+        (Pick::Fixed, _) => receivers(topology, count, rng),
+        (Pick::Random, Topology::Relay) if count >= 2 => Ok(vec![Vec::new(); count]),
+        (Pick::Random, Topology::Relay) => receivers(topology, count, rng),
+        (Pick::Random, other) => Err(LoadgenError::BadOptions(format!(
+            "--pick random chooses a relay's one receiver per message; {other:?} has its own receivers"
+        ))),
+    }
 }
 
 /// The receivers (indices in `0..count`) of each of `count` local clients.
@@ -162,6 +207,39 @@ mod tests {
             hit[targets[0]] += 1;
         }
         assert!(hit.iter().all(|&count| count == 1));
+    }
+
+    #[test]
+    fn random_pick_is_uniform_among_the_others() {
+        let mut rng = SplitMix64::new(3);
+        for count in [2, 3, 8] {
+            for sender in 0..count {
+                let mut hit = vec![0u32; count];
+                let draws = 2_000 * count as u32;
+                for _ in 0..draws {
+                    hit[other_client(&mut rng, count, sender)] += 1;
+                }
+                assert_eq!(hit[sender], 0, "never the sender itself");
+                let expected = f64::from(draws) / (count - 1) as f64;
+                for (client, &hits) in hit.iter().enumerate().filter(|(c, _)| *c != sender) {
+                    let share = f64::from(hits) / expected;
+                    assert!((0.9..1.1).contains(&share), "{client}: {share}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_pick_plans_no_fixed_receivers() {
+        let mut rng = SplitMix64::new(4);
+        let planned = plan(Topology::Relay, Pick::Random, 5, &mut rng).unwrap();
+        assert_eq!(planned, vec![Vec::<usize>::new(); 5]);
+        assert!(plan(Topology::Relay, Pick::Random, 1, &mut rng).is_err());
+        for topology in [Topology::Echo, Topology::Fanout(2)] {
+            assert!(plan(topology, Pick::Random, 5, &mut rng).is_err());
+        }
+        let fixed = plan(Topology::Relay, Pick::Fixed, 5, &mut rng).unwrap();
+        assert!(fixed.iter().all(|targets| targets.len() == 1));
     }
 
     #[test]
