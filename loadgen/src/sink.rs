@@ -10,6 +10,12 @@
 //! one `send`. No allocation per message, no copy but the one into the
 //! outbound buffer.
 //!
+//! A client whose hello names the one route [`ROUTE_BY_FRAME`] (its
+//! receivers are drawn per message) has each `Relay` frame sent to the
+//! client indices the frame lists: the sink reads the frame's receivers
+//! (the protocol crate's validated view of the archive), and the rest is
+//! as above, frames queued per receiver and sent once per loop turn.
+//!
 //! Run it as a process to pin it like a server
 //! (`taskset -c 0 relayhub-loadgen --sink-listen 127.0.0.1:7880`), or in
 //! process with [`Sink::start`] (tests).
@@ -24,10 +30,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use relayhub_protocol::{ClientFrame, DecodeError, Decoder, FrameHeader, HubSide};
+use relayhub_protocol::rkyv::util::AlignedVec;
+use relayhub_protocol::{
+    decode_frame, ClientFrame, DecodeError, Decoder, FrameHeader, HubSide, FRAME_ALIGN_BYTES,
+};
 
 use crate::poll::{self, Epoll, Io, Ready};
-use crate::wire::sink::encode_hello_reply;
+use crate::wire::sink::{encode_hello_reply, ROUTE_BY_FRAME};
 
 /// The listener's token.
 const LISTENER: u64 = u64::MAX;
@@ -60,6 +69,8 @@ struct Conn {
     stage: Stage,
     /// Client indices this connection's frames go to.
     routes: Vec<u64>,
+    /// Each frame goes to the receivers it lists ([`ROUTE_BY_FRAME`]).
+    by_frame: bool,
     /// `routes` resolved to (slot, generation), on the first frame.
     resolved: Option<Vec<(usize, u64)>>,
     input: Vec<u8>,
@@ -95,6 +106,11 @@ struct SinkLoop {
     flush: Vec<usize>,
     ready: Vec<Ready>,
     stats: SinkStats,
+    /// Routing by frame: a frame that does not start 8-byte aligned in its
+    /// input buffer is read from a copy here.
+    aligned: AlignedVec,
+    /// Routing by frame: one frame's receivers, resolved.
+    targets: Vec<(usize, u64)>,
 }
 
 impl SinkLoop {
@@ -112,6 +128,8 @@ impl SinkLoop {
             flush: Vec::new(),
             ready: Vec::new(),
             stats: SinkStats::default(),
+            aligned: AlignedVec::new(),
+            targets: Vec::new(),
         })
     }
 
@@ -175,6 +193,7 @@ impl SinkLoop {
                 generation: self.next_generation,
                 stage: Stage::Hello(Box::new(Decoder::new())),
                 routes: Vec::new(),
+                by_frame: false,
                 resolved: None,
                 input: Vec::new(),
                 filled: 0,
@@ -273,7 +292,8 @@ impl SinkLoop {
             return Err(());
         }
         conn.stage = Stage::Forward;
-        conn.routes = routes;
+        conn.by_frame = routes == [ROUTE_BY_FRAME];
+        conn.routes = if conn.by_frame { Vec::new() } else { routes };
         let mut reply = BytesMut::new();
         encode_hello_reply(&mut reply, index);
         conn.out.extend_from_slice(&reply);
@@ -312,49 +332,29 @@ impl SinkLoop {
         }
         if complete > 0 {
             let input = std::mem::take(&mut conn.input);
-            let routes = match conn.resolved.take() {
-                Some(routes) => routes,
-                None => conn
-                    .routes
-                    .iter()
-                    .map(|index| self.clients.get(index).copied().ok_or(()))
-                    .collect::<Result<Vec<_>, ()>>()?,
+            let routes = match (conn.by_frame, conn.resolved.take()) {
+                (true, _) => None,
+                (false, Some(routes)) => Some(routes),
+                (false, None) => Some(
+                    conn.routes
+                        .iter()
+                        .map(|index| self.clients.get(index).copied().ok_or(()))
+                        .collect::<Result<Vec<_>, ()>>()?,
+                ),
             };
-            for &(target, generation) in &routes {
-                match self.slots[target].as_mut() {
-                    Some(to) if to.generation == generation => {
-                        self.stats.forwarded_bytes += complete as u64;
-                        let mut sent = 0;
-                        if complete >= DIRECT_SEND_BYTES && to.out.is_empty() && !to.blocked {
-                            match poll::send(to.stream.as_raw_fd(), &input[..complete]) {
-                                Ok(Io::Done(written)) => sent = written,
-                                Ok(Io::WouldBlock) => {}
-                                Err(_) => {
-                                    self.close(target, false);
-                                    continue;
-                                }
-                            }
-                        }
-                        if sent == complete {
-                            continue;
-                        }
-                        to.out.extend_from_slice(&input[sent..complete]);
-                        if to.out.len() - to.out_pos > OUTBOUND_BYTES_MAX {
-                            self.close(target, true);
-                        } else {
-                            self.queue(target);
-                        }
+            match &routes {
+                Some(routes) => {
+                    for &(target, generation) in routes {
+                        self.deliver(target, generation, &input[..complete]);
                     }
-                    // The receiver left: its share is dropped (the loadgen
-                    // counts it lost).
-                    _ => {}
                 }
+                None => self.forward_each(&input[..complete])?,
             }
             let Some(conn) = self.slots[slot].as_mut() else {
                 return Ok(());
             };
             conn.input = input;
-            conn.resolved = Some(routes);
+            conn.resolved = routes;
             conn.input.copy_within(complete..conn.filled, 0);
             conn.filled -= complete;
         }
@@ -363,6 +363,75 @@ impl SinkLoop {
             conn.input.resize(next_len, 0);
         }
         Ok(())
+    }
+
+    /// Routing by frame: sends each of `frames` (whole frames) to the
+    /// receivers it lists; a receiver that left is skipped (the loadgen
+    /// counts its share lost). Anything but a `Relay` is refused.
+    fn forward_each(&mut self, frames: &[u8]) -> Result<(), ()> {
+        let mut targets = std::mem::take(&mut self.targets);
+        let mut at = 0;
+        while at < frames.len() {
+            let len = FrameHeader::check(&frames[at..])
+                .map_err(|_| ())?
+                .frame_len();
+            let frame = &frames[at..at + len];
+            at += len;
+            let view = if frame.as_ptr().align_offset(FRAME_ALIGN_BYTES) == 0 {
+                frame
+            } else {
+                self.aligned.clear();
+                self.aligned.extend_from_slice(frame);
+                &self.aligned[..]
+            };
+            let Ok((ClientFrame::Relay(relay), _)) = decode_frame::<HubSide>(view) else {
+                return Err(());
+            };
+            targets.clear();
+            targets.extend(
+                relay
+                    .receivers
+                    .iter()
+                    .filter_map(|receiver| self.clients.get(&receiver.to_native()).copied()),
+            );
+            for &(target, generation) in &targets {
+                self.deliver(target, generation, frame);
+            }
+        }
+        self.targets = targets;
+        Ok(())
+    }
+
+    /// Hands `bytes` (whole frames) to `target` if it is still the
+    /// connection of `generation`: straight to its socket when large and
+    /// nothing is queued before them, else into its outbound buffer.
+    fn deliver(&mut self, target: usize, generation: u64, bytes: &[u8]) {
+        let Some(to) = self.slots[target]
+            .as_mut()
+            .filter(|to| to.generation == generation)
+        else {
+            // The receiver left: its share is dropped (the loadgen counts
+            // it lost).
+            return;
+        };
+        self.stats.forwarded_bytes += bytes.len() as u64;
+        let mut sent = 0;
+        if bytes.len() >= DIRECT_SEND_BYTES && to.out.is_empty() && !to.blocked {
+            match poll::send(to.stream.as_raw_fd(), bytes) {
+                Ok(Io::Done(written)) => sent = written,
+                Ok(Io::WouldBlock) => {}
+                Err(_) => return self.close(target, false),
+            }
+        }
+        if sent == bytes.len() {
+            return;
+        }
+        to.out.extend_from_slice(&bytes[sent..]);
+        if to.out.len() - to.out_pos > OUTBOUND_BYTES_MAX {
+            self.close(target, true);
+        } else {
+            self.queue(target);
+        }
     }
 
     /// Writes what is queued for `slot`, watching for room if it does not fit.
@@ -519,6 +588,37 @@ mod tests {
         assert_eq!(stats.accepted, 2);
         assert_eq!(stats.refused, 0);
         assert_eq!(stats.forwarded_bytes, out.len() as u64);
+    }
+
+    #[test]
+    fn routes_by_frame_to_the_receivers_each_frame_lists() {
+        let sink = Sink::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (mut a, _) = hello(&sink, 1, &[ROUTE_BY_FRAME]);
+        let (mut b, mut b_in) = hello(&sink, 2, &[ROUTE_BY_FRAME]);
+        let (mut c, mut c_in) = hello(&sink, 3, &[ROUTE_BY_FRAME]);
+        let mut out = BytesMut::new();
+        relayhub::encode_relay(&mut out, 1, &[2], b"to b").unwrap();
+        relayhub::encode_relay(&mut out, 2, &[3], b"to c").unwrap();
+        // A receiver that is not connected is skipped, the others served.
+        relayhub::encode_relay(&mut out, 3, &[3, 9, 2], b"to both").unwrap();
+        let large = vec![7u8; 100_000];
+        relayhub::encode_relay(&mut out, 4, &[2], &large).unwrap();
+        a.write_all(&out).unwrap();
+        let delivery = |body: &[u8]| format!("{:?}", Event::Delivery(body));
+        for expected in [&b"to b"[..], b"to both", &large] {
+            assert_eq!(read_event(&mut b, &mut b_in), delivery(expected));
+        }
+        for expected in [&b"to c"[..], b"to both"] {
+            assert_eq!(read_event(&mut c, &mut c_in), delivery(expected));
+        }
+        // Only relays name their receivers: an echo is refused.
+        let mut echo = BytesMut::new();
+        relayhub::encode_echo(&mut echo, 5, b"me").unwrap();
+        c.write_all(&echo).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+        drop((a, b));
+        assert_eq!(sink.stop().unwrap().refused, 1);
     }
 
     #[test]

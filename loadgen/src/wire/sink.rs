@@ -12,11 +12,18 @@
 //! indices it will send to (its routes; none for storm and idle); the sink
 //! answers with the preface and `Identity { request: index }`, which the
 //! loadgen reads as its welcome (address = client index).
+//!
+//! A client whose receivers are drawn per message (`--pick random`) names
+//! the one route [`ROUTE_BY_FRAME`]: the sink then sends each of its
+//! `Relay` frames to the client indices the frame itself lists.
 
 use bytes::BytesMut;
 use relayhub_protocol::{encode, ClientFrame, Decoder, HubSide, Identity, RelayRef, PREFACE};
 
 use super::{Event, WireError};
+
+/// The only route of a client whose frames each name their receivers.
+pub const ROUTE_BY_FRAME: u64 = u64::MAX;
 
 /// The client's hello: preface, then a `Relay` naming itself and its routes.
 pub fn encode_hello(out: &mut BytesMut, index: u32, routes: &[u64]) -> Result<(), WireError> {
