@@ -10,7 +10,7 @@ use crate::config::{
 };
 use crate::error::LoadgenError;
 use crate::header::{body_bytes_effective, HEADER_BYTES};
-use crate::plan::{Topology, FANOUT_MAX};
+use crate::plan::{Pick, Topology, FANOUT_MAX};
 use crate::report;
 use crate::summary::Summary;
 use crate::target::{Target, TargetKind};
@@ -91,6 +91,13 @@ pub struct Args {
     /// Seed of the random receiver choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+
+    /// --scenario relay: how each message's receiver is chosen. fixed: one
+    /// per sender for the whole run (a random cyclic permutation); random:
+    /// drawn per message, uniformly among the other clients of the
+    /// sender's loadgen core, as users do.
+    #[arg(long, value_enum, default_value_t = Pick::Fixed)]
+    pub pick: Pick,
 
     /// Server process id for CPU use and (idle) memory per connection;
     /// repeat in the order of --target.
@@ -261,6 +268,21 @@ impl Args {
             .map(|url| Target::parse(url))
             .collect::<Result<_, _>>()?;
         let durable = self.durable_config()?;
+        if self.pick == Pick::Random && self.scenario != ScenarioArg::Relay {
+            return bad(
+                "--pick random draws the one receiver of a relay per message: \
+                 use it with --scenario relay"
+                    .into(),
+            );
+        }
+        if self.pick == Pick::Random && durable.is_some() {
+            return bad(
+                "--pick random does not run with --durable: a publication sent again after \
+                 a reconnect would need its receiver and its number in that pair, and the \
+                 acknowledged-publication accounting counts per sender, not per pair"
+                    .into(),
+            );
+        }
         if durable.is_some() {
             if !matches!(self.scenario, ScenarioArg::Relay | ScenarioArg::Fanout) {
                 return bad("--durable runs --scenario relay or fanout".into());
@@ -303,6 +325,7 @@ impl Args {
                 cores: self.cores,
                 connect_concurrency: self.connect_concurrency,
                 seed: self.seed,
+                pick: self.pick,
                 server_pid: self.server_pids.get(position).copied(),
                 progress: !self.quiet,
                 io_memory_bytes: self.io_memory_bytes,
@@ -461,9 +484,13 @@ pub fn describe(config: &RunConfig) -> String {
             text
         }
     };
+    let pick = match config.pick {
+        Pick::Fixed => "",
+        Pick::Random => " (receiver drawn per message)",
+    };
     match config.scenario {
         Scenario::Traffic(topology) => format!(
-            "{topology:?}, {} clients, {} B bodies, {load}, {:?} + {:?} warm-up, {} core(s){durable}",
+            "{topology:?}{pick}, {} clients, {} B bodies, {load}, {:?} + {:?} warm-up, {} core(s){durable}",
             config.clients, config.body_bytes, config.duration, config.warmup, config.cores
         ),
         Scenario::Storm => format!(
@@ -607,5 +634,30 @@ mod tests {
             .is_err());
         let receipts = parse("lg --durable --receipts").configs().unwrap();
         assert!(receipts[0].durable.as_ref().unwrap().receipts);
+    }
+
+    #[test]
+    fn pick_random_is_for_plain_relays() {
+        let parse = |line: &str| Args::try_parse_from(line.split_whitespace()).unwrap();
+        assert_eq!(parse("lg").configs().unwrap()[0].pick, Pick::Fixed);
+        for target in ["relayhub", "nats", "redis", "sink"] {
+            let configs = parse(&format!("lg --pick random --target {target}://127.0.0.1:1"))
+                .configs()
+                .unwrap();
+            assert_eq!(configs[0].pick, Pick::Random);
+        }
+        for refused in [
+            "lg --pick random --scenario fanout",
+            "lg --pick random --scenario echo",
+            "lg --pick random --durable",
+        ] {
+            match parse(refused).configs() {
+                Err(LoadgenError::BadOptions(text)) => {
+                    assert!(text.contains("--pick random"), "{text}")
+                }
+                other => panic!("{refused}: {other:?}"),
+            }
+        }
+        assert!(Args::try_parse_from(["lg", "--pick", "sometimes"]).is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::plan::Topology;
+use crate::plan::{Pick, Topology};
 use crate::target::Target;
 
 /// What the clients do.
@@ -111,6 +111,8 @@ pub struct RunConfig {
     pub connect_concurrency: usize,
     /// Seed of the receiver choice.
     pub seed: u64,
+    /// Relay: one receiver per sender for the run, or one drawn per message.
+    pub pick: Pick,
     /// The server's process id, for its CPU time and memory.
     pub server_pid: Option<u32>,
     /// Print a line per second.

@@ -21,7 +21,7 @@ use crate::checker::SequenceCounts;
 use crate::client::{connect, Client, Handshake};
 use crate::config::{RunConfig, Scenario};
 use crate::error::LoadgenError;
-use crate::plan::{client_range, receivers, SplitMix64, Topology};
+use crate::plan::{client_range, plan, Pick, SplitMix64, Topology};
 use crate::target::TargetKind;
 use crate::traffic::Engine;
 
@@ -246,10 +246,14 @@ async fn traffic(
 ) -> Result<ExecutorResult, LoadgenError> {
     let (first, count) = client_range(config.clients, config.cores, index);
     let mut rng = SplitMix64::new(config.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let plan = receivers(topology, count, &mut rng)?;
+    let plan = plan(topology, config.pick, count, &mut rng)?;
     let publisher = config.target.kind == TargetKind::Redis;
-    // The sink learns each client's receivers (client indices) in its hello.
+    // The sink learns each client's receivers (client indices) in its hello;
+    // drawn per message, they are read from each frame.
     let routes: Vec<Vec<u64>> = match config.target.kind {
+        TargetKind::Sink if config.pick == Pick::Random => {
+            vec![vec![crate::wire::sink::ROUTE_BY_FRAME]; count]
+        }
         TargetKind::Sink => plan
             .iter()
             .map(|targets| targets.iter().map(|&t| (first + t) as u64).collect())

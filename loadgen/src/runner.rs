@@ -279,6 +279,7 @@ fn merge(config: &RunConfig, shared: &Shared, results: Vec<ExecutorResult>) -> S
         target,
         url: config.target.url.clone(),
         scenario: config.scenario,
+        pick: config.pick,
         load: config.load,
         clients: config.clients,
         fanout,

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::checker::SequenceCounts;
 use crate::config::{Load, Scenario};
 use crate::durable::DurableCounts;
+use crate::plan::Pick;
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -92,6 +93,8 @@ pub struct Summary {
     pub url: String,
     /// What the clients did.
     pub scenario: Scenario,
+    /// Relay: receivers fixed for the run or drawn per message (`--pick`).
+    pub pick: Pick,
     /// Closed or open loop.
     pub load: Load,
     /// Clients.
@@ -158,6 +161,7 @@ impl Summary {
             target: "test".into(),
             url: "relayhub://127.0.0.1:1".into(),
             scenario: Scenario::Traffic(crate::plan::Topology::Relay),
+            pick: Pick::Fixed,
             load: Load::Open { rate: 1.0 },
             clients: 2,
             fanout: 1,

@@ -31,6 +31,12 @@
 //! non-blocking connect, then relayhub's `Hello::resume` or NATS'
 //! `CONNECT`+`SUB`); a relayhub client also sends its unacknowledged
 //! relays again with the same `message_id`.
+//!
+//! `--pick random` (relay): each message's receiver is drawn when it is
+//! encoded, among the executor's other clients, and written with that
+//! receiver's template (one per local client, shared by all senders); the
+//! header carries the message's number in its (sender, receiver) pair,
+//! which the receiver's [`SenderCheckers`] handed out.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -41,7 +47,7 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use relayhub_protocol::flags::{self as relay_flag, REDELIVERY};
 
-use crate::checker::{Arrival, SequenceChecker};
+use crate::checker::{Arrival, SenderCheckers};
 use crate::client::Client;
 use crate::config::{JetStreamAck, Load, RunConfig};
 use crate::durable::{Dedup, IdDedup, SeqDedup, StreamDedup, Unstored};
@@ -52,7 +58,7 @@ use crate::engine::{
 use crate::error::LoadgenError;
 use crate::header::{BodyTemplate, Header, HEADER_BYTES};
 use crate::outbound::{Flushed, Outbound, LARGE_BODY_BYTES};
-use crate::plan::{SplitMix64, Topology};
+use crate::plan::{other_client, Pick, SplitMix64, Topology};
 use crate::poll::{self, Epoll, Io, Ready};
 use crate::target::TargetKind;
 use crate::wire::inbound::Inbound;
@@ -156,11 +162,40 @@ struct Conn {
 /// How a sender's publications are encoded.
 enum Encoding {
     /// One template per frame of a publication (one for relayhub and the
-    /// sink, one per receiver for NATS and Redis).
+    /// sink, one per receiver for NATS and Redis). `--pick random`: none,
+    /// the drawn receiver's template is in [`RandomPick`].
     Templates(Vec<Template>),
     /// The encoder per message (a layout no template fits; not expected).
     PerMessage,
 }
+
+/// How a publication is written from its templates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// A large body: the head is copied, the filler after it referenced
+    /// (see [`Outbound`]).
+    Large,
+    /// The template holds the whole message with the run's body
+    /// ([`Template::fill`]): one copy, then the header and request patched.
+    Filled,
+    /// Prefix, body, suffix copied (templates too many to fill).
+    Whole,
+}
+
+/// `--pick random`: what drawing and encoding each message's receiver needs.
+struct RandomPick {
+    rng: SplitMix64,
+    /// What senders name each local client by.
+    addresses: Vec<u64>,
+    /// A relay to each local client, from any sender (the templates do not
+    /// name the sender); `None`: encoded per message.
+    templates: Option<Vec<Template>>,
+    layout: Layout,
+}
+
+/// `--pick random` fills its templates (one per local client) while they
+/// take at most this many bytes together.
+const PICK_FILLED_BYTES_MAX: usize = 16 << 20;
 
 /// One sending client.
 struct Sender {
@@ -193,10 +228,9 @@ struct Sender {
     receipts: u64,
 }
 
-/// One receiving client: a checker per sender that sends to it, sorted by
-/// sender index.
+/// One receiving client: a checker per sender that sends to it.
 struct Receiver {
-    checkers: Vec<(u32, SequenceChecker)>,
+    checkers: SenderCheckers,
     /// The connection deliveries arrive on.
     conn: usize,
     /// relayhub durable: dedup by inbox `seq`, and what to ack.
@@ -274,6 +308,8 @@ struct State {
     owed: u64,
     /// `--durable` runs only.
     durable: Option<DurableState>,
+    /// `--pick random` runs only.
+    pick: Option<RandomPick>,
 }
 
 /// One executor's traffic: sockets, epoll, state.
@@ -299,15 +335,13 @@ impl Engine {
         let kind = config.target.kind;
         let io_error = |error| LoadgenError::io(kind, config.target.address, error);
         let epoll = Epoll::new(EVENTS_PER_WAIT).map_err(io_error)?;
-        let mut receiver_lists: Vec<Vec<(u32, SequenceChecker)>> = vec![Vec::new(); plan.len()];
+        let mut senders_of: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
         for (sender, targets) in plan.iter().enumerate() {
             for &target in targets {
-                receiver_lists[target].push(((first + sender) as u32, SequenceChecker::default()));
+                senders_of[target].push((first + sender) as u32);
             }
         }
-        for list in &mut receiver_lists {
-            list.sort_unstable_by_key(|(sender, _)| *sender);
-        }
+        let receiver_lists = senders_of.into_iter().map(SenderCheckers::with_senders);
         let addresses: Vec<u64> = clients.iter().map(|client| client.address).collect();
         let echo = topology == Topology::Echo;
         let body = BodyTemplate::new(config.body_bytes);
@@ -352,21 +386,25 @@ impl Engine {
                 .map(|&target| addresses[target])
                 .collect();
             let sender_index = (first + local) as u32;
-            let encoding = templates(
-                kind,
-                echo,
-                durable,
-                relay_flags,
-                sender_index,
-                &receivers,
-                body.len(),
-            )
-            .map_or(Encoding::PerMessage, |mut templates| {
-                if body.len() < LARGE_BODY_BYTES {
-                    templates.iter_mut().for_each(|t| t.fill(body.bytes()));
-                }
-                Encoding::Templates(templates)
-            });
+            let encoding = if config.pick == Pick::Random {
+                Encoding::Templates(Vec::new())
+            } else {
+                templates(
+                    kind,
+                    echo,
+                    durable,
+                    relay_flags,
+                    sender_index,
+                    &receivers,
+                    body.len(),
+                )
+                .map_or(Encoding::PerMessage, |mut templates| {
+                    if body.len() < LARGE_BODY_BYTES {
+                        templates.iter_mut().for_each(|t| t.fill(body.bytes()));
+                    }
+                    Encoding::Templates(templates)
+                })
+            };
             let global = (first + local) as f64;
             senders.push(Sender {
                 sent: 0,
@@ -397,7 +435,6 @@ impl Engine {
             .filter(|_| kind == TargetKind::Nats)
             .map(|durable| durable.jetstream.clone());
         let mut receivers: Vec<Receiver> = receiver_lists
-            .into_iter()
             .zip(subscriber_conns)
             .zip(identities)
             .map(|((checkers, conn), (user, token))| Receiver {
@@ -454,6 +491,8 @@ impl Engine {
                 relay_flags,
             }
         });
+        let pick = (config.pick == Pick::Random)
+            .then(|| random_pick(config, kind, first, addresses, &body));
         Ok(Engine {
             epoll,
             conns,
@@ -479,6 +518,7 @@ impl Engine {
                 sending_over: false,
                 owed: 0,
                 durable: durable_state,
+                pick,
             },
         })
     }
@@ -1104,14 +1144,18 @@ impl Engine {
             result.send_lag = Some(std::mem::replace(&mut state.stats.lag, new_histogram()));
         }
         let durable = state.durable.is_some();
+        let picked = state.pick.is_some();
         for receiver in &state.receivers {
-            for (sender, checker) in &receiver.checkers {
-                let sender = &state.senders[(*sender - state.first) as usize];
+            for pair in receiver.checkers.pairs() {
+                let sender = &state.senders[(pair.sender - state.first) as usize];
+                // A fixed receiver is owed every publication of its senders,
+                // a drawn one what was addressed to it.
+                let sent = if picked { pair.addressed } else { sender.sent };
                 result.counts.add(&if durable {
                     // Only what the server acknowledged is owed.
-                    checker.finish_durable(sender.sent, sender.unstored.unacked())
+                    pair.checker.finish_durable(sent, sender.unstored.unacked())
                 } else {
-                    checker.finish(sender.sent)
+                    pair.checker.finish(sent)
                 });
             }
             result.durable.seq_skipped += receiver.seq_dedup.skipped;
@@ -1149,8 +1193,6 @@ fn drop_delay_ns(rng: &mut SplitMix64, mean_ns: f64) -> u64 {
     (mean_ns * (0.5 + unit)).max(1.0) as u64
 }
 
-/// The templates of one sender's publication, if the encoder fits them.
-/// `sender` is the sender's client index (JetStream's ack inbox).
 /// `RelayV2.flags` of a run's relays: `RECEIPT` with `--receipts`.
 fn relay_flags(durable: Option<&crate::config::DurableConfig>) -> u32 {
     match durable {
@@ -1159,6 +1201,107 @@ fn relay_flags(durable: Option<&crate::config::DurableConfig>) -> u32 {
     }
 }
 
+/// `--pick random`: one relay template per local client (the receiver),
+/// filled while they are small enough together; the draws seeded from the
+/// run's seed and the executor.
+fn random_pick(
+    config: &RunConfig,
+    kind: TargetKind,
+    first: usize,
+    addresses: Vec<u64>,
+    body: &BodyTemplate,
+) -> RandomPick {
+    let mut templates: Option<Vec<Template>> = addresses
+        .iter()
+        .map(|&address| {
+            templates(kind, false, false, 0, 0, &[address], body.len())?
+                .into_iter()
+                .next()
+        })
+        .collect();
+    let total: usize = templates.iter().flatten().map(Template::len).sum();
+    let layout = if body.len() >= LARGE_BODY_BYTES {
+        Layout::Large
+    } else if total <= PICK_FILLED_BYTES_MAX {
+        templates
+            .iter_mut()
+            .flatten()
+            .for_each(|t| t.fill(body.bytes()));
+        Layout::Filled
+    } else {
+        Layout::Whole
+    };
+    RandomPick {
+        rng: SplitMix64::new(config.seed ^ 0x9_1c4e_d000 ^ (first as u64).wrapping_mul(0x9e37)),
+        addresses,
+        templates,
+        layout,
+    }
+}
+
+/// Appends one publication written from `templates` (one per frame).
+fn write_templates(
+    out: &mut Outbound,
+    templates: &[Template],
+    layout: Layout,
+    request: u64,
+    body: &[u8],
+) {
+    for template in templates {
+        match layout {
+            Layout::Large => {
+                template.write_head(out.buf(), request, &body[..HEADER_BYTES]);
+                out.mark_tail();
+                template.write_suffix(out.buf(), request);
+            }
+            Layout::Filled => template.write_stamped(out.buf(), request, &body[..HEADER_BYTES]),
+            Layout::Whole => template.write(out.buf(), request, body),
+        }
+    }
+}
+
+/// Appends one publication of `body` from client `from` to `receivers`
+/// with the encoder itself (no template fits).
+#[allow(clippy::too_many_arguments)]
+fn encode_per_message(
+    kind: TargetKind,
+    echo: bool,
+    durable: bool,
+    relay_flags: u32,
+    from: u32,
+    receivers: &[u64],
+    out: &mut BytesMut,
+    request: u64,
+    body: &[u8],
+) -> Result<(), WireError> {
+    match kind {
+        TargetKind::Relayhub | TargetKind::Sink if echo => {
+            relayhub::encode_echo(out, request, body)?
+        }
+        TargetKind::Relayhub if durable => {
+            relayhub::encode_relay_v2(out, request, relay_flags, receivers, body)?
+        }
+        TargetKind::Relayhub | TargetKind::Sink => {
+            relayhub::encode_relay(out, request, receivers, body)?
+        }
+        TargetKind::Nats if durable => receivers
+            .iter()
+            .for_each(|&to| nats::encode_js_publish(out, to as u32, from, body)),
+        TargetKind::Nats => receivers
+            .iter()
+            .for_each(|&to| nats::encode_publish(out, to as u32, body)),
+        TargetKind::Redis if durable => receivers
+            .iter()
+            .for_each(|&to| resp::encode_xadd(out, to as u32, body)),
+        TargetKind::Redis => receivers
+            .iter()
+            .for_each(|&to| resp::encode_publish(out, to as u32, body)),
+    }
+    Ok(())
+}
+
+/// The templates of one sender's publication, if the encoder fits them.
+/// `sender` is the sender's client index (JetStream's ack inbox).
 fn templates(
     kind: TargetKind,
     echo: bool,
@@ -1257,7 +1400,11 @@ impl State {
     /// Appends one new publication from `sender` to its outbound buffer.
     fn encode_one(&mut self, sender: usize, send_ns: u64) -> Result<(), WireError> {
         let sequence = self.senders[sender].sent;
-        self.encode_at(sender, sequence, send_ns)?;
+        if self.pick.is_some() {
+            self.encode_picked(sender, send_ns)?;
+        } else {
+            self.encode_at(sender, sequence, send_ns)?;
+        }
         let acks = self
             .durable
             .as_ref()
@@ -1288,58 +1435,73 @@ impl State {
 
     /// Appends publication `sequence` of `sender`, stamped `send_ns`.
     fn encode_at(&mut self, sender: usize, sequence: u64, send_ns: u64) -> Result<(), WireError> {
+        let from = self.first + sender as u32;
         let s = &mut self.senders[sender];
         let body = self.body.stamp(&Header {
-            sender: self.first + sender as u32,
+            sender: from,
             sequence,
             send_ns,
         });
         // relayhub v2: the request id is the message id too.
         let request = sequence + 1;
-        let durable = self.durable.is_some();
-        let relay_flags = self.durable.as_ref().map_or(0, |d| d.relay_flags);
         match &s.encoding {
-            Encoding::Templates(templates) if self.large => {
-                for template in templates {
-                    template.write_head(s.out.buf(), request, &body[..HEADER_BYTES]);
-                    s.out.mark_tail();
-                    template.write_suffix(s.out.buf(), request);
-                }
-            }
             Encoding::Templates(templates) => {
-                for template in templates {
-                    template.write_stamped(s.out.buf(), request, &body[..HEADER_BYTES]);
-                }
+                let layout = if self.large {
+                    Layout::Large
+                } else {
+                    Layout::Filled
+                };
+                write_templates(&mut s.out, templates, layout, request, body)
             }
-            Encoding::PerMessage => match (self.kind, s.out.buf()) {
-                (TargetKind::Relayhub | TargetKind::Sink, out) if self.echo => {
-                    relayhub::encode_echo(out, request, body)?
-                }
-                (TargetKind::Relayhub, out) if durable => {
-                    relayhub::encode_relay_v2(out, request, relay_flags, &s.receivers, body)?
-                }
-                (TargetKind::Relayhub | TargetKind::Sink, out) => {
-                    relayhub::encode_relay(out, request, &s.receivers, body)?
-                }
-                (TargetKind::Nats, out) if durable => {
-                    let from = self.first + sender as u32;
-                    s.receivers
-                        .iter()
-                        .for_each(|&to| nats::encode_js_publish(out, to as u32, from, body))
-                }
-                (TargetKind::Nats, out) => s
-                    .receivers
-                    .iter()
-                    .for_each(|&to| nats::encode_publish(out, to as u32, body)),
-                (TargetKind::Redis, out) if durable => s
-                    .receivers
-                    .iter()
-                    .for_each(|&to| resp::encode_xadd(out, to as u32, body)),
-                (TargetKind::Redis, out) => s
-                    .receivers
-                    .iter()
-                    .for_each(|&to| resp::encode_publish(out, to as u32, body)),
-            },
+            Encoding::PerMessage => encode_per_message(
+                self.kind,
+                self.echo,
+                self.durable.is_some(),
+                self.durable.as_ref().map_or(0, |d| d.relay_flags),
+                from,
+                &s.receivers,
+                s.out.buf(),
+                request,
+                body,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// `--pick random`: appends `sender`'s next publication to a receiver
+    /// drawn now, numbered in that (sender, receiver) pair, stamped `send_ns`.
+    fn encode_picked(&mut self, sender: usize, send_ns: u64) -> Result<(), WireError> {
+        let from = self.first + sender as u32;
+        let pick = self.pick.as_mut().expect("a --pick random run");
+        let receiver = other_client(&mut pick.rng, self.senders.len(), sender);
+        let sequence = self.receivers[receiver].checkers.next_sequence(from);
+        let body = self.body.stamp(&Header {
+            sender: from,
+            sequence,
+            send_ns,
+        });
+        // The request id numbers the sender's publications, whoever gets them.
+        let s = &mut self.senders[sender];
+        let request = s.sent + 1;
+        match &pick.templates {
+            Some(templates) => write_templates(
+                &mut s.out,
+                std::slice::from_ref(&templates[receiver]),
+                pick.layout,
+                request,
+                body,
+            ),
+            None => encode_per_message(
+                self.kind,
+                false,
+                false,
+                0,
+                from,
+                &[pick.addresses[receiver]],
+                s.out.buf(),
+                request,
+                body,
+            )?,
         }
         Ok(())
     }
@@ -1605,9 +1767,9 @@ impl State {
                 .error(|| format!("a body of {} bytes, expected {expected}", body.len()));
         }
         let checkers = &mut self.receivers[local].checkers;
-        let arrival = match checkers.binary_search_by_key(&header.sender, |(sender, _)| *sender) {
-            Ok(position) => checkers[position].1.record(header.sequence),
-            Err(_) => {
+        let arrival = match checkers.record(header.sender, header.sequence) {
+            Some(arrival) => arrival,
+            None => {
                 let (client, sender) = (self.first as usize + local, header.sender);
                 return self.stats.error(|| {
                     format!("client {client} got a message from {sender}, not one of its senders")
