@@ -31,37 +31,156 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 pub const DECODER_BYTES_MAX: usize =
     (FRAME_HEADER_BYTES + FRAME_BYTES_MAX + READ_CHUNK_BYTES).next_multiple_of(16);
 
+/// Frames at least this long are handed out with a handle on the buffer
+/// they lie in ([`Decoder::poll_frame_shared`]): the hub delivers their
+/// bodies from there instead of copying them. Smaller frames are cheaper
+/// to copy than to give a buffer of their own: 256 KiB.
+pub const SHARED_FRAME_BYTES_MIN: usize = 256 * 1024;
+
+/// Most spare buffers of at least [`SHARED_FRAME_BYTES_MIN`] kept for
+/// reuse, process-wide: a decoder that gave its buffer away with a shared
+/// frame takes the next one from here instead of allocating and zeroing
+/// a megabyte. At most `POOLED_BUFFERS_MAX` x [`DECODER_BYTES_MAX`] (17 MiB).
+pub const POOLED_BUFFERS_MAX: usize = 16;
+
 /// 16 bytes with 16-byte alignment: the unit of [`AlignedBuf`].
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 struct Block([u8; 16]);
 
-/// A zero-initialised byte buffer whose start is 16-byte aligned.
+/// A zero-initialised run of blocks. Large ones go back to [`POOL`] when
+/// dropped (by the decoder, or by the last `Bytes` of a shared frame, on
+/// whichever thread that is).
+struct Blocks(Box<[Block]>);
+
+/// Spare large blocks (stale bytes, but initialised), at most
+/// [`POOLED_BUFFERS_MAX`].
+static POOL: std::sync::Mutex<Vec<Box<[Block]>>> = std::sync::Mutex::new(Vec::new());
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<Box<[Block]>>> {
+    // A panic while holding the lock leaves the vector valid.
+    POOL.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Blocks {
+    /// At least `bytes` bytes. A large request reuses a pooled run at most
+    /// 1/8 larger (so what a shared frame pins stays close to its length).
+    fn new(bytes: usize) -> Blocks {
+        let count = bytes.div_ceil(16);
+        if bytes >= SHARED_FRAME_BYTES_MIN {
+            let mut pool = pool();
+            if let Some(at) = pool
+                .iter()
+                .position(|blocks| blocks.len() >= count && blocks.len() <= count + count / 8)
+            {
+                return Blocks(pool.swap_remove(at));
+            }
+        }
+        Blocks(vec![Block([0; 16]); count].into_boxed_slice())
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        if self.0.len() * 16 >= SHARED_FRAME_BYTES_MIN {
+            let mut pool = pool();
+            if pool.len() < POOLED_BUFFERS_MAX {
+                pool.push(std::mem::take(&mut self.0));
+            }
+        }
+    }
+}
+
+/// A byte buffer whose start is 16-byte aligned, shared with the frames
+/// handed out of it ([`SharedFrame`]) until they are dropped: the decoder
+/// writes only into a buffer it holds alone (see [`Decoder::make_room`]).
 #[derive(Default)]
 struct AlignedBuf {
-    blocks: Box<[Block]>,
+    blocks: Option<std::sync::Arc<Blocks>>,
 }
 
 impl AlignedBuf {
     fn with_capacity(bytes: usize) -> AlignedBuf {
         AlignedBuf {
-            blocks: vec![Block([0; 16]); bytes.div_ceil(16)].into_boxed_slice(),
+            blocks: Some(std::sync::Arc::new(Blocks::new(bytes))),
         }
     }
 
     fn capacity(&self) -> usize {
-        self.blocks.len() * 16
+        self.blocks.as_ref().map_or(0, |blocks| blocks.0.len() * 16)
+    }
+
+    /// True while a shared frame still uses the buffer.
+    fn is_shared(&self) -> bool {
+        self.blocks
+            .as_ref()
+            .is_some_and(|blocks| std::sync::Arc::strong_count(blocks) > 1)
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `Block` is `repr(C)` over `[u8; 16]` with no padding, so
-        // the blocks are `capacity()` contiguous, initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast(), self.capacity()) }
+        match &self.blocks {
+            Some(blocks) => blocks_bytes(&blocks.0),
+            None => &[],
+        }
     }
 
+    /// # Panics
+    /// While the buffer is shared.
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast(), self.capacity()) }
+        let Some(blocks) = self.blocks.as_mut() else {
+            return &mut [];
+        };
+        let blocks = std::sync::Arc::get_mut(blocks)
+            .expect("the decoder writes only into a buffer it holds alone");
+        let len = blocks.0.len() * 16;
+        // SAFETY: as in `blocks_bytes`, and `&mut self` with the `Arc`
+        // unique makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(blocks.0.as_mut_ptr().cast(), len) }
+    }
+}
+
+fn blocks_bytes(blocks: &[Block]) -> &[u8] {
+    // SAFETY: `Block` is `repr(C)` over `[u8; 16]` with no padding, so the
+    // blocks are `16 * len` contiguous, initialised bytes.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len() * 16) }
+}
+
+/// A handle on the buffer a large frame lies in
+/// ([`Decoder::poll_frame_shared`]): parts of the frame outlive the
+/// decoder's next read as [`Bytes`](bytes::Bytes), with no copy.
+pub struct SharedFrame {
+    blocks: std::sync::Arc<Blocks>,
+}
+
+/// What a `Bytes` made by [`SharedFrame::bytes_of`] owns.
+struct SharedBlocks(std::sync::Arc<Blocks>);
+
+impl AsRef<[u8]> for SharedBlocks {
+    fn as_ref(&self) -> &[u8] {
+        blocks_bytes(&self.0 .0)
+    }
+}
+
+impl SharedFrame {
+    /// `part` (a slice of the frame, say its body) as shared bytes.
+    ///
+    /// # Panics
+    /// If `part` does not lie in the frame's buffer.
+    pub fn bytes_of(&self, part: &[u8]) -> bytes::Bytes {
+        let whole = blocks_bytes(&self.blocks.0);
+        let start = (part.as_ptr() as usize)
+            .checked_sub(whole.as_ptr() as usize)
+            .filter(|start| start + part.len() <= whole.len())
+            .expect("the part lies in the shared frame's buffer");
+        bytes::Bytes::from_owner(SharedBlocks(std::sync::Arc::clone(&self.blocks)))
+            .slice(start..start + part.len())
+    }
+
+    /// Bytes of buffer the handle keeps alive (what a delivery made from it
+    /// pins until it is written).
+    pub fn pinned_bytes(&self) -> usize {
+        self.blocks.0.len() * 16
     }
 }
 
@@ -206,10 +325,19 @@ impl<R: Role> Decoder<R> {
     /// with the number of bytes written.
     pub fn spare(&mut self) -> &mut [u8] {
         self.consume_returned();
-        let wanted = self.pending_frame_len().max(READ_CHUNK_BYTES);
-        self.make_room(wanted);
+        let frame_len = self.pending_frame_len();
+        self.make_room(frame_len.max(READ_CHUNK_BYTES));
         let end = self.end;
-        &mut self.buf.bytes_mut()[end..]
+        // A frame that will be shared is read up to its end and no further:
+        // the next frame's first bytes would otherwise have to be copied out
+        // of the buffer the shared frame keeps.
+        let frame_end = self.start + frame_len;
+        let limit = if frame_len >= SHARED_FRAME_BYTES_MIN && frame_end > end {
+            frame_end
+        } else {
+            self.buf.capacity()
+        };
+        &mut self.buf.bytes_mut()[end..limit]
     }
 
     /// Records that `len` bytes were written at the start of [`spare`](Self::spare).
@@ -243,6 +371,26 @@ impl<R: Role> Decoder<R> {
     /// until the next call on the decoder. After a fatal error every later
     /// call returns the same error.
     pub fn poll_frame(&mut self) -> Result<Option<R::Frame<'_>>, DecodeError> {
+        Ok(self.poll_frame_inner(false)?.map(|(frame, _)| frame))
+    }
+
+    /// [`poll_frame`](Self::poll_frame), and for a frame of at least
+    /// [`SHARED_FRAME_BYTES_MIN`] bytes also a handle on the buffer it lies
+    /// in, so parts of it can be kept past the next read without a copy.
+    /// While such a handle (or bytes made from it) lives, the decoder reads
+    /// into a buffer of its own.
+    #[allow(clippy::type_complexity)]
+    pub fn poll_frame_shared(
+        &mut self,
+    ) -> Result<Option<(R::Frame<'_>, Option<SharedFrame>)>, DecodeError> {
+        self.poll_frame_inner(true)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn poll_frame_inner(
+        &mut self,
+        share: bool,
+    ) -> Result<Option<(R::Frame<'_>, Option<SharedFrame>)>, DecodeError> {
         self.consume_returned();
         if self.stage == Stage::Preface && !self.poll_preface()? {
             return Ok(None);
@@ -265,9 +413,15 @@ impl<R: Role> Decoder<R> {
         self.returned_len = frame_len;
         let archive_start = self.start + FRAME_HEADER_BYTES;
         debug_assert_eq!(archive_start % FRAME_ALIGN_BYTES, 0);
+        let shared = match &self.buf.blocks {
+            Some(blocks) if share && frame_len >= SHARED_FRAME_BYTES_MIN => Some(SharedFrame {
+                blocks: std::sync::Arc::clone(blocks),
+            }),
+            _ => None,
+        };
         let archive = &self.buf.bytes()[archive_start..self.start + frame_len];
         match R::parse_version(self.version, header.kind, archive) {
-            Ok(frame) => Ok(Some(frame)),
+            Ok(frame) => Ok(Some((frame, shared))),
             Err(error) if !error.is_fatal() => Err(error),
             Err(error) => {
                 self.stage = Stage::Failed(error);
@@ -341,13 +495,17 @@ impl<R: Role> Decoder<R> {
     /// than [`DECODER_BYTES_MAX`]: then the pending bytes are at most one
     /// partial frame, whose length was checked against the limit. Bytes
     /// handed over without polling are kept (growing geometrically).
+    ///
+    /// A buffer still shared with a frame handed out is never written: the
+    /// pending bytes move to a buffer of the decoder's own.
     fn make_room(&mut self, wanted: usize) {
         let pending = self.end - self.start;
         let needed = wanted.max(pending + 1);
-        if self.buf.capacity() - self.start >= needed {
+        let shared = self.buf.is_shared();
+        if !shared && self.buf.capacity() - self.start >= needed {
             return;
         }
-        if self.buf.capacity() >= needed {
+        if !shared && self.buf.capacity() >= needed {
             self.buf.bytes_mut().copy_within(self.start..self.end, 0);
         } else {
             let grown_len = if pending + 1 > wanted {

@@ -48,7 +48,10 @@ pub mod v2;
 /// archived types.
 pub use rkyv;
 
-pub use decoder::{Decoder, DECODER_BYTES_MAX, READ_CHUNK_BYTES};
+pub use decoder::{
+    Decoder, SharedFrame, DECODER_BYTES_MAX, POOLED_BUFFERS_MAX, READ_CHUNK_BYTES,
+    SHARED_FRAME_BYTES_MIN,
+};
 pub use error::{DecodeError, EncodeError, ErrorCode, Limit, Malformed};
 pub use frame::{
     decode_frame, decode_frame_version, deliver_frame_len, encode, encode_deliver, ClientSide,
