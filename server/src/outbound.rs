@@ -9,8 +9,9 @@ use std::{collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 use relayhub_protocol::{
-    deliver_frame_len, deliver_v2_root, encode, kind, ArchivedDeliver, DeliverV2Meta,
-    Error as ErrorFrame, ErrorCodeV2, Message, FRAME_HEADER_BYTES,
+    deliver_frame_len, deliver_header, deliver_tail, deliver_v2_frame_len, deliver_v2_root, encode,
+    encode_deliver, kind, DeliverV2Meta, Error as ErrorFrame, ErrorCodeV2, Message, SharedFrame,
+    FRAME_HEADER_BYTES,
 };
 
 /// Most slices handed to one vectored write (the kernel's `UIO_MAXIOV` is 1024).
@@ -21,13 +22,12 @@ pub const WRITE_SLICES_MAX: usize = 64;
 /// queue of many tiny frames stays within `bytes_max` in memory too.
 pub const SHARED_FRAME_HANDLE_BYTES: usize = 64;
 
-/// Bytes of a version-1 `Deliver` frame's root (`from` and the body's
-/// vector), after the padded body.
-pub const V1_DELIVER_ROOT_BYTES: usize = std::mem::size_of::<ArchivedDeliver>();
-
 /// Largest body [`Outbound::push_deliver_v2`] copies into the queue instead
 /// of sharing the relay's buffer.
 pub const INLINE_BODY_BYTES_MAX: usize = 4096;
+
+/// Zeros that pad a body to its root's 8-byte alignment.
+const PADDING: [u8; 8] = [0; 8];
 
 /// The body length of a version-1 `Deliver` frame built by the hub
 /// (`encode_deliver`): the last 4 bytes of its root.
@@ -46,6 +46,79 @@ pub fn deliver_body_len(frame: &[u8]) -> usize {
 pub fn deliver_body(frame: &Bytes) -> Bytes {
     let len = deliver_body_len(frame);
     frame.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len)
+}
+
+/// A relay's body as a shard keeps it for all its local receivers: one
+/// buffer whatever their number, shared by their queues (and inboxes).
+#[derive(Clone, Debug)]
+pub enum SharedBody {
+    /// A whole version-1 `Deliver` frame around a copy of the body: bodies
+    /// of frames smaller than [`SHARED_FRAME_BYTES_MIN`](relayhub_protocol::SHARED_FRAME_BYTES_MIN)
+    /// (one copy, and a version-1 receiver gets the frame as it is).
+    Frame(Bytes),
+    /// The body where it arrived, in the sender's read buffer (large
+    /// relays: no copy; each receiver gets a header and a tail around it).
+    /// What it pins is at most 1/8 more than the relay frame.
+    Body {
+        /// The sender.
+        from: u64,
+        /// The body itself.
+        body: Bytes,
+    },
+}
+
+impl SharedBody {
+    /// The body of a relay from `from`: shared with the relay's frame when
+    /// the decoder handed that out (`shared`), else copied into a frame.
+    pub fn new(from: u64, body: &[u8], shared: Option<&SharedFrame>) -> SharedBody {
+        match shared {
+            Some(shared) => SharedBody::Body {
+                from,
+                body: shared.bytes_of(body),
+            },
+            None => SharedBody::Frame(
+                encode_deliver(from, body).expect("a relay's body fits a deliver frame"),
+            ),
+        }
+    }
+
+    /// The body's bytes.
+    pub fn body_slice(&self) -> &[u8] {
+        match self {
+            SharedBody::Frame(frame) => {
+                &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + deliver_body_len(frame)]
+            }
+            SharedBody::Body { body, .. } => body,
+        }
+    }
+
+    /// The body as shared bytes (no copy).
+    pub fn body(&self) -> Bytes {
+        match self {
+            SharedBody::Frame(frame) => deliver_body(frame),
+            SharedBody::Body { body, .. } => body.clone(),
+        }
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> usize {
+        match self {
+            SharedBody::Frame(frame) => deliver_body_len(frame),
+            SharedBody::Body { body, .. } => body.len(),
+        }
+    }
+
+    /// Bytes of the version-1 `Deliver` frame it makes (what the mesh
+    /// counts it for).
+    pub fn frame_len(&self) -> usize {
+        deliver_frame_len(self.body_len())
+    }
+
+    /// Where the body lies: the same for every clone (entries of one relay
+    /// share it).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.body_slice().as_ptr()
+    }
 }
 
 /// Where the queue is in its life.
@@ -150,35 +223,58 @@ impl Outbound {
         Ok(())
     }
 
-    /// Queues a version-2 `DeliverV2` built around a shared version-1
-    /// `Deliver` frame's body: the hub keeps one `Deliver` frame per relay
-    /// and shard, and each version-2 receiver gets its own 8-byte header
-    /// and 40-byte root around the same body bytes (small bodies are copied
-    /// in place instead, as for replies).
+    /// Queues a version-1 `Deliver` of a shared body: the frame itself, or
+    /// a header and a tail around the body where it lies.
+    pub fn push_deliver(&mut self, shared: &SharedBody) -> Result<(), PushError> {
+        match shared {
+            SharedBody::Frame(frame) => self.push_shared(frame.clone()),
+            SharedBody::Body { from, body } => {
+                let (tail, tail_len) = deliver_tail(*from, body.len());
+                self.push_around(&deliver_header(body.len()), shared, &[&tail[..tail_len]])
+            }
+        }
+    }
+
+    /// Queues a version-2 `DeliverV2` around a shared body: each receiver
+    /// gets its own 8-byte header and 40-byte root around the same body
+    /// bytes (small bodies are copied in place instead, as for replies).
     pub fn push_deliver_v2(
         &mut self,
-        v1_frame: &Bytes,
+        shared: &SharedBody,
         meta: DeliverV2Meta,
     ) -> Result<(), PushError> {
-        let body_len = deliver_body_len(v1_frame);
-        let root = deliver_v2_root(meta, body_len);
-        let padded = &v1_frame[FRAME_HEADER_BYTES..v1_frame.len() - V1_DELIVER_ROOT_BYTES];
-        let len = FRAME_HEADER_BYTES + padded.len() + root.len();
-        self.admit(len + 2 * SHARED_FRAME_HANDLE_BYTES)?;
+        let body_len = shared.body_len();
+        let len = deliver_v2_frame_len(body_len);
         let archive_len = u32::try_from(len - FRAME_HEADER_BYTES).expect("a frame length fits u32");
-        self.small.extend_from_slice(&archive_len.to_le_bytes());
-        self.small
-            .extend_from_slice(&kind::DELIVER_V2.to_le_bytes());
-        self.small.extend_from_slice(&0u16.to_le_bytes());
-        if padded.len() <= INLINE_BODY_BYTES_MAX {
-            self.small.extend_from_slice(padded);
+        let mut header = [0; FRAME_HEADER_BYTES];
+        header[..4].copy_from_slice(&archive_len.to_le_bytes());
+        header[4..6].copy_from_slice(&kind::DELIVER_V2.to_le_bytes());
+        let root = deliver_v2_root(meta, body_len);
+        let padding = body_len.next_multiple_of(8) - body_len;
+        self.push_around(&header, shared, &[&PADDING[..padding], &root])
+    }
+
+    /// Queues `header`, the shared body (copied in place when small, else
+    /// shared) and the `tail` pieces, as one frame.
+    fn push_around(
+        &mut self,
+        header: &[u8],
+        shared: &SharedBody,
+        tail: &[&[u8]],
+    ) -> Result<(), PushError> {
+        let body = shared.body_slice();
+        let len = header.len() + body.len() + tail.iter().map(|part| part.len()).sum::<usize>();
+        self.admit(len + 2 * SHARED_FRAME_HANDLE_BYTES)?;
+        self.small.extend_from_slice(header);
+        if body.len() <= INLINE_BODY_BYTES_MAX {
+            self.small.extend_from_slice(body);
         } else {
             self.frames.push_back(self.small.split().freeze());
-            self.frames.push_back(
-                v1_frame.slice(FRAME_HEADER_BYTES..v1_frame.len() - V1_DELIVER_ROOT_BYTES),
-            );
+            self.frames.push_back(shared.body());
         }
-        self.small.extend_from_slice(&root);
+        for part in tail {
+            self.small.extend_from_slice(part);
+        }
         self.queued_bytes += len;
         self.wake_writer();
         Ok(())
@@ -366,11 +462,23 @@ mod tests {
                 flags: 1,
             };
             let mut outbound = Outbound::new(1 << 20);
-            outbound.push_deliver_v2(&v1, meta).unwrap();
-            assert_eq!(
-                drain(&mut outbound),
-                encode_deliver_v2(meta, &body).unwrap()
-            );
+            outbound
+                .push_deliver_v2(&SharedBody::Frame(v1.clone()), meta)
+                .unwrap();
+            let whole_v2 = encode_deliver_v2(meta, &body).unwrap();
+            assert_eq!(drain(&mut outbound), whole_v2);
+            // The same around a body that is not in a frame.
+            let alone = SharedBody::Body {
+                from: 3,
+                body: Bytes::from(body.clone()),
+            };
+            outbound.push_deliver_v2(&alone, meta).unwrap();
+            assert_eq!(drain(&mut outbound), whole_v2);
+            outbound.push_deliver(&alone).unwrap();
+            assert_eq!(drain(&mut outbound), v1, "version 1 around a body");
+            assert_eq!(alone.body_len(), body.len());
+            assert_eq!(alone.body_slice(), &body[..]);
+            assert_eq!(SharedBody::Frame(v1).body_slice(), &body[..]);
         }
     }
 

@@ -1053,3 +1053,37 @@ fn version_one_and_two_clients_relay_to_each_other_across_shards() {
     assert_eq!(v1.pending_events(), 0);
     assert!(ephemeral.until_echo(4).is_empty());
 }
+
+/// Large bodies (delivered from the buffer they arrived in) wait in a
+/// durable inbox while their receiver is away and arrive intact on resume,
+/// pipelined, after later frames were read into the sender's decoder.
+#[test]
+fn large_bodies_wait_in_an_inbox_intact() {
+    let hub = start(2, |_| {});
+    let mut sender = RawV2::durable(hub.local_addr());
+    let receiver = RawV2::durable(hub.local_addr());
+    let (user, token) = (receiver.user, receiver.token);
+    drop(receiver);
+    let bodies: Vec<Vec<u8>> = [relayhub_protocol::BODY_BYTES_MAX, 400_000, 3, 262_144]
+        .iter()
+        .enumerate()
+        .map(|(index, &len)| (0..len).map(|i| (i * 13 + index * 101) as u8).collect())
+        .collect();
+    for (index, body) in bodies.iter().enumerate() {
+        let request = index as u64 + 1;
+        sender.relay(request, request, &[user], body);
+    }
+    for request in 1..=bodies.len() as u64 {
+        match sender.next() {
+            HubMessageV2::Stored(stored) => assert_eq!(stored.request, request),
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+    let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+    for (index, body) in bodies.iter().enumerate() {
+        let (from, seq, got) = deliver(receiver.next());
+        assert_eq!((from, seq), (sender.user, index as u64 + 1));
+        assert!(got == *body, "body {index} intact");
+    }
+    hub.shutdown();
+}

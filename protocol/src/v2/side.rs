@@ -348,20 +348,85 @@ pub fn deliver_v2_prefix(body: &[u8]) -> Result<Bytes, EncodeError> {
 /// See [`deliver_v2_prefix`].
 pub fn deliver_v2_root(meta: DeliverV2Meta, body_len: usize) -> [u8; DELIVER_V2_ROOT_BYTES] {
     let root_pos = body_len.next_multiple_of(align_of::<ArchivedDeliverV2>());
+    archive_root(&DeliverV2Root { meta, body_len }, root_pos)
+}
+
+/// Bytes of a version-1 `Deliver` frame's root (`from` and the body's
+/// vector header), after the padded body.
+pub const DELIVER_ROOT_BYTES: usize = size_of::<crate::ArchivedDeliver>();
+
+/// The tail of a version-1 `Deliver` frame whose body is `body_len` bytes
+/// long: the zeros that pad the body to the root's alignment, then the
+/// root. `header ++ body ++ tail` is byte for byte what
+/// [`encode_deliver`](crate::encode_deliver) builds, so the hub can send a
+/// body from wherever it lies (a vectored write of three buffers).
+/// Returns the tail buffer and its length (padding + root).
+pub fn deliver_tail(from: u64, body_len: usize) -> ([u8; 8 + DELIVER_ROOT_BYTES], usize) {
+    let root_pos = body_len.next_multiple_of(align_of::<crate::ArchivedDeliver>());
+    let padding = root_pos - body_len;
+    let root = archive_root::<_, DELIVER_ROOT_BYTES>(&DeliverRoot { from, body_len }, root_pos);
+    let mut tail = [0; 8 + DELIVER_ROOT_BYTES];
+    tail[padding..padding + DELIVER_ROOT_BYTES].copy_from_slice(&root);
+    (tail, padding + DELIVER_ROOT_BYTES)
+}
+
+/// The header of a version-1 `Deliver` frame whose body is `body_len`
+/// bytes long (see [`deliver_tail`]).
+pub fn deliver_header(body_len: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let len = crate::deliver_frame_len(body_len) - FRAME_HEADER_BYTES;
+    let mut header = [0; FRAME_HEADER_BYTES];
+    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    header[4..6].copy_from_slice(&kind::DELIVER.to_le_bytes());
+    header
+}
+
+/// Archives a root alone, its body's bytes at archive position 0 and the
+/// root at `root_pos`, into exactly `N` bytes.
+fn archive_root<T, const N: usize>(root: &T, root_pos: usize) -> [u8; N]
+where
+    T: for<'a> Serialize<
+        rkyv::rancor::Strategy<Serializer<RootWriter<N>, SubAllocator<'a>, ()>, Failure>,
+    >,
+{
     let mut serializer = Serializer::new(
         RootWriter {
-            bytes: [0; DELIVER_V2_ROOT_BYTES],
+            bytes: [0; N],
             len: 0,
             base: root_pos,
         },
         SubAllocator::new(&mut []),
         (),
     );
-    rkyv::api::serialize_using::<_, Failure>(&DeliverV2Root { meta, body_len }, &mut serializer)
-        .expect("archiving a DeliverV2 root into 40 bytes cannot fail");
+    rkyv::api::serialize_using::<_, Failure>(root, &mut serializer)
+        .expect("archiving a root into its own size cannot fail");
     let writer = serializer.into_writer();
-    debug_assert_eq!(writer.len, DELIVER_V2_ROOT_BYTES);
+    debug_assert_eq!(writer.len, N);
     writer.bytes
+}
+
+/// A version-1 `Deliver` whose body was written already, at archive
+/// position 0: it archives the root alone.
+struct DeliverRoot {
+    from: u64,
+    body_len: usize,
+}
+
+impl Archive for DeliverRoot {
+    type Archived = crate::ArchivedDeliver;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: VecResolver, out: Place<crate::ArchivedDeliver>) {
+        munge!(let crate::ArchivedDeliver { from, body } = out);
+        self.from.resolve((), from);
+        ArchivedVec::<u8>::resolve_from_len(self.body_len, resolver, body);
+    }
+}
+
+impl<S: Fallible + Writer + ?Sized> Serialize<S> for DeliverRoot {
+    fn serialize(&self, _: &mut S) -> Result<VecResolver, S::Error> {
+        // The body's bytes start at archive position 0.
+        Ok(VecResolver::from_pos(0))
+    }
 }
 
 /// A `DeliverV2` whose body was written already (by [`deliver_v2_prefix`]),
@@ -394,19 +459,19 @@ impl<S: Fallible + Writer + ?Sized> Serialize<S> for DeliverV2Root {
 
 /// An rkyv writer for a root alone: positions start at `base` (the length
 /// of the archive before the root), bytes go to a fixed array.
-struct RootWriter {
-    bytes: [u8; DELIVER_V2_ROOT_BYTES],
+struct RootWriter<const N: usize> {
+    bytes: [u8; N],
     len: usize,
     base: usize,
 }
 
-impl Positional for RootWriter {
+impl<const N: usize> Positional for RootWriter<N> {
     fn pos(&self) -> usize {
         self.base + self.len
     }
 }
 
-impl<E> Writer<E> for RootWriter {
+impl<E, const N: usize> Writer<E> for RootWriter<N> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
         self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
@@ -417,6 +482,25 @@ impl<E> Writer<E> for RootWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_body_and_tail_make_a_whole_version_1_deliver() {
+        let body: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+        for body_len in [0, 1, 7, 8, 9, 15, 16, 17, 4095, 65_537, 70_000] {
+            let whole = crate::encode_deliver(0x0102_0304_0506_0708, &body[..body_len]).unwrap();
+            let (tail, tail_len) = deliver_tail(0x0102_0304_0506_0708, body_len);
+            assert_eq!(
+                [
+                    &deliver_header(body_len)[..],
+                    &body[..body_len],
+                    &tail[..tail_len]
+                ]
+                .concat(),
+                whole,
+                "body of {body_len}"
+            );
+        }
+    }
 
     #[test]
     fn prefix_and_root_make_the_whole_frame() {

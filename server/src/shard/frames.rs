@@ -65,12 +65,12 @@ impl<Io> Shard<Io> {
                     }
                 }
             }
-            let handled = match decoder.poll_frame() {
+            let handled = match decoder.poll_frame_shared() {
                 Ok(None) => break,
-                Ok(Some(frame)) => {
+                Ok(Some((frame, shared))) => {
                     completed = true;
                     self.stats.frames_in.incr();
-                    self.handle_frame(now_ms, id, frame)
+                    self.handle_frame(now_ms, id, frame, shared.as_ref())
                 }
                 Err(error) if !error.is_fatal() && conn_awaits_hello(self.conn(id)) => {
                     // Anything before the Hello, even an over-limit frame,
@@ -202,7 +202,15 @@ impl<Io> Shard<Io> {
         self.close(now_ms, id, Some(reason));
     }
 
-    fn handle_frame(&mut self, now_ms: u64, id: ConnId, frame: ClientFrameV2<'_>) -> Handled {
+    /// `shared`: a handle on the buffer a large frame lies in, so a relay's
+    /// body is delivered from there (no copy).
+    fn handle_frame(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        frame: ClientFrameV2<'_>,
+        shared: Option<&relayhub_protocol::SharedFrame>,
+    ) -> Handled {
         let Some(conn) = self.conn(id) else {
             return Handled::Done;
         };
@@ -241,8 +249,9 @@ impl<Io> Shard<Io> {
                 },
                 relay.receivers.as_slice(),
                 relay.body.as_slice(),
+                shared,
             ),
-            ClientFrameV2::RelayV2(relay) => self.relay_v2(now_ms, id, user, relay),
+            ClientFrameV2::RelayV2(relay) => self.relay_v2(now_ms, id, user, relay, shared),
             ClientFrameV2::Ack(ack) => self.ack(now_ms, id, ack.upto.to_native()),
             ClientFrameV2::Identity(identity) => self.push(id, |outbound| {
                 outbound.push_message(&IdentityReply {

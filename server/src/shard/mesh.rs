@@ -97,8 +97,8 @@ pub enum MeshMessage {
         from: u64,
         /// The sender's request id, for error reports.
         request: u64,
-        /// The encoded `Deliver` frame, shared by every receiver.
-        frame: Bytes,
+        /// The relay's body, shared by every receiver.
+        frame: crate::outbound::SharedBody,
         /// Receivers owned by the target shard.
         receivers: Receivers,
         /// The sender's `message_id` (0: none).
@@ -177,7 +177,7 @@ impl MeshMessage {
     /// The bytes this message is counted for against the mesh budgets.
     pub fn weight(&self) -> usize {
         let payload = match self {
-            MeshMessage::Deliver { frame, .. } => frame.len(),
+            MeshMessage::Deliver { frame, .. } => frame.frame_len(),
             MeshMessage::Report { failures, .. } => failures.as_slice().len() * 16,
             MeshMessage::Handled { failures, .. } => failures
                 .as_ref()
@@ -353,7 +353,7 @@ impl<Io> Shard<Io> {
                 receipt,
             } => {
                 let content = (ticket != 0 && self.limits.content_dedup_window_ms > 0)
-                    .then(|| super::dedup::content_hash(&crate::outbound::deliver_body(&frame)));
+                    .then(|| super::dedup::content_hash(frame.body_slice()));
                 let relay = super::routing::RelayRequest {
                     from: sender,
                     request,

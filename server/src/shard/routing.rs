@@ -3,10 +3,9 @@
 //! the sender wherever it lives, and the `Stored` answer of a version-2
 //! relay once every receiver's shard has handled it.
 
-use bytes::Bytes;
 use relayhub_protocol::{
     encode_deliver, flags, ArchivedRelayV2, ArchivedUserId, DeliverRef, DeliverV2Ref, ErrorCodeV2,
-    Stored, RECEIVERS_MAX, VERSION,
+    SharedFrame, Stored, RECEIVERS_MAX, VERSION,
 };
 
 use super::{
@@ -16,7 +15,7 @@ use crate::store::record::MessageRecord;
 use crate::{
     conn::{ConnId, Pause},
     ids::owner,
-    outbound::PushError,
+    outbound::{PushError, SharedBody},
 };
 
 /// Largest body a 1:1 local relay encodes straight into the receiver's
@@ -62,8 +61,8 @@ pub(super) struct PendingStored {
 /// A delivery on its way into a local receiver.
 #[derive(Clone, Copy)]
 enum Delivery<'a> {
-    /// The relay's shared version-1 `Deliver` frame.
-    Shared(&'a Bytes),
+    /// The relay's body, shared by its receivers on this shard.
+    Shared(&'a SharedBody),
     /// A small 1:1 delivery, encoded in place.
     Inline(&'a [u8]),
 }
@@ -78,6 +77,7 @@ impl<Io> Shard<Io> {
         id: ConnId,
         from: u64,
         relay: &ArchivedRelayV2,
+        shared: Option<&SharedFrame>,
     ) -> Handled {
         let request = relay.request.to_native();
         let message_id = relay.message_id.to_native();
@@ -119,6 +119,7 @@ impl<Io> Shard<Io> {
             request_of,
             relay.receivers.as_slice(),
             relay.body.as_slice(),
+            shared,
         );
         // The high-water mark moves when `Stored` goes out (every receiver's
         // shard made the message durable), never before: a crash must not
@@ -137,6 +138,7 @@ impl<Io> Shard<Io> {
         relay: RelayRequest,
         receivers: &[ArchivedUserId],
         body: &[u8],
+        shared: Option<&SharedFrame>,
     ) -> Handled {
         assert!(
             receivers.len() <= RECEIVERS_MAX,
@@ -164,7 +166,7 @@ impl<Io> Shard<Io> {
                 return Handled::Done;
             }
         }
-        let frame = encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame");
+        let frame = SharedBody::new(relay.from, body, shared);
         let mut route = std::mem::take(&mut self.route);
         let mut failures = Vec::new();
         for receiver in receivers {
@@ -296,7 +298,7 @@ impl<Io> Shard<Io> {
         &mut self,
         now_ms: u64,
         relay: RelayRequest,
-        frame: &Bytes,
+        frame: &SharedBody,
         receivers: &Receivers,
         ticket: u64,
     ) {
@@ -311,8 +313,7 @@ impl<Io> Shard<Io> {
             }
         }
         if !self.durable_batch.is_empty() {
-            let body = crate::outbound::deliver_body(frame);
-            self.seal_batch(now_ms, &relay, &body);
+            self.seal_batch(now_ms, &relay, frame.body_slice());
         }
         let failures = Failures::from_vec(failures);
         if ticket == 0 {
@@ -404,9 +405,9 @@ impl<Io> Shard<Io> {
             }
             let frame = match delivery {
                 Delivery::Shared(frame) => frame.clone(),
-                Delivery::Inline(body) => {
-                    encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame")
-                }
+                Delivery::Inline(body) => SharedBody::Frame(
+                    encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame"),
+                ),
             };
             let item = Item::Message {
                 from: relay.from,
@@ -439,7 +440,7 @@ impl<Io> Shard<Io> {
             flags: 0,
         };
         let pushed = match (conn.version() == VERSION, delivery) {
-            (true, Delivery::Shared(frame)) => conn.outbound.push_shared(frame.clone()),
+            (true, Delivery::Shared(frame)) => conn.outbound.push_deliver(frame),
             (true, Delivery::Inline(body)) => conn.outbound.push_message(&DeliverRef {
                 from: relay.from,
                 body,

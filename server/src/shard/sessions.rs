@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::{
     flags, preface_for, ArchivedHello, DeliverV2Meta, ErrorCodeV2, Receipt, ResumeToken, Stored,
@@ -23,7 +22,7 @@ use super::{durability::Waiting, frames::Handled, Event, MeshMessage, Shard};
 use crate::{
     conn::{ConnId, ConnState, Pause, SessionKind},
     ids::owner,
-    outbound::{deliver_body_len, PushError},
+    outbound::{PushError, SharedBody},
     store::record::Record,
 };
 
@@ -68,12 +67,12 @@ pub(super) struct Entry {
 
 /// What an inbox entry holds.
 pub(super) enum Item {
-    /// A relayed message: the relay's shared version-1 `Deliver` frame (the
-    /// body is sent from it as a `DeliverV2`).
+    /// A relayed message: the relay's body, shared with its other
+    /// receivers on this shard (sent from there as a `DeliverV2`).
     Message {
         from: u64,
         message_id: u64,
-        frame: Bytes,
+        frame: SharedBody,
         receipt: bool,
     },
     /// A receipt for a message this session sent.
@@ -84,7 +83,7 @@ impl Item {
     /// Body bytes, for the inbox and inflight byte limits.
     fn bytes(&self) -> u64 {
         match self {
-            Item::Message { frame, .. } => deliver_body_len(frame) as u64,
+            Item::Message { frame, .. } => frame.body_len() as u64,
             Item::Receipt { .. } => 0,
         }
     }
@@ -965,7 +964,7 @@ impl<Io> Shard<Io> {
                                 receipt: *receipt,
                                 stored_ms: entry.stored_ms,
                                 receivers: vec![(user, entry.seq)],
-                                body: crate::outbound::deliver_body(frame),
+                                body: frame.body(),
                             });
                         }
                     },
@@ -1023,8 +1022,10 @@ impl<Io> Shard<Io> {
                 receivers,
                 body,
             } => {
-                let frame = relayhub_protocol::encode_deliver(from, &body)
-                    .expect("a stored body fits a deliver frame");
+                let frame = SharedBody::Frame(
+                    relayhub_protocol::encode_deliver(from, &body)
+                        .expect("a stored body fits a deliver frame"),
+                );
                 for &(user, _) in &receivers {
                     self.mark_stored(user, from, message_id, stored_ms);
                 }
