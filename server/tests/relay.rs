@@ -229,7 +229,14 @@ fn pipelined_large_bodies_arrive_intact_on_both_shards() {
     let mut near = groups[0].pop().unwrap();
     let mut far = groups[1].pop().unwrap();
     let ids = [near.user_id(), far.user_id()];
-    let sizes = [BODY_BYTES_MAX, 256 * 1024, 300_001, BODY_BYTES_MAX - 7, 5, 700_000];
+    let sizes = [
+        BODY_BYTES_MAX,
+        256 * 1024,
+        300_001,
+        BODY_BYTES_MAX - 7,
+        5,
+        700_000,
+    ];
     let bodies: Vec<Vec<u8>> = sizes
         .iter()
         .enumerate()
