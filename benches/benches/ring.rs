@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use relayhub_benches::pin_to_core;
 
 /// Core of the producer thread or executor.
 const PRODUCER_CORE: usize = 0;
@@ -48,24 +49,6 @@ const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
 /// whole executor from another core costs microseconds, which an executor
 /// that idles between bursts pays per burst unless it spins a little first.
 const GLOMMIO_SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
-
-/// Pins the calling thread to `core`; a machine without it just runs unpinned.
-fn pin_to_core(core: usize) {
-    // SAFETY: `cpu_set_t` is plain old data, for which all-zero is the empty
-    // set; CPU_SET writes within it for any core below CPU_SETSIZE (1024), and
-    // sched_setaffinity only reads `set` for the given size.
-    let result = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if result != 0 {
-        eprintln!(
-            "could not pin to core {core}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// Moves `messages` from `produce` (on this thread, pinned to the producer
 /// core) to `consume` (a fresh thread pinned to the consumer core) and
