@@ -135,6 +135,11 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
         move |error| DataDirError::Io(path, error)
     };
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    // Absolute from here on: the shards open their directories through
+    // glommio, whose `Directory::open` passes no working directory to
+    // `openat` and fails a relative path with EBADF (the default
+    // `relayhub-data/` is relative), which made every compaction fail.
+    let data_dir = &fs::canonicalize(data_dir).map_err(io(data_dir))?;
     let meta = data_dir.join(META_FILE);
     match fs::read_to_string(&meta) {
         Ok(text) => {

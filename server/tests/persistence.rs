@@ -33,6 +33,22 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// A data directory named relative to the working directory, as the
+    /// default `relayhub-data/` is.
+    fn relative(name: &str) -> DataDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = PathBuf::from(format!(
+            "relayhub-test-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        assert!(dir.is_relative());
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+}
+
 impl Drop for DataDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -498,4 +514,36 @@ fn a_compaction_keeps_fan_out_entries_for_every_receiver() {
             other => panic!("user {user}: expected its delivery, got {other:?}"),
         }
     }
+}
+
+/// A data directory given as a relative path (the default is
+/// `relayhub-data/`) compacts like an absolute one: a compaction once
+/// failed on every attempt there (EBADF opening the shard's directory), so
+/// acked messages were never freed from the log.
+#[test]
+fn a_relative_data_dir_compacts() {
+    let dir = DataDir::relative("relative");
+    let path = dir.0.clone();
+    let hub = start(1, move |config| {
+        config.storage = Storage::Disk;
+        config.data_dir = path;
+        config.disk_bytes_max = 2 << 20;
+    });
+    let addr = hub.local_addr();
+    let mut sender = RawV2::durable(addr);
+    let mut churn = RawV2::durable(addr);
+    let body = vec![5u8; 64 << 10];
+    let mut id = 0;
+    while hub.stats().compactions == 0 {
+        assert!(id < 500, "no compaction after {id} relays: {}", hub.stats());
+        id += 1;
+        sender.relay(id, id, &[churn.user], &body);
+        stored(&mut sender);
+        let HubMessageV2::DeliverV2(deliver) = churn.next() else {
+            panic!("expected the churn delivery")
+        };
+        churn.send(&Ack { upto: deliver.seq });
+    }
+    let stats = hub.shutdown();
+    assert_eq!(stats.log_write_errors, 0, "{stats}");
 }
