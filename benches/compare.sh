@@ -33,16 +33,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# With autogroup scheduling (Linux' default), nice only ranks processes of
-# one session; a session of our own with its autogroup at nice -20 takes
-# the cores from builds and fuzzers running in other sessions.
-if [[ -n ${PRIORITY:-} && -z ${COMPARE_SH_SESSION:-} ]]; then
-    export COMPARE_SH_SESSION=1
-    exec setsid -w "$0" "$@"
-fi
-if [[ -n ${PRIORITY:-} ]]; then
-    echo -20 >/proc/self/autogroup 2>/dev/null || echo "compare.sh: cannot raise the autogroup priority (needs root)" >&2
-fi
+NAME=compare.sh
+source benches/lib.sh
+bench_priority "$@"
 
 OUT=${OUT:-docs/reports}
 DURATION=${DURATION:-10s}
@@ -77,19 +70,7 @@ for program in nats-server redis-server python3 taskset; do
     command -v "$program" >/dev/null || { echo "compare.sh: $program not found (apt-get install -y nats-server redis-server)" >&2; exit 1; }
 done
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
 
-port_free() {
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-        echo "compare.sh: port $1 is already in use: stop that server or set ${2}_PORT" >&2
-        exit 1
-    fi
-}
 # ONLY="relay-64b-closed relay-1mib": run just these rows (and their sink
 # runs, named headroom-*), e.g. to re-check rows after a change.
 selected() {
@@ -109,16 +90,6 @@ port_free "$REDIS_PORT" REDIS
 [[ -n $hub2 ]] && port_free "$HUB2_PORT" HUB2
 [[ -z ${SKIP_SINK:-} ]] && port_free "$SINK_PORT" SINK
 
-# wait_port PORT PID: until PORT accepts, failing if PID died.
-wait_port() {
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "compare.sh: the server for port $1 exited (see $OUT/*.log)" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "compare.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 mkdir -p "$OUT"
 targets=()

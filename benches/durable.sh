@@ -40,13 +40,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n ${PRIORITY:-} && -z ${DURABLE_SH_SESSION:-} ]]; then
-    export DURABLE_SH_SESSION=1
-    exec setsid -w "$0" "$@"
-fi
-if [[ -n ${PRIORITY:-} ]]; then
-    echo -20 >/proc/self/autogroup 2>/dev/null || echo "durable.sh: cannot raise the autogroup priority (needs root)" >&2
-fi
+NAME=durable.sh
+source benches/lib.sh
+bench_priority "$@"
 
 OUT=${OUT:-docs/reports/durable}
 DURATION=${DURATION:-10s}
@@ -82,32 +78,11 @@ done
 
 store=$(mktemp -d -t relayhub-durable-js.XXXXXX)
 data=$(mktemp -d -t relayhub-durable-hub.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$store" "$data"
-}
-trap cleanup EXIT INT TERM
+scratch_dirs+=("$store" "$data")
 
-port_free() {
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-        echo "durable.sh: port $1 is already in use: stop that server or set ${2}_PORT" >&2
-        exit 1
-    fi
-}
 port_free "$NATS_PORT" NATS
 [[ -n ${REDIS:-} ]] && port_free "$REDIS_PORT" REDIS
 
-wait_port() {
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "durable.sh: the server for port $1 exited (see $OUT/*.log)" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "durable.sh: nothing listens on port $1" >&2
-    exit 1
-}
 
 # ONLY="dedup policies": run just these sections.
 section() {

@@ -14,13 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n ${PRIORITY:-} && -z ${HEADROOM_SH_SESSION:-} ]]; then
-    export HEADROOM_SH_SESSION=1
-    exec setsid -w "$0" "$@"
-fi
-if [[ -n ${PRIORITY:-} ]]; then
-    echo -20 >/proc/self/autogroup 2>/dev/null || echo "headroom.sh: cannot raise the autogroup priority (needs root)" >&2
-fi
+NAME=headroom.sh
+source benches/lib.sh
+bench_priority "$@"
 
 OUT=${OUT:-docs/reports}
 DURATION=${DURATION:-8s}
@@ -38,28 +34,9 @@ if [[ -z ${NO_BUILD:-} ]]; then
     cargo build --release -p relayhub-loadgen -p relayhub-server
 fi
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
 
-wait_port() {
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "headroom.sh: the server for port $1 exited" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "headroom.sh: nothing listens on port $1" >&2
-    exit 1
-}
-for port in "$HUB_PORT" "$SINK_PORT"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "headroom.sh: port $port is already in use" >&2
-        exit 1
-    fi
-done
+port_free "$HUB_PORT" HUB
+port_free "$SINK_PORT" SINK
 
 mkdir -p "$OUT"
 work=$(mktemp -d)

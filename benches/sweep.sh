@@ -15,13 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n ${PRIORITY:-} && -z ${SWEEP_SH_SESSION:-} ]]; then
-    export SWEEP_SH_SESSION=1
-    exec setsid -w "$0" "$@"
-fi
-if [[ -n ${PRIORITY:-} ]]; then
-    echo -20 >/proc/self/autogroup 2>/dev/null || echo "sweep.sh: cannot raise the autogroup priority (needs root)" >&2
-fi
+NAME=sweep.sh
+source benches/lib.sh
+bench_priority "$@"
 
 OUT=${OUT:-docs/reports/capacity}
 BUDGET=${BUDGET:-18m}
@@ -46,23 +42,8 @@ for program in nats-server redis-server taskset; do
 done
 
 scratch=$(mktemp -d -t relayhub-sweep.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$scratch"
-}
-trap cleanup EXIT INT TERM
+scratch_dirs+=("$scratch")
 
-wait_port() {
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "sweep.sh: the server for port $1 exited (see $OUT/*.log)" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "sweep.sh: nothing listens on port $1" >&2
-    exit 1
-}
 # serve NAME PORT COMMAND...: a server on SERVER_CORE; sets served_pid.
 serve() {
     local name=$1 port=$2
