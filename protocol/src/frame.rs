@@ -129,11 +129,17 @@ pub fn encode<M: Message>(message: &M, out: &mut BytesMut) -> Result<usize, Enco
         out.truncate(frame_start);
         return Err(EncodeError::FrameTooLarge { len });
     }
-    let header = &mut out[frame_start..archive_start];
-    header[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-    header[4..6].copy_from_slice(&M::KIND.to_le_bytes());
-    header[6..8].copy_from_slice(&0u16.to_le_bytes());
+    out[frame_start..archive_start].copy_from_slice(&frame_header(M::KIND, len));
     Ok(FRAME_HEADER_BYTES + len)
+}
+
+/// The 8-byte header of a frame of `kind` whose archive is `archive_len`
+/// bytes long (flags 0).
+pub(crate) fn frame_header(kind: u16, archive_len: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [0; FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&(archive_len as u32).to_le_bytes());
+    header[4..6].copy_from_slice(&kind.to_le_bytes());
+    header
 }
 
 /// Builds the `Deliver` frame for one relay, once, as a shareable buffer.

@@ -9,8 +9,8 @@ use std::{collections::VecDeque, io::IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
 use relayhub_protocol::{
-    deliver_frame_len, deliver_header, deliver_tail, deliver_v2_frame_len, deliver_v2_root, encode,
-    encode_deliver, kind, DeliverV2Meta, Error as ErrorFrame, ErrorCodeV2, Message, SharedFrame,
+    deliver_frame_len, deliver_header, deliver_tail, deliver_v2_header, deliver_v2_tail, encode,
+    encode_deliver, DeliverV2Meta, Error as ErrorFrame, ErrorCodeV2, Message, SharedFrame,
     FRAME_HEADER_BYTES,
 };
 
@@ -26,9 +26,6 @@ pub const SHARED_FRAME_HANDLE_BYTES: usize = 64;
 /// of sharing the relay's buffer.
 pub const INLINE_BODY_BYTES_MAX: usize = 4096;
 
-/// Zeros that pad a body to its root's 8-byte alignment.
-const PADDING: [u8; 8] = [0; 8];
-
 /// The body length of a version-1 `Deliver` frame built by the hub
 /// (`encode_deliver`): the last 4 bytes of its root.
 pub fn deliver_body_len(frame: &[u8]) -> usize {
@@ -42,10 +39,14 @@ pub fn deliver_body_len(frame: &[u8]) -> usize {
     len
 }
 
+/// Where the body of a version-1 `Deliver` frame built by the hub lies.
+fn deliver_body_range(frame: &[u8]) -> std::ops::Range<usize> {
+    FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + deliver_body_len(frame)
+}
+
 /// The body of a version-1 `Deliver` frame built by the hub.
 pub fn deliver_body(frame: &Bytes) -> Bytes {
-    let len = deliver_body_len(frame);
-    frame.slice(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len)
+    frame.slice(deliver_body_range(frame))
 }
 
 /// A relay's body as a shard keeps it for all its local receivers: one
@@ -85,9 +86,7 @@ impl SharedBody {
     /// The body's bytes.
     pub fn body_slice(&self) -> &[u8] {
         match self {
-            SharedBody::Frame(frame) => {
-                &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + deliver_body_len(frame)]
-            }
+            SharedBody::Frame(frame) => &frame[deliver_body_range(frame)],
             SharedBody::Body { body, .. } => body,
         }
     }
@@ -230,7 +229,7 @@ impl Outbound {
             SharedBody::Frame(frame) => self.push_shared(frame.clone()),
             SharedBody::Body { from, body } => {
                 let (tail, tail_len) = deliver_tail(*from, body.len());
-                self.push_around(&deliver_header(body.len()), shared, &[&tail[..tail_len]])
+                self.push_around(&deliver_header(body.len()), shared, &tail[..tail_len])
             }
         }
     }
@@ -244,26 +243,20 @@ impl Outbound {
         meta: DeliverV2Meta,
     ) -> Result<(), PushError> {
         let body_len = shared.body_len();
-        let len = deliver_v2_frame_len(body_len);
-        let archive_len = u32::try_from(len - FRAME_HEADER_BYTES).expect("a frame length fits u32");
-        let mut header = [0; FRAME_HEADER_BYTES];
-        header[..4].copy_from_slice(&archive_len.to_le_bytes());
-        header[4..6].copy_from_slice(&kind::DELIVER_V2.to_le_bytes());
-        let root = deliver_v2_root(meta, body_len);
-        let padding = body_len.next_multiple_of(8) - body_len;
-        self.push_around(&header, shared, &[&PADDING[..padding], &root])
+        let (tail, tail_len) = deliver_v2_tail(meta, body_len);
+        self.push_around(&deliver_v2_header(body_len), shared, &tail[..tail_len])
     }
 
     /// Queues `header`, the shared body (copied in place when small, else
-    /// shared) and the `tail` pieces, as one frame.
+    /// shared) and `tail`, as one frame.
     fn push_around(
         &mut self,
         header: &[u8],
         shared: &SharedBody,
-        tail: &[&[u8]],
+        tail: &[u8],
     ) -> Result<(), PushError> {
         let body = shared.body_slice();
-        let len = header.len() + body.len() + tail.iter().map(|part| part.len()).sum::<usize>();
+        let len = header.len() + body.len() + tail.len();
         self.admit(len + 2 * SHARED_FRAME_HANDLE_BYTES)?;
         self.small.extend_from_slice(header);
         if body.len() <= INLINE_BODY_BYTES_MAX {
@@ -272,9 +265,7 @@ impl Outbound {
             self.frames.push_back(self.small.split().freeze());
             self.frames.push_back(shared.body());
         }
-        for part in tail {
-            self.small.extend_from_slice(part);
-        }
+        self.small.extend_from_slice(tail);
         self.queued_bytes += len;
         self.wake_writer();
         Ok(())

@@ -55,7 +55,7 @@ pub mod side;
 pub use error::ErrorCodeV2;
 pub use message::*;
 pub use side::{
-    deliver_header, deliver_tail, deliver_v2_frame_len, deliver_v2_prefix, deliver_v2_root,
-    encode_deliver_v2, relay_v2_frame_len, ClientSideV2, DeliverV2Meta, HubSideV2,
-    DELIVER_ROOT_BYTES, DELIVER_V2_ROOT_BYTES,
+    deliver_header, deliver_tail, deliver_v2_frame_len, deliver_v2_header, deliver_v2_prefix,
+    deliver_v2_root, deliver_v2_tail, encode_deliver_v2, relay_v2_frame_len, ClientSideV2,
+    DeliverV2Meta, HubSideV2, DELIVER_ROOT_BYTES, DELIVER_V2_ROOT_BYTES,
 };

@@ -335,9 +335,7 @@ pub fn deliver_v2_prefix(body: &[u8]) -> Result<Bytes, EncodeError> {
     }
     let prefix_len = frame_len - DELIVER_V2_ROOT_BYTES;
     let mut out = BytesMut::with_capacity(prefix_len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&kind::DELIVER_V2.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&deliver_v2_header(body.len()));
     out.extend_from_slice(body);
     out.resize(prefix_len, 0);
     Ok(out.freeze())
@@ -363,21 +361,41 @@ pub const DELIVER_ROOT_BYTES: usize = size_of::<crate::ArchivedDeliver>();
 /// Returns the tail buffer and its length (padding + root).
 pub fn deliver_tail(from: u64, body_len: usize) -> ([u8; 8 + DELIVER_ROOT_BYTES], usize) {
     let root_pos = body_len.next_multiple_of(align_of::<crate::ArchivedDeliver>());
-    let padding = root_pos - body_len;
-    let root = archive_root::<_, DELIVER_ROOT_BYTES>(&DeliverRoot { from, body_len }, root_pos);
-    let mut tail = [0; 8 + DELIVER_ROOT_BYTES];
-    tail[padding..padding + DELIVER_ROOT_BYTES].copy_from_slice(&root);
-    (tail, padding + DELIVER_ROOT_BYTES)
+    padded(
+        &archive_root::<_, DELIVER_ROOT_BYTES>(&DeliverRoot { from, body_len }, root_pos),
+        body_len,
+    )
 }
 
 /// The header of a version-1 `Deliver` frame whose body is `body_len`
 /// bytes long (see [`deliver_tail`]).
 pub fn deliver_header(body_len: usize) -> [u8; FRAME_HEADER_BYTES] {
     let len = crate::deliver_frame_len(body_len) - FRAME_HEADER_BYTES;
-    let mut header = [0; FRAME_HEADER_BYTES];
-    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    header[4..6].copy_from_slice(&kind::DELIVER.to_le_bytes());
-    header
+    crate::frame::frame_header(kind::DELIVER, len)
+}
+
+/// [`deliver_tail`] for a `DeliverV2`: the padding after the body, then
+/// the receiver's [`deliver_v2_root`].
+pub fn deliver_v2_tail(
+    meta: DeliverV2Meta,
+    body_len: usize,
+) -> ([u8; 8 + DELIVER_V2_ROOT_BYTES], usize) {
+    padded(&deliver_v2_root(meta, body_len), body_len)
+}
+
+/// The header of a `DeliverV2` frame whose body is `body_len` bytes long.
+pub fn deliver_v2_header(body_len: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let len = deliver_v2_frame_len(body_len) - FRAME_HEADER_BYTES;
+    crate::frame::frame_header(kind::DELIVER_V2, len)
+}
+
+/// The zeros that pad a body of `body_len` bytes to 8, then `root`, in an
+/// array of `M` (= 8 + `N`) bytes; the second value is the length used.
+fn padded<const N: usize, const M: usize>(root: &[u8; N], body_len: usize) -> ([u8; M], usize) {
+    let padding = body_len.next_multiple_of(8) - body_len;
+    let mut tail = [0; M];
+    tail[padding..padding + N].copy_from_slice(root);
+    (tail, padding + N)
 }
 
 /// Archives a root alone, its body's bytes at archive position 0 and the
@@ -484,7 +502,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_body_and_tail_make_a_whole_version_1_deliver() {
+    fn header_body_and_tail_make_a_whole_deliver_of_either_version() {
         let body: Vec<u8> = (0..=255).cycle().take(70_000).collect();
         for body_len in [0, 1, 7, 8, 9, 15, 16, 17, 4095, 65_537, 70_000] {
             let whole = crate::encode_deliver(0x0102_0304_0506_0708, &body[..body_len]).unwrap();
@@ -498,6 +516,23 @@ mod tests {
                 .concat(),
                 whole,
                 "body of {body_len}"
+            );
+            let meta = DeliverV2Meta {
+                from: 3,
+                seq: 9,
+                message_id: 11,
+                flags: flags::REDELIVERY,
+            };
+            let (tail, tail_len) = deliver_v2_tail(meta, body_len);
+            assert_eq!(
+                [
+                    &deliver_v2_header(body_len)[..],
+                    &body[..body_len],
+                    &tail[..tail_len]
+                ]
+                .concat(),
+                encode_deliver_v2(meta, &body[..body_len]).unwrap(),
+                "version 2, body of {body_len}"
             );
         }
     }
