@@ -21,31 +21,74 @@ use relayhub_server::config::{Fsync, Storage};
 struct DataDir(PathBuf);
 
 impl DataDir {
+    /// Under the temporary directory.
     fn new(name: &str) -> DataDir {
+        DataDir::at(std::env::temp_dir().join(DataDir::unique(name)))
+    }
+
+    /// Named relative to the working directory, as the default
+    /// `relayhub-data/` is.
+    fn relative(name: &str) -> DataDir {
+        let dir = DataDir::at(PathBuf::from(DataDir::unique(name)));
+        assert!(dir.0.is_relative());
+        dir
+    }
+
+    /// A name no other test of this process uses.
+    fn unique(name: &str) -> String {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
+        format!(
             "relayhub-test-{name}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        )
+    }
+
+    fn at(dir: PathBuf) -> DataDir {
         let _ = std::fs::remove_dir_all(&dir);
         DataDir(dir)
     }
 }
 
-impl DataDir {
-    /// A data directory named relative to the working directory, as the
-    /// default `relayhub-data/` is.
-    fn relative(name: &str) -> DataDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = PathBuf::from(format!(
-            "relayhub-test-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        assert!(dir.is_relative());
-        let _ = std::fs::remove_dir_all(&dir);
-        DataDir(dir)
+/// A hub on one shard whose log may hold 2 MiB: a few 64 KiB relays fill
+/// it, and acks let it compact.
+fn small_log_hub(dir: &Path) -> relayhub_server::Hub {
+    start(1, small_log(dir))
+}
+
+fn small_log(dir: &Path) -> impl Fn(&mut relayhub_server::Config) + Clone {
+    let dir = dir.to_path_buf();
+    move |config| {
+        config.storage = Storage::Disk;
+        config.data_dir = dir.clone();
+        config.disk_bytes_max = 2 << 20;
+    }
+}
+
+/// Relays 64 KiB bodies from `sender` to `churn`, which acks each, until
+/// the log has compacted (within 499 relays); ids from `first`.
+fn churn_until_compacted(
+    hub: &relayhub_server::Hub,
+    sender: &mut RawV2,
+    churn: &mut RawV2,
+    first: u64,
+) {
+    let body = vec![3u8; 64 << 10];
+    let mut id = first;
+    while hub.stats().compactions == 0 {
+        assert!(
+            id < first + 499,
+            "no compaction after {} relays: {}",
+            id - first,
+            hub.stats()
+        );
+        sender.relay(id, id, &[churn.user], &body);
+        stored(sender);
+        let HubMessageV2::DeliverV2(deliver) = churn.next() else {
+            panic!("expected the churn delivery")
+        };
+        churn.send(&Ack { upto: deliver.seq });
+        id += 1;
     }
 }
 
@@ -395,12 +438,7 @@ fn corruption_in_the_middle_refuses_to_start() {
 #[test]
 fn a_full_log_refuses_with_storage_full_and_acks_free_it() {
     let dir = DataDir::new("full");
-    let path = dir.0.clone();
-    let hub = start(1, move |config| {
-        config.storage = Storage::Disk;
-        config.data_dir = path;
-        config.disk_bytes_max = 2 << 20;
-    });
+    let hub = small_log_hub(&dir.0);
     let addr = hub.local_addr();
     let mut sender = RawV2::durable(addr);
     let receiver = RawV2::durable(addr);
@@ -473,12 +511,7 @@ fn a_full_log_refuses_with_storage_full_and_acks_free_it() {
 #[test]
 fn a_compaction_keeps_fan_out_entries_for_every_receiver() {
     let dir = DataDir::new("compact-fanout");
-    let path = dir.0.clone();
-    let config = move |config: &mut relayhub_server::Config| {
-        config.storage = Storage::Disk;
-        config.data_dir = path.clone();
-        config.disk_bytes_max = 2 << 20;
-    };
+    let config = small_log(&dir.0);
     let (receivers, tokens);
     {
         let hub = start(1, config.clone());
@@ -492,18 +525,7 @@ fn a_compaction_keeps_fan_out_entries_for_every_receiver() {
         stored(&mut sender);
         // Churn through an acking receiver until the log compacts.
         let mut churn = RawV2::durable(addr);
-        let body = vec![3u8; 64 << 10];
-        let mut id = 1;
-        while hub.stats().compactions == 0 {
-            assert!(id < 500, "no compaction after {id} relays");
-            id += 1;
-            sender.relay(id, id, &[churn.user], &body);
-            stored(&mut sender);
-            let HubMessageV2::DeliverV2(deliver) = churn.next() else {
-                panic!("expected the churn delivery")
-            };
-            churn.send(&Ack { upto: deliver.seq });
-        }
+        churn_until_compacted(&hub, &mut sender, &mut churn, 2);
         hub.shutdown();
     }
     let hub = start(1, config);
@@ -523,27 +545,11 @@ fn a_compaction_keeps_fan_out_entries_for_every_receiver() {
 #[test]
 fn a_relative_data_dir_compacts() {
     let dir = DataDir::relative("relative");
-    let path = dir.0.clone();
-    let hub = start(1, move |config| {
-        config.storage = Storage::Disk;
-        config.data_dir = path;
-        config.disk_bytes_max = 2 << 20;
-    });
+    let hub = small_log_hub(&dir.0);
     let addr = hub.local_addr();
     let mut sender = RawV2::durable(addr);
     let mut churn = RawV2::durable(addr);
-    let body = vec![5u8; 64 << 10];
-    let mut id = 0;
-    while hub.stats().compactions == 0 {
-        assert!(id < 500, "no compaction after {id} relays: {}", hub.stats());
-        id += 1;
-        sender.relay(id, id, &[churn.user], &body);
-        stored(&mut sender);
-        let HubMessageV2::DeliverV2(deliver) = churn.next() else {
-            panic!("expected the churn delivery")
-        };
-        churn.send(&Ack { upto: deliver.seq });
-    }
+    churn_until_compacted(&hub, &mut sender, &mut churn, 1);
     let stats = hub.shutdown();
     assert_eq!(stats.log_write_errors, 0, "{stats}");
 }
