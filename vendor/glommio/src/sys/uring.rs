@@ -1257,9 +1257,8 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// When the armed `latency_preemption_timeout_src` fires.
-    latency_preemption_deadline: Cell<Option<Instant>>,
+    /// The latency ring's armed timer, and when it fires.
+    latency_preemption_timeout_src: Cell<Option<(Source, Instant)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1408,7 +1407,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1876,15 +1874,11 @@ impl Reactor {
         // turn (one per message when messages travel alone). Below, it is
         // replaced only when it would fire later than needed.
         let now = Instant::now();
-        if self
+        let armed = self
             .latency_preemption_timeout_src
             .take()
-            .filter(|timer| timer.result().is_none())
-            .map(|timer| self.latency_preemption_timeout_src.set(Some(timer)))
-            .is_none()
-        {
-            self.latency_preemption_deadline.set(None);
-        }
+            .filter(|(timer, _)| timer.result().is_none());
+        self.latency_preemption_timeout_src.set(armed);
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping. One that is still armed stays: it counts completions since it
@@ -1971,17 +1965,14 @@ impl Reactor {
     /// new timer was prepared (the latency ring must be flushed).
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, now: Instant, duration: Duration) -> bool {
         let wanted = now + duration;
-        if self
-            .latency_preemption_deadline
-            .get()
-            .is_some_and(|deadline| deadline <= wanted)
-        {
+        let armed = self.latency_preemption_timeout_src.take();
+        if let Some((timer, deadline)) = armed.filter(|(_, deadline)| *deadline <= wanted) {
+            self.latency_preemption_timeout_src.set(Some((timer, deadline)));
             return false;
         }
-        // Dropping the old source (if any) cancels it.
+        // The old source (if any) was dropped above, which cancels it.
         self.latency_preemption_timeout_src
-            .set(Some(lat_ring.prepare_latency_preemption_timer(duration)));
-        self.latency_preemption_deadline.set(Some(wanted));
+            .set(Some((lat_ring.prepare_latency_preemption_timer(duration), wanted)));
         true
     }
 
