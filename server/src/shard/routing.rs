@@ -4,8 +4,8 @@
 //! relay once every receiver's shard has handled it.
 
 use relayhub_protocol::{
-    encode_deliver, flags, ArchivedRelayV2, ArchivedUserId, DeliverRef, DeliverV2Ref, ErrorCodeV2,
-    SharedFrame, Stored, RECEIVERS_MAX, VERSION,
+    flags, ArchivedRelayV2, ArchivedUserId, DeliverRef, DeliverV2Ref, ErrorCodeV2, SharedFrame,
+    Stored, RECEIVERS_MAX, VERSION,
 };
 
 use super::{
@@ -405,9 +405,7 @@ impl<Io> Shard<Io> {
             }
             let frame = match delivery {
                 Delivery::Shared(frame) => frame.clone(),
-                Delivery::Inline(body) => SharedBody::Frame(
-                    encode_deliver(relay.from, body).expect("a relay's body fits a deliver frame"),
-                ),
+                Delivery::Inline(body) => SharedBody::new(relay.from, body, None),
             };
             let item = Item::Message {
                 from: relay.from,

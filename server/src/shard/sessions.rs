@@ -1022,10 +1022,7 @@ impl<Io> Shard<Io> {
                 receivers,
                 body,
             } => {
-                let frame = SharedBody::Frame(
-                    relayhub_protocol::encode_deliver(from, &body)
-                        .expect("a stored body fits a deliver frame"),
-                );
+                let frame = SharedBody::new(from, &body, None);
                 for &(user, _) in &receivers {
                     self.mark_stored(user, from, message_id, stored_ms);
                 }
