@@ -1963,10 +1963,19 @@ impl Reactor {
     /// Makes sure the latency ring's timer fires within `duration` of
     /// `now`: keeps the armed one if it does, else replaces it. True when a
     /// new timer was prepared (the latency ring must be flushed).
+    ///
+    /// A timer whose completion has been consumed is not armed any more,
+    /// whatever its deadline says (a fired timer's deadline is in the past,
+    /// so it would always look early enough): `wait` consumes the rings
+    /// again after it filtered fired timers out, and a timer that fired in
+    /// between, if kept, left the executor asleep with no timer at all.
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, now: Instant, duration: Duration) -> bool {
         let wanted = now + duration;
         let armed = self.latency_preemption_timeout_src.take();
-        if let Some((timer, deadline)) = armed.filter(|(_, deadline)| *deadline <= wanted) {
+        let still_armed = |(timer, deadline): &(Source, Instant)| {
+            timer.result().is_none() && *deadline <= wanted
+        };
+        if let Some((timer, deadline)) = armed.filter(still_armed) {
             self.latency_preemption_timeout_src.set(Some((timer, deadline)));
             return false;
         }
