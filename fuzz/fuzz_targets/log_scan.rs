@@ -5,8 +5,10 @@
 //! Asserts: no panic; every chunking gives the same records and verdict;
 //! a clean or torn-tail scan's valid bytes are a whole number of 8-byte
 //! words within the input, and re-encoding the records it read gives
-//! exactly those bytes (nothing was skipped or invented); corruption names
-//! an offset inside the input with a valid record after it.
+//! exactly those bytes (nothing was skipped or invented), and each record's
+//! offset and length (what an entry keeps to read its body back) decode to
+//! that record; corruption names an offset inside the input with a valid
+//! record after it.
 #![no_main]
 
 use bytes::BytesMut;
@@ -16,9 +18,11 @@ use relayhub_server::store::{
     recovery::{Corruption, Scan, Scanner},
 };
 
-fn scan(bytes: &[u8], chunk: usize) -> (Result<Scan, Corruption>, Vec<Record>) {
+type Found = (Record, u64, usize);
+
+fn scan(bytes: &[u8], chunk: usize) -> (Result<Scan, Corruption>, Vec<Found>) {
     let mut records = Vec::new();
-    let mut scanner = Scanner::new(|record| records.push(record));
+    let mut scanner = Scanner::new(|record, offset, len| records.push((record, offset, len)));
     for piece in bytes.chunks(chunk.max(1)) {
         scanner.feed(piece);
     }
@@ -43,8 +47,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(valid % RECORD_ALIGN_BYTES, 0);
             assert_eq!(scan.records as usize, records.len());
             let mut again = BytesMut::new();
-            for record in &records {
-                encode(record, &mut again);
+            for (record, offset, len) in &records {
+                assert_eq!(*offset as usize, again.len(), "records are contiguous");
+                assert_eq!(encode(record, &mut again), *len, "the length is the record's");
+                let at = &file[*offset as usize..*offset as usize + len];
+                assert_eq!(decode(at), Ok(Some((record.clone(), *len))));
             }
             assert_eq!(
                 &again[..],

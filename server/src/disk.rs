@@ -30,8 +30,10 @@
 //! [`GROW_RETRY`] while limited, so space freed by others is used.
 
 use std::{
+    cell::RefCell,
     fs, io,
     path::{Path, PathBuf},
+    rc::Rc,
     time::Instant,
 };
 
@@ -39,7 +41,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use crate::{
     config::Fsync,
-    shard::{LogBatch, Shard},
+    shard::{record_len, LogBatch, LogPos, Shard},
     store::recovery::{Scan, Scanner, Verdict},
 };
 
@@ -63,6 +65,10 @@ pub const GROW_RETRY: std::time::Duration = std::time::Duration::from_millis(100
 
 /// Bytes read per recovery read: 8 MiB.
 pub const RECOVERY_READ_BYTES: usize = 8 << 20;
+
+/// Bytes a compaction gathers (its records and the records it copies from
+/// the current file) before each write of the new file: 4 MiB.
+pub const COMPACTION_WRITE_BYTES: usize = 4 << 20;
 
 /// Name of the file that records the shard count.
 const META_FILE: &str = "meta";
@@ -205,11 +211,81 @@ pub struct Recovered {
     pub file: PathBuf,
 }
 
+/// The log files that records may be read back from, by generation: the
+/// current one, and during a compaction's switch the one before (kept open
+/// until the core has moved its entries' positions to the new file).
+#[derive(Clone, Default)]
+pub struct LogFiles(Rc<RefCell<Vec<OpenGeneration>>>);
+
+/// A generation's number and its open file.
+type OpenGeneration = (u64, Rc<DmaFile>);
+
+/// Why a record could not be read back.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file of the record's generation is not open (a bug).
+    NoFile(u64),
+    /// The read failed.
+    Io(glommio::GlommioError<()>),
+    /// The file ended before the record did.
+    Short {
+        /// Bytes read.
+        read: usize,
+    },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NoFile(generation) => write!(f, "log generation {generation} is not open"),
+            ReadError::Io(error) => write!(f, "{error}"),
+            ReadError::Short { read } => write!(f, "the file ends {read} bytes into the record"),
+        }
+    }
+}
+
+impl LogFiles {
+    fn set(&self, generation: u64, file: Rc<DmaFile>) {
+        self.0.borrow_mut().push((generation, file));
+    }
+
+    /// Closes every file but the newest one.
+    pub fn retire_old(&self) {
+        let mut files = self.0.borrow_mut();
+        let keep = files.len().saturating_sub(1);
+        files.drain(..keep);
+    }
+
+    fn get(&self, generation: u64) -> Option<Rc<DmaFile>> {
+        let files = self.0.borrow();
+        files
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, file)| file.clone())
+    }
+
+    /// Reads the record at `pos` (its bytes, or more).
+    pub async fn read(&self, pos: LogPos) -> Result<glommio::io::ReadResult, ReadError> {
+        let generation = u64::from(pos.generation);
+        let file = self.get(generation).ok_or(ReadError::NoFile(generation))?;
+        let read = file
+            .read_at(pos.offset, pos.len.get() as usize)
+            .await
+            .map_err(ReadError::Io)?;
+        if read.len() < pos.len.get() as usize {
+            return Err(ReadError::Short { read: read.len() });
+        }
+        Ok(read)
+    }
+}
+
 /// A shard's open log.
 pub struct DiskLog {
     dir: PathBuf,
     generation: u64,
-    file: DmaFile,
+    file: Rc<DmaFile>,
+    /// The files records are read back from.
+    readable: LogFiles,
     /// File offset of `tail`'s first byte (a multiple of the alignment).
     write_offset: u64,
     /// The bytes of the last, partial block.
@@ -236,7 +312,7 @@ pub enum LogWriteError {
     NotSynced(glommio::GlommioError<()>),
 }
 
-async fn scan_file<F: FnMut(crate::store::record::Record)>(
+async fn scan_file<F: FnMut(crate::store::record::Record, u64, usize)>(
     file: &DmaFile,
     apply: F,
 ) -> glommio::Result<Result<Scan, crate::store::recovery::Corruption>, ()> {
@@ -280,7 +356,7 @@ impl DiskLog {
             if *generation > 0 {
                 let file = DmaFile::open(path).await.map_err(io_error(path))?;
                 let complete = matches!(
-                    scan_file(&file, |_| {}).await.map_err(io_error(path))?,
+                    scan_file(&file, |_, _, _| {}).await.map_err(io_error(path))?,
                     Ok(scan) if scan.snapshot_complete
                 );
                 file.close().await.map_err(io_error(path))?;
@@ -300,14 +376,23 @@ impl DiskLog {
             .dma_open(&path)
             .await
             .map_err(io_error(&path))?;
-        let scan = scan_file(&file, |record| shard.recover(now_ms, record))
-            .await
-            .map_err(io_error(&path))?
-            .map_err(|corruption| DataDirError::Corrupt {
-                file: path.clone(),
-                offset: corruption.offset,
-                next_valid: corruption.next_valid,
-            })?;
+        shard.begin_recovery(generation);
+        let record_generation = u32::try_from(generation).expect("fewer than 2^32 compactions");
+        let scan = scan_file(&file, |record, offset, len| {
+            let pos = LogPos {
+                generation: record_generation,
+                len: record_len(len),
+                offset,
+            };
+            shard.recover(now_ms, record, pos)
+        })
+        .await
+        .map_err(io_error(&path))?
+        .map_err(|corruption| DataDirError::Corrupt {
+            file: path.clone(),
+            offset: corruption.offset,
+            next_valid: corruption.next_valid,
+        })?;
         if let Verdict::TornTail { dropped_bytes } = scan.verdict {
             tracing::warn!(
                 file = %path.display(),
@@ -332,10 +417,14 @@ impl DiskLog {
         } else {
             Vec::new()
         };
+        let file = Rc::new(file);
+        let readable = LogFiles::default();
+        readable.set(generation, file.clone());
         let mut log = DiskLog {
             dir: files.dir.clone(),
             generation,
             file,
+            readable,
             write_offset,
             tail,
             // The truncation left exactly the valid bytes.
@@ -518,7 +607,8 @@ impl DiskLog {
         let mut fresh = DiskLog {
             dir: self.dir.clone(),
             generation: next,
-            file,
+            file: Rc::new(file),
+            readable: self.readable.clone(),
             write_offset: 0,
             tail: Vec::new(),
             allocated: 0,
@@ -532,7 +622,7 @@ impl DiskLog {
         // The snapshot must be durable, and its name too, before the old
         // generation goes, whatever the policy.
         let written = async {
-            fresh.append(&batch.bytes).await?;
+            self.write_snapshot(&mut fresh, batch).await?;
             fresh.sync().await?;
             glommio::io::Directory::open(&self.dir).await?.sync().await
         }
@@ -540,16 +630,19 @@ impl DiskLog {
         if let Err(error) = written {
             // The old generation stays the log; what was written of the new
             // one goes (a start would remove it as incomplete anyway).
-            let _ = fresh.file.close().await;
+            let _ = fresh.file.close_rc().await;
             let _ = glommio::io::remove(&path).await;
             return Err(error);
         }
+        self.readable.set(next, fresh.file.clone());
         let old = std::mem::replace(self, fresh);
         // The old file's room is free now: ask for room at once.
         self.next_growth = Instant::now();
         let old_path = log_path(&old.dir, old.generation);
-        let removed = match old.file.close().await {
-            Ok(()) => glommio::io::remove(&old_path).await,
+        // Still open for reads until the core moved its entries to the new
+        // file (`LogFiles::retire_old`): removing the name is enough.
+        let removed = match old.file.close_rc().await {
+            Ok(_) => glommio::io::remove(&old_path).await,
             Err(error) => Err(error),
         };
         if let Err(error) = removed {
@@ -557,6 +650,48 @@ impl DiskLog {
             tracing::warn!(%error, file = %old_path.display(), "could not remove a superseded log generation");
         }
         Ok(())
+    }
+
+    /// Writes a snapshot to `fresh`: its records, with the records it
+    /// copies from this file in between, in writes of about
+    /// [`COMPACTION_WRITE_BYTES`].
+    async fn write_snapshot(
+        &self,
+        fresh: &mut DiskLog,
+        batch: &LogBatch,
+    ) -> glommio::Result<(), ()> {
+        let mut staged: Vec<u8> =
+            Vec::with_capacity(COMPACTION_WRITE_BYTES.min(batch.len() as usize));
+        let mut done = 0;
+        let copies = batch.copies.iter().map(|&(at, pos)| (at, Some(pos)));
+        for (at, copy) in copies.chain([(batch.bytes.len(), None)]) {
+            staged.extend_from_slice(&batch.bytes[done..at]);
+            done = at;
+            if let Some(pos) = copy {
+                let read = self
+                    .file
+                    .read_at(pos.offset, pos.len.get() as usize)
+                    .await?;
+                if read.len() < pos.len.get() as usize {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "a record to copy lies past the end of the log",
+                    )
+                    .into());
+                }
+                staged.extend_from_slice(&read[..pos.len.get() as usize]);
+            }
+            if staged.len() >= COMPACTION_WRITE_BYTES || (copy.is_none() && !staged.is_empty()) {
+                fresh.append(&staged).await?;
+                staged.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// The files records are read back from.
+    pub fn readable(&self) -> LogFiles {
+        self.readable.clone()
     }
 
     /// `fdatasync` if anything was written since the last one.

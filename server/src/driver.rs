@@ -119,6 +119,8 @@ struct Context {
     me: std::rc::Weak<Context>,
     /// The log writer, parked until [`Event::LogReady`].
     log_writer: Cell<Option<Waker>>,
+    /// The log's reader, parked until [`Event::BodyReadReady`].
+    body_reader: Cell<Option<Waker>>,
     /// Connections adopted during a core call, whose tasks start after it.
     adopted: RefCell<Vec<(TcpStream, ConnId)>>,
 }
@@ -161,6 +163,11 @@ impl Context {
                 }
                 Event::LogReady => {
                     if let Some(waker) = self.log_writer.take() {
+                        waker.wake();
+                    }
+                }
+                Event::BodyReadReady => {
+                    if let Some(waker) = self.body_reader.take() {
                         waker.wake();
                     }
                 }
@@ -278,6 +285,7 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
         me: me.clone(),
         adopted: RefCell::new(Vec::new()),
         log_writer: Cell::new(None),
+        body_reader: Cell::new(None),
         config,
         shard: RefCell::new(shard),
         shared,
@@ -305,6 +313,7 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
     }
     spawn_local(run_timers(context.clone())).detach();
     if let Some(disk) = disk {
+        spawn_local(read_bodies(context.clone(), disk.readable())).detach();
         spawn_local(write_log(context.clone(), disk)).detach();
     }
     if context.config.stats_interval_ms > 0 {
@@ -436,7 +445,7 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
                 }
             },
         }
-        failures.recovered();
+        failures.recovered("the log is written again");
         if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
             if let Err(error) = disk.sync().await {
                 warn!(%error, "fdatasync of the log failed");
@@ -446,9 +455,68 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
         let now = context.now_ms();
         context
             .with_shard(|shard| shard.handle_log_written(now, batch.end_lsn, batch.new_generation));
+        if batch.new_generation {
+            // The core's entries point into the new file now.
+            disk.readable().retire_old();
+        }
         disk.grow().await;
         let room = disk.room();
         context.with_shard(|shard| shard.handle_log_room(room));
+    }
+}
+
+/// Pause before a failed read of the log is tried again.
+const READ_RETRY: Duration = Duration::from_millis(100);
+
+/// Reads back the records the core asks for (bodies of entries whose
+/// session was offline), each in a task of its own: the core bounds how
+/// many bytes are being read at once. A read the disk refuses is tried
+/// again every 100 ms (the session's delivery waits, nothing is skipped);
+/// a record that does not check out is logged and left to the core.
+async fn read_bodies(context: Rc<Context>, files: crate::disk::LogFiles) {
+    loop {
+        let read = poll_fn(|cx| {
+            context.with_shard(|shard| match shard.poll_body_read() {
+                Some(read) => Poll::Ready(read),
+                None => {
+                    context.body_reader.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+        })
+        .await;
+        let (context, files) = (context.clone(), files.clone());
+        spawn_local(async move {
+            let mut failures = LogFailures::default();
+            let bytes = loop {
+                match files.read(read.pos).await {
+                    Ok(bytes) => break bytes,
+                    Err(error) => {
+                        failures.report(
+                            &error,
+                            "reading a stored body back from the log failed; tried again \
+                             every 100 ms, the session's delivery waits for it",
+                        );
+                        sleep(READ_RETRY).await;
+                    }
+                }
+            };
+            failures.recovered("the log is read again");
+            let now = context.now_ms();
+            let result = context.with_shard(|shard| shard.handle_body_read(now, read, &bytes));
+            if let Err(error) = result {
+                tracing::error!(
+                    %error,
+                    user = read.user,
+                    seq = read.seq,
+                    generation = read.pos.generation,
+                    offset = read.pos.offset,
+                    "a stored body read back from the log is unusable; read again at the \
+                     session's next ack or resume"
+                );
+            }
+        })
+        .detach();
     }
 }
 
@@ -461,7 +529,7 @@ struct LogFailures {
 }
 
 impl LogFailures {
-    fn report(&mut self, error: &glommio::GlommioError<()>, what: &str) {
+    fn report(&mut self, error: &dyn std::fmt::Display, what: &str) {
         self.run += 1;
         if self
             .last
@@ -472,9 +540,9 @@ impl LogFailures {
         }
     }
 
-    fn recovered(&mut self) {
+    fn recovered(&mut self, what: &str) {
         if self.run > 0 {
-            info!(failures = self.run, "the log is written again");
+            info!(failures = self.run, "{what}");
         }
         *self = LogFailures::default();
     }

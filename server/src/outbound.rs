@@ -83,6 +83,11 @@ impl SharedBody {
         }
     }
 
+    /// A body held on its own (read back from the log).
+    pub fn from_body(from: u64, body: Bytes) -> SharedBody {
+        SharedBody::Body { from, body }
+    }
+
     /// The body's bytes.
     pub fn body_slice(&self) -> &[u8] {
         match self {

@@ -202,6 +202,11 @@ stats! {
     storage_full,
     /// Log batches the disk refused (retried).
     log_write_errors,
+    /// Bodies of offline sessions' entries read back from the log.
+    bodies_read,
+    /// Records read back from the log that did not check out (the entry
+    /// is read again at its session's next ack or resume).
+    body_read_errors,
     /// Log compactions (snapshots of the live state).
     compactions,
     /// Bytes in this shard's log now (a gauge).

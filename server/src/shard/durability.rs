@@ -10,7 +10,7 @@
 //! growing across compactions, which start a new generation of the log
 //! file with a snapshot of the live state.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, num::NonZeroU32};
 
 use bytes::{Bytes, BytesMut};
 use foldhash::{HashMap, HashMapExt};
@@ -39,6 +39,26 @@ pub const LOG_RESERVE_BYTES: u64 = 1 << 20;
 /// was, or this long after (10 s).
 pub const COMPACTION_RETRY_MS: u64 = 10_000;
 
+/// Where one record lies in the log's files: what an inbox entry whose
+/// body is not in memory keeps (16 bytes, and no more as an `Option`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPos {
+    /// The generation of the file (`log-<generation>.rlog`).
+    pub generation: u32,
+    /// Bytes of the record, padding included (never 0).
+    pub len: NonZeroU32,
+    /// Its offset in the file.
+    pub offset: u64,
+}
+
+/// A record's length as a [`LogPos`] keeps it.
+pub fn record_len(len: usize) -> NonZeroU32 {
+    u32::try_from(len)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .expect("a record is 1 to 2^32 - 1 bytes")
+}
+
 /// Records for the driver to write, in order, then report with
 /// [`Shard::handle_log_written`].
 #[derive(Debug)]
@@ -50,6 +70,27 @@ pub struct LogBatch {
     /// The batch is a snapshot that starts a new generation of the log:
     /// write it to a new file, make it durable, then drop the old file.
     pub new_generation: bool,
+    /// A snapshot's records whose bodies are not in memory: each is copied
+    /// unchanged from the current file (`LogPos`) and goes in before the
+    /// byte of `bytes` at the offset given (in order). Empty otherwise.
+    pub copies: Vec<(usize, LogPos)>,
+}
+
+impl LogBatch {
+    /// Bytes the batch puts in the log, copies included.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+            + self
+                .copies
+                .iter()
+                .map(|(_, pos)| u64::from(pos.len.get()))
+                .sum::<u64>()
+    }
+
+    /// True when the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Something that must wait until the log is durable up to a position.
@@ -80,6 +121,20 @@ struct Compaction {
     /// What was pending when it was taken (in its state already): written
     /// to the current generation after all if the snapshot fails.
     superseded: Bytes,
+    /// Where the snapshot starts in the log's positions.
+    start_lsn: u64,
+    /// Where each message record of the current generation that the
+    /// snapshot holds goes: `(offset now, position in the snapshot)`,
+    /// sorted; the entries' positions move once the snapshot is the log.
+    moves: Vec<(u64, LogPos)>,
+}
+
+/// One item of a snapshot: a record to encode (with the position of the
+/// message record it replaces, if any), or a record of the current file
+/// copied unchanged (a message whose body is not in memory).
+pub(super) enum SnapshotItem {
+    Encode(Record, Option<LogPos>),
+    Copy(LogPos),
 }
 
 /// The shard's log state.
@@ -93,6 +148,8 @@ pub(super) struct Log {
     durable: u64,
     /// Where the current generation starts.
     generation_start: u64,
+    /// The current generation's number (its file's name).
+    generation: u32,
     /// The driver's writer waits for [`Event::LogReady`].
     writer_parked: bool,
     /// A snapshot is pending or being written.
@@ -127,6 +184,7 @@ impl Log {
             appended: 0,
             durable: 0,
             generation_start: 0,
+            generation: 0,
             writer_parked: false,
             compaction: None,
             compaction_retry: None,
@@ -172,6 +230,17 @@ impl Log {
     pub(super) fn is_durable(&self, lsn: u64) -> bool {
         lsn <= self.durable || !self.enabled
     }
+
+    /// True with `--storage disk`.
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The generation a record appended now lands in: the next one while a
+    /// snapshot is being written (records wait for it).
+    fn writing_generation(&self) -> u32 {
+        self.generation + u32::from(self.compaction.is_some())
+    }
 }
 
 impl<Io> Shard<Io> {
@@ -185,14 +254,24 @@ impl<Io> Shard<Io> {
         self.wake_log_writer();
     }
 
-    /// Appends a `Message` record straight from the relay's body.
-    pub(super) fn log_message(&mut self, message: &crate::store::record::MessageRecord<'_>) {
+    /// Appends a `Message` record straight from the relay's body; returns
+    /// where it will lie (none with `--storage memory`).
+    pub(super) fn log_message(
+        &mut self,
+        message: &crate::store::record::MessageRecord<'_>,
+    ) -> Option<LogPos> {
         if !self.log.enabled {
-            return;
+            return None;
         }
+        let offset = self.log.appended - self.log.generation_start;
         let len = crate::store::record::encode_message(message, &mut self.log.pending);
         self.log.appended += len as u64;
         self.wake_log_writer();
+        Some(LogPos {
+            generation: self.log.writing_generation(),
+            len: record_len(len),
+            offset,
+        })
     }
 
     fn wake_log_writer(&mut self) {
@@ -290,6 +369,7 @@ impl<Io> Shard<Io> {
             bytes: self.log.pending.split().freeze(),
             end_lsn: self.log.appended,
             new_generation: false,
+            copies: Vec::new(),
         })
     }
 
@@ -317,7 +397,20 @@ impl<Io> Shard<Io> {
         self.log.failed = false;
         self.log.durable = self.log.durable.max(end_lsn);
         if new_generation {
-            self.log.compaction = None;
+            if let Some(compaction) = self.log.compaction.take() {
+                let old = self.log.generation;
+                self.log.generation += 1;
+                self.move_positions(|pos| {
+                    if pos.generation != old {
+                        return None;
+                    }
+                    let at = compaction
+                        .moves
+                        .binary_search_by_key(&pos.offset, |&(from, _)| from);
+                    debug_assert!(at.is_ok(), "a live record the snapshot left out: {pos:?}");
+                    at.ok().map(|at| compaction.moves[at].1)
+                });
+            }
             self.log.compaction_retry = None;
             self.stats.compactions.incr();
         }
@@ -367,6 +460,20 @@ impl<Io> Shard<Io> {
                 .expect("a new generation is a compaction's");
             // The snapshot's positions stay used (positions only grow).
             self.log.generation_start = compaction.generation_start + compaction.snapshot_bytes;
+            // Records appended since go to the current file after what it
+            // holds and what the snapshot superseded.
+            let (next, shift) = (
+                self.log.generation + 1,
+                compaction.start_lsn - compaction.generation_start,
+            );
+            let generation = self.log.generation;
+            self.move_positions(|pos| {
+                (pos.generation == next).then(|| LogPos {
+                    generation,
+                    offset: pos.offset - compaction.snapshot_bytes + shift,
+                    ..pos
+                })
+            });
             self.log.compaction_retry = Some((self.live_bytes() / 2, now_ms + COMPACTION_RETRY_MS));
             compaction.superseded
         } else {
@@ -431,24 +538,62 @@ impl<Io> Shard<Io> {
 
     /// A snapshot of the live state: a new generation of the log.
     fn snapshot(&mut self) -> LogBatch {
+        let next = self.log.generation + 1;
         let mut out = BytesMut::new();
-        for record in self.snapshot_records() {
-            encode(&record, &mut out);
+        let mut copies = Vec::new();
+        let mut copied = 0;
+        let mut moves = Vec::new();
+        for item in self.snapshot_records() {
+            let offset = out.len() as u64 + copied;
+            match item {
+                SnapshotItem::Encode(record, old) => {
+                    let len = encode(&record, &mut out);
+                    if let Some(old) = old {
+                        let new = LogPos {
+                            generation: next,
+                            len: record_len(len),
+                            offset,
+                        };
+                        moves.push((old.offset, new));
+                    }
+                }
+                SnapshotItem::Copy(old) => {
+                    debug_assert_eq!(old.generation, self.log.generation);
+                    copies.push((out.len(), old));
+                    copied += u64::from(old.len.get());
+                    let new = LogPos {
+                        generation: next,
+                        offset,
+                        ..old
+                    };
+                    moves.push((old.offset, new));
+                }
+            }
         }
         encode(&Record::SnapshotEnd, &mut out);
+        moves.sort_unstable_by_key(|&(from, _)| from);
+        let snapshot_bytes = out.len() as u64 + copied;
         // What was pending is in the snapshot's state already.
         self.log.compaction = Some(Compaction {
             generation_start: self.log.generation_start,
-            snapshot_bytes: out.len() as u64,
+            snapshot_bytes,
             superseded: self.log.pending.split().freeze(),
+            start_lsn: self.log.appended,
+            moves,
         });
         self.log.generation_start = self.log.appended;
-        self.log.appended += out.len() as u64;
+        self.log.appended += snapshot_bytes;
         LogBatch {
             bytes: out.freeze(),
             end_lsn: self.log.appended,
             new_generation: true,
+            copies,
         }
+    }
+
+    /// Recovery reads generation `generation` of the log.
+    pub fn begin_recovery(&mut self, generation: u64) {
+        self.log.generation = u32::try_from(generation).expect("fewer than 2^32 compactions");
     }
 
     /// The log's first generation after a recovery starts at `lsn`; the

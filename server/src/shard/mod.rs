@@ -23,6 +23,7 @@ mod durability;
 mod frames;
 mod list;
 mod mesh;
+mod readback;
 mod routing;
 mod sessions;
 mod shutdown;
@@ -38,9 +39,10 @@ use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::{encode, Error as ErrorFrame, ErrorCodeV2};
 
 pub use dedup::{ContentWindow as ContentWindowBox, CONTENT_DEDUP_ENTRIES_MAX};
-pub use durability::{LogBatch, COMPACTION_MIN_BYTES, COMPACTION_RATIO};
+pub use durability::{record_len, LogBatch, LogPos, COMPACTION_MIN_BYTES, COMPACTION_RATIO};
 pub use list::LISTS_PER_CONNECTION_MAX;
 pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
+pub use readback::{BodyRead, ReadBackError, READ_BACK_BYTES_MAX};
 pub use routing::{INLINE_DELIVER_BYTES_MAX, RELAYS_PENDING_PER_CONNECTION_MAX};
 pub use sessions::{ENTRY_BYTES, SESSION_BYTES, SESSION_SWEEP_MS};
 
@@ -161,6 +163,9 @@ pub enum Event {
     Adopt,
     /// Records wait for the log writer: wake it ([`Shard::poll_log`]).
     LogReady,
+    /// Records wait to be read back: wake the reader
+    /// ([`Shard::poll_body_read`]).
+    BodyReadReady,
 }
 
 /// A connection another shard handed over (see [`Event::Adopt`]).
@@ -242,6 +247,8 @@ pub struct Shard<Io> {
     pending_stored: HashMap<u64, routing::PendingStored>,
     next_ticket: u64,
     log: durability::Log,
+    /// Bodies being read back from the log.
+    reads: readback::Reads,
     /// `(user, seq)` of the local durable receivers of the relay being
     /// routed, for its one `Message` record (reused).
     durable_batch: Vec<(u64, u64)>,
@@ -283,6 +290,7 @@ impl<Io> Shard<Io> {
             pending_stored: HashMap::new(),
             next_ticket: 0,
             log: durability::Log::new(limits.log_enabled, limits.log_bytes_max),
+            reads: readback::Reads::default(),
             durable_batch: Vec::new(),
             route_handled: 0,
             route_duplicates: 0,
@@ -699,6 +707,8 @@ pub fn refusal_bytes(version: u16, code: ErrorCodeV2, detail: u64) -> Bytes {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_readback;
 #[cfg(test)]
 mod tests_v2;
 #[cfg(test)]

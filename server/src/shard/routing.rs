@@ -9,7 +9,10 @@ use relayhub_protocol::{
 };
 
 use super::{
-    durability::Waiting, frames::Handled, sessions::Item, Failures, MeshMessage, Receivers, Shard,
+    durability::Waiting,
+    frames::Handled,
+    sessions::{Body, Item},
+    Failures, MeshMessage, Receivers, Shard,
 };
 use crate::store::record::MessageRecord;
 use crate::{
@@ -282,9 +285,9 @@ impl<Io> Shard<Io> {
             receivers: &batch,
             body,
         };
-        self.log_message(&message);
+        let pos = self.log_message(&message);
         for &(user, seq) in &batch {
-            self.seal(now_ms, user, seq);
+            self.seal(now_ms, user, seq, pos);
         }
         self.durable_batch = batch;
         self.durable_batch.clear();
@@ -410,8 +413,9 @@ impl<Io> Shard<Io> {
             let item = Item::Message {
                 from: relay.from,
                 message_id: relay.message_id,
-                frame,
+                body: Body::Resident(frame),
                 receipt: relay.receipt && relay.message_id != 0,
+                pos: None,
             };
             return match self.store(now_ms, receiver, item) {
                 Ok(seq) => {

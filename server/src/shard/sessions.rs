@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use relayhub_protocol::{
     flags, preface_for, ArchivedHello, DeliverV2Meta, ErrorCodeV2, Receipt, ResumeToken, Stored,
@@ -18,7 +19,11 @@ use relayhub_protocol::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{durability::Waiting, frames::Handled, Event, MeshMessage, Shard};
+use super::{
+    durability::{LogPos, SnapshotItem, Waiting},
+    frames::Handled,
+    Event, MeshMessage, Shard,
+};
 use crate::{
     conn::{ConnId, ConnState, Pause, SessionKind},
     ids::owner,
@@ -57,33 +62,54 @@ const LSN_UNSEALED: u64 = u64::MAX;
 
 /// One entry of an inbox.
 pub(super) struct Entry {
-    seq: u64,
+    pub(super) seq: u64,
     stored_ms: u64,
     /// The log position after the entry's record: it is delivered only
     /// once the log is durable up to here.
-    lsn: u64,
-    item: Item,
+    pub(super) lsn: u64,
+    pub(super) item: Item,
 }
 
 /// What an inbox entry holds.
 pub(super) enum Item {
-    /// A relayed message: the relay's body, shared with its other
-    /// receivers on this shard (sent from there as a `DeliverV2`).
+    /// A relayed message: the relay's body (sent as a `DeliverV2`) and,
+    /// with `--storage disk`, where its record lies in the log.
     Message {
         from: u64,
         message_id: u64,
-        frame: SharedBody,
+        body: Body,
         receipt: bool,
+        pos: Option<LogPos>,
     },
     /// A receipt for a message this session sent.
     Receipt { message_id: u64, receiver: u64 },
+}
+
+/// A stored message's body: in memory, or only in the log (an offline
+/// session's durable entries; read back when they are to be sent).
+pub(super) enum Body {
+    /// In memory, shared with the relay's other receivers on this shard.
+    Resident(SharedBody),
+    /// Only in the log, at the entry's position: this many bytes.
+    Logged(u32),
+    /// Being read back from the log.
+    Loading(u32),
+}
+
+impl Body {
+    pub(super) fn len(&self) -> u64 {
+        match self {
+            Body::Resident(frame) => frame.body_len() as u64,
+            Body::Logged(len) | Body::Loading(len) => u64::from(*len),
+        }
+    }
 }
 
 impl Item {
     /// Body bytes, for the inbox and inflight byte limits.
     fn bytes(&self) -> u64 {
         match self {
-            Item::Message { frame, .. } => frame.body_len() as u64,
+            Item::Message { body, .. } => body.len(),
             Item::Receipt { .. } => 0,
         }
     }
@@ -94,9 +120,9 @@ pub(super) struct DurableSession {
     /// The current and the previous token's hash (zero: none).
     tokens: [TokenHash; 2],
     /// The connection it is attached to.
-    conn: Option<ConnId>,
+    pub(super) conn: Option<ConnId>,
     /// Entries not yet acked (nor expired), in `seq` order.
-    inbox: VecDeque<Entry>,
+    pub(super) inbox: VecDeque<Entry>,
     inbox_bytes: u64,
     /// The sequence the next entry gets (from 1).
     next_seq: u64,
@@ -108,8 +134,8 @@ pub(super) struct DurableSession {
     sent_max: u64,
     /// Entries up to this `seq` were sent on an earlier connection.
     redeliver_upto: u64,
-    inflight: u64,
-    inflight_bytes: u64,
+    pub(super) inflight: u64,
+    pub(super) inflight_bytes: u64,
     /// The highest `message_id` this session relayed (retry dedup).
     pub(super) message_id_high: u64,
     /// The lowest `message_id` of this session's relays that a receiver
@@ -125,6 +151,12 @@ pub(super) struct DurableSession {
     pub(super) contents: Option<Box<super::dedup::ContentWindow>>,
     /// When its last connection closed.
     detached_ms: u64,
+    /// While offline: entries up to this `seq` had their bodies dropped
+    /// from memory once durable (see [`Shard::evict_bodies`]).
+    pub(super) evicted_upto: u64,
+    /// A body read back from the log did not check out: no more reads
+    /// until the next ack or resume (see [`Shard::handle_body_read`]).
+    pub(super) read_failed: bool,
 }
 
 /// The shard's durable sessions.
@@ -171,6 +203,8 @@ impl DurableSession {
             recent: HashMap::new(),
             contents: None,
             detached_ms: now_ms,
+            evicted_upto: 0,
+            read_failed: false,
         }
     }
 
@@ -385,6 +419,7 @@ impl<Io> Shard<Io> {
             session.inflight = 0;
             session.inflight_bytes = 0;
             session.redeliver_upto = session.sent_max;
+            session.read_failed = false;
             self.pump(now_ms, user);
         }
         self.arm_sweep(now_ms);
@@ -445,10 +480,12 @@ impl<Io> Shard<Io> {
             if session.conn == Some(id) {
                 session.conn = None;
                 session.detached_ms = now_ms;
+                session.evicted_upto = session.acked;
                 self.log(&Record::SessionDetached {
                     user,
                     at_ms: now_ms,
                 });
+                self.evict_bodies(user);
             }
         }
     }
@@ -492,9 +529,10 @@ impl<Io> Shard<Io> {
         Ok(seq)
     }
 
-    /// The records of `user`'s entries up to `seq` are appended: they go
-    /// out once the log is durable up to the current position.
-    pub(super) fn seal(&mut self, now_ms: u64, user: u64, seq: u64) {
+    /// The records of `user`'s entries up to `seq` are appended (the
+    /// message record of the one at `seq` at `pos`): they go out once the
+    /// log is durable up to the current position.
+    pub(super) fn seal(&mut self, now_ms: u64, user: u64, seq: u64, pos: Option<LogPos>) {
         let lsn = self.log.appended();
         let Some(session) = self.sessions.map.get_mut(&user) else {
             return;
@@ -505,6 +543,11 @@ impl<Io> Shard<Io> {
             }
             if entry.seq <= seq {
                 entry.lsn = lsn;
+            }
+            if entry.seq == seq {
+                if let Item::Message { pos: at, .. } = &mut entry.item {
+                    *at = pos;
+                }
             }
         }
         if self.log.is_durable(lsn) {
@@ -525,6 +568,7 @@ impl<Io> Shard<Io> {
             return;
         };
         let Some(id) = session.conn else {
+            self.evict_bodies(user);
             return;
         };
         let durable = if self.log.is_durable(u64::MAX - 1) {
@@ -539,6 +583,7 @@ impl<Io> Shard<Io> {
             .inbox
             .partition_point(|entry| entry.seq <= session.cursor);
         let mut overflow = false;
+        let mut read_from = None;
         for entry in session.inbox.range(start..) {
             if entry.lsn > durable {
                 break; // Not durable yet: a crash could give its seq away.
@@ -556,9 +601,18 @@ impl<Io> Shard<Io> {
             };
             let pushed = match &entry.item {
                 Item::Message {
+                    body: Body::Logged(_) | Body::Loading(_),
+                    ..
+                } => {
+                    // Its body is in the log: read it (and what follows)
+                    // back; the rest waits for it, in order.
+                    read_from = Some(entry.seq);
+                    break;
+                }
+                Item::Message {
                     from,
                     message_id,
-                    frame,
+                    body: Body::Resident(frame),
                     ..
                 } => conn.outbound.push_deliver_v2(
                     frame,
@@ -598,6 +652,8 @@ impl<Io> Shard<Io> {
             // Replies piled up behind a reader that does not read: close the
             // connection; the session survives.
             self.cut_slow_consumer(now_ms, id);
+        } else if let Some(seq) = read_from {
+            self.read_bodies(user, seq);
         }
     }
 
@@ -622,6 +678,7 @@ impl<Io> Shard<Io> {
             return Handled::Done;
         }
         session.acked = upto;
+        session.read_failed = false;
         let (popped, receipts) = session.pop_while(|entry| entry.seq <= upto);
         // Entries acked before their redelivery reached this connection
         // need not be sent again.
@@ -673,7 +730,7 @@ impl<Io> Shard<Io> {
                         receiver,
                         stored_ms: now_ms,
                     });
-                    self.seal(now_ms, sender, seq);
+                    self.seal(now_ms, sender, seq, None);
                 }
                 Err(_) => self.stats.receipts_dropped.incr(),
             }
@@ -893,7 +950,7 @@ impl<Io> Shard<Io> {
     /// The records that rebuild every live session and entry: what a
     /// compaction writes. Entries of one relay share one `Message` record,
     /// as they share one body.
-    pub(super) fn snapshot_records(&mut self) -> Vec<Record> {
+    pub(super) fn snapshot_records(&mut self) -> Vec<SnapshotItem> {
         let mut records = vec![Record::IdsReserved {
             next: self.ids.reserved(),
         }];
@@ -937,8 +994,21 @@ impl<Io> Shard<Io> {
                 });
             }
         }
-        // Then the entries; entries of one relay share their frame.
-        let mut messages: HashMap<*const u8, usize> = HashMap::new();
+        // Then the entries. Entries of one relay share one record: the
+        // record they came from (or their shared body, without a log
+        // position). A record whose body is in memory for none of them is
+        // copied from the current file as it is.
+        struct Group {
+            from: u64,
+            message_id: u64,
+            receipt: bool,
+            stored_ms: u64,
+            receivers: Vec<(u64, u64)>,
+            body: Option<Bytes>,
+            pos: Option<LogPos>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(bool, u64), usize> = HashMap::new();
         let durable = self.log.appended();
         for (&user, session) in &mut self.sessions.map {
             for entry in &mut session.inbox {
@@ -948,26 +1018,37 @@ impl<Io> Shard<Io> {
                     Item::Message {
                         from,
                         message_id,
-                        frame,
+                        body,
                         receipt,
-                    } => match messages.get(&frame.as_ptr()) {
-                        Some(&index) => {
-                            if let Record::Message { receivers, .. } = &mut records[index] {
-                                receivers.push((user, entry.seq));
-                            }
-                        }
-                        None => {
-                            messages.insert(frame.as_ptr(), records.len());
-                            records.push(Record::Message {
+                        pos,
+                    } => {
+                        let resident = match body {
+                            Body::Resident(frame) => Some(frame),
+                            Body::Logged(_) | Body::Loading(_) => None,
+                        };
+                        let key = match (pos, resident) {
+                            (Some(pos), _) => (true, pos.offset),
+                            (None, Some(frame)) => (false, frame.as_ptr() as u64),
+                            (None, None) => unreachable!("a body only in the log has a position"),
+                        };
+                        let group = *index.entry(key).or_insert_with(|| {
+                            groups.push(Group {
                                 from: *from,
                                 message_id: *message_id,
                                 receipt: *receipt,
                                 stored_ms: entry.stored_ms,
-                                receivers: vec![(user, entry.seq)],
-                                body: frame.body(),
+                                receivers: Vec::new(),
+                                body: None,
+                                pos: *pos,
                             });
+                            groups.len() - 1
+                        });
+                        let group = &mut groups[group];
+                        group.receivers.push((user, entry.seq));
+                        if group.body.is_none() {
+                            group.body = resident.map(SharedBody::body);
                         }
-                    },
+                    }
                     Item::Receipt {
                         message_id,
                         receiver,
@@ -981,11 +1062,33 @@ impl<Io> Shard<Io> {
                 }
             }
         }
-        records
+        let mut items: Vec<SnapshotItem> = records
+            .into_iter()
+            .map(|record| SnapshotItem::Encode(record, None))
+            .collect();
+        for group in groups {
+            items.push(match (group.body, group.pos) {
+                (Some(body), pos) => SnapshotItem::Encode(
+                    Record::Message {
+                        from: group.from,
+                        message_id: group.message_id,
+                        receipt: group.receipt,
+                        stored_ms: group.stored_ms,
+                        receivers: group.receivers,
+                        body,
+                    },
+                    pos,
+                ),
+                (None, Some(pos)) => SnapshotItem::Copy(pos),
+                (None, None) => unreachable!("a body only in the log has a position"),
+            });
+        }
+        items
     }
 
-    /// Applies one record read back from the log at start-up.
-    pub fn recover(&mut self, now_ms: u64, record: Record) {
+    /// Applies one record read back from the log at start-up, found at
+    /// `pos` in the file of the generation being recovered.
+    pub fn recover(&mut self, now_ms: u64, record: Record, pos: LogPos) {
         match record {
             Record::IdsReserved { next } => self.ids.resume_at(next),
             Record::SessionCreated { user, token, at_ms } => {
@@ -1022,7 +1125,8 @@ impl<Io> Shard<Io> {
                 receivers,
                 body,
             } => {
-                let frame = SharedBody::new(from, &body, None);
+                // The body stays in the log: read back when it is sent.
+                let len = u32::try_from(body.len()).expect("a body fits u32");
                 for &(user, _) in &receivers {
                     self.mark_stored(user, from, message_id, stored_ms);
                 }
@@ -1030,8 +1134,9 @@ impl<Io> Shard<Io> {
                     let item = Item::Message {
                         from,
                         message_id,
-                        frame: frame.clone(),
+                        body: Body::Logged(len),
                         receipt,
+                        pos: Some(pos),
                     };
                     self.recover_entry(user, seq, stored_ms, item);
                 }

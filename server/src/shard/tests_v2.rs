@@ -27,7 +27,7 @@ fn wire<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
 impl Net {
     /// Opens a version-2 connection on `shard` with `hello`; runs a
     /// hand-off to the owner shard as the driver would.
-    fn hello(&mut self, shard: usize, hello: Hello) -> (Client, Vec<HubMessageV2>) {
+    pub(super) fn hello(&mut self, shard: usize, hello: Hello) -> (Client, Vec<HubMessageV2>) {
         let id = self.accept(shard);
         let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
         bytes.extend_from_slice(&wire(&hello));
@@ -89,7 +89,14 @@ impl Net {
         (session, messages)
     }
 
-    fn relay_v2(&mut self, from: Client, request: u64, message_id: u64, to: &[u64], body: &[u8]) {
+    pub(super) fn relay_v2(
+        &mut self,
+        from: Client,
+        request: u64,
+        message_id: u64,
+        to: &[u64],
+        body: &[u8],
+    ) {
         self.send_message(
             from,
             &RelayV2Ref {
@@ -103,7 +110,7 @@ impl Net {
     }
 
     /// The client closes its connection; the driver's task ends.
-    fn disconnect(&mut self, client: Client) {
+    pub(super) fn disconnect(&mut self, client: Client) {
         let shard = &mut self.shards[client.shard];
         shard.handle_read(self.now_ms, client.id, Read::End);
         while shard.poll_write(client.id) == WriteReady::Write {

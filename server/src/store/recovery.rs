@@ -51,7 +51,7 @@ pub struct Scan {
 }
 
 /// Scans a whole log held in memory.
-pub fn scan(bytes: &[u8], apply: impl FnMut(Record)) -> Result<Scan, Corruption> {
+pub fn scan(bytes: &[u8], apply: impl FnMut(Record, u64, usize)) -> Result<Scan, Corruption> {
     let mut scanner = Scanner::new(apply);
     scanner.feed(bytes);
     scanner.finish()
@@ -76,8 +76,9 @@ pub struct Scanner<F> {
     zeros_after_end: u64,
 }
 
-impl<F: FnMut(Record)> Scanner<F> {
-    /// A scan that hands every valid record to `apply`, in order.
+impl<F: FnMut(Record, u64, usize)> Scanner<F> {
+    /// A scan that hands every valid record to `apply`, in order, with its
+    /// file offset and length (padding included).
     pub fn new(apply: F) -> Scanner<F> {
         Scanner {
             apply,
@@ -116,7 +117,7 @@ impl<F: FnMut(Record)> Scanner<F> {
                     if record == Record::SnapshotEnd {
                         self.snapshot_complete = true;
                     }
-                    (self.apply)(record);
+                    (self.apply)(record, self.offset + at as u64, len);
                     self.records += 1;
                     at += len;
                 }
@@ -229,7 +230,7 @@ mod tests {
 
     fn scan_all(bytes: &[u8], chunk: usize) -> (Result<Scan, Corruption>, Vec<Record>) {
         let mut records = Vec::new();
-        let mut scanner = Scanner::new(|record| records.push(record));
+        let mut scanner = Scanner::new(|record, _, _| records.push(record));
         for piece in bytes.chunks(chunk.max(1)) {
             scanner.feed(piece);
         }
@@ -317,7 +318,7 @@ mod end_tests {
         let mut tail = BytesMut::new();
         encode(&samples()[0], &mut tail);
         bytes.extend_from_slice(&tail);
-        let mut scanner = Scanner::new(|_| {});
+        let mut scanner = Scanner::new(|_, _, _| {});
         for chunk in bytes.chunks(4096) {
             scanner.feed(chunk);
         }
@@ -350,7 +351,7 @@ mod fuzz_found {
         file.extend_from_slice(&record);
         file.push(0);
         let judge = |chunk: usize| {
-            let mut scanner = Scanner::new(|_| {});
+            let mut scanner = Scanner::new(|_, _, _| {});
             for piece in file.chunks(chunk) {
                 scanner.feed(piece);
             }

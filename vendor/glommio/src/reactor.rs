@@ -260,20 +260,26 @@ impl Reactor {
                 let source =
                     self.new_source(raw, SourceType::Read(PollableStatus::Pollable, None), None);
                 self.sys.read_dma(&source, 0, alignment as usize);
-                let iopoll = if let Err(err) = source.collect_rw().await {
-                    if let Some(libc::ENOTSUP) = err.raw_os_error() {
-                        false
-                    } else {
-                        // The IO requests failed, but not because the poll ring doesn't work.
-                        error!(
-                            "got unexpected error when probing iopoll support for file {path:?} \
-                             (fd: {raw}) hosted on ({major}, {minor}); the poll ring will be \
-                             disabled for this device: {err}"
-                        );
-                        false
+                let iopoll = match source.collect_rw().await {
+                    Err(err) => {
+                        if let Some(libc::ENOTSUP) = err.raw_os_error() {
+                            false
+                        } else {
+                            // The IO requests failed, but not because the poll ring doesn't work.
+                            error!(
+                                "got unexpected error when probing iopoll support for file \
+                                 {path:?} (fd: {raw}) hosted on ({major}, {minor}); the poll \
+                                 ring will be disabled for this device: {err}"
+                            );
+                            false
+                        }
                     }
-                } else {
-                    true
+                    // An empty file: the read reached no device, so it proves
+                    // nothing (the kernel answers it without polling). Assume
+                    // no iopoll rather than send every later read to a ring
+                    // the device cannot serve (ENOTSUP on each).
+                    Ok(0) => false,
+                    Ok(_) => true,
                 };
                 sysfs::BlockDevice::set_iopoll_support(major, minor, iopoll);
                 iopoll

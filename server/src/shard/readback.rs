@@ -1,0 +1,324 @@
+//! Bodies of offline sessions live in the log, not in memory.
+//!
+//! With `--storage disk`, once a session has no connection and an entry of
+//! its inbox is durable, the entry drops its body and keeps only where its
+//! record lies ([`LogPos`]); so do the entries recovery rebuilds at
+//! start-up. When such an entry is next to be sent, the shard asks the
+//! driver to read its record back ([`Shard::poll_body_read`]), checks it
+//! ([`Shard::handle_body_read`]) and sends it; the entries behind it wait,
+//! so delivery stays in order. A read fetches the entry's whole record,
+//! checksum included: what comes back is verified, never trusted.
+//!
+//! Memory: a session reads ahead at most its inflight byte window
+//! (`--inflight-bytes-max`, at least one entry), and the shard has at most
+//! [`READ_BACK_BYTES_MAX`] of records being read at once (at least one
+//! record, however large); a session that finds no room waits for a read
+//! to finish.
+
+use std::collections::VecDeque;
+
+use super::{
+    durability::LogPos,
+    sessions::{Body, Item},
+    Event, Shard,
+};
+use crate::{
+    outbound::SharedBody,
+    store::record::{decode, Invalid, Record},
+};
+
+/// Most bytes of log records one shard reads back at a time: 4 MiB (one
+/// record always goes out, however large).
+pub const READ_BACK_BYTES_MAX: u64 = 4 << 20;
+
+/// A record for the driver to read back: `pos.len` bytes at `pos.offset` of
+/// the file of generation `pos.generation`, for `user`'s entry `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyRead {
+    /// The session.
+    pub user: u64,
+    /// Its entry.
+    pub seq: u64,
+    /// Where the entry's record lies.
+    pub pos: LogPos,
+}
+
+/// Why a record read back could not be used: the entry stays in the log and
+/// is read again the next time the session is pumped (its next ack or
+/// resume).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBackError {
+    /// The bytes are not a whole, valid record (a bad disk, or a bug).
+    Invalid(Invalid),
+    /// A valid record, but not the entry's message (a bug).
+    Mismatch,
+}
+
+impl std::fmt::Display for ReadBackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadBackError::Invalid(invalid) => {
+                write!(f, "the record read back does not check out ({invalid:?})")
+            }
+            ReadBackError::Mismatch => {
+                write!(f, "the record read back is not the entry's message")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReadBackError {}
+
+/// The shard's reads in progress.
+#[derive(Default)]
+pub(super) struct Reads {
+    /// Entries to read, `(user, seq)`, in order of asking.
+    queue: VecDeque<(u64, u64, u32)>,
+    /// Record bytes queued or being read.
+    bytes: u64,
+    /// Sessions that found no room, pumped again as reads finish.
+    waiters: VecDeque<u64>,
+    /// The driver's reader waits for [`Event::BodyReadReady`].
+    reader_parked: bool,
+}
+
+impl<Io> Shard<Io> {
+    /// `user` is offline: its durable entries drop their bodies (the log
+    /// holds them). Each entry is looked at once per detach.
+    pub(super) fn evict_bodies(&mut self, user: u64) {
+        if !self.log.enabled() {
+            return;
+        }
+        let durable = self.log.durable();
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return;
+        };
+        if session.conn.is_some() {
+            return;
+        }
+        let start = session
+            .inbox
+            .partition_point(|entry| entry.seq <= session.evicted_upto);
+        for entry in session.inbox.range_mut(start..) {
+            if entry.lsn > durable {
+                break; // Not in the log yet: the rest neither.
+            }
+            if let Item::Message {
+                body: body @ Body::Resident(_),
+                pos: Some(_),
+                ..
+            } = &mut entry.item
+            {
+                let Body::Resident(frame) = &*body else {
+                    unreachable!("matched above");
+                };
+                let len = u32::try_from(frame.body_len()).expect("a body fits u32");
+                *body = Body::Logged(len);
+            }
+            session.evicted_upto = entry.seq;
+        }
+    }
+
+    /// `user`'s entry `from_seq` is next to send and its body is in the
+    /// log: read it back, and the entries after it up to the session's
+    /// inflight byte window.
+    pub(super) fn read_bodies(&mut self, user: u64, from_seq: u64) {
+        let (window, window_bytes) = (
+            self.limits.inflight_messages_max,
+            self.limits.inflight_bytes_max,
+        );
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return;
+        };
+        if session.read_failed {
+            return; // Until its next ack or resume.
+        }
+        let start = session.inbox.partition_point(|entry| entry.seq < from_seq);
+        // What is in flight counts: read ahead only what the window could
+        // send now.
+        let (mut asked, mut asked_bytes) = (session.inflight, session.inflight_bytes);
+        let first = asked;
+        let mut queued = false;
+        for entry in session.inbox.range_mut(start..) {
+            if asked > first && asked >= window {
+                break;
+            }
+            let Item::Message {
+                body,
+                pos: Some(pos),
+                ..
+            } = &mut entry.item
+            else {
+                continue;
+            };
+            let len = match *body {
+                Body::Resident(_) => continue,
+                Body::Loading(len) => {
+                    asked += 1;
+                    asked_bytes += u64::from(len);
+                    continue;
+                }
+                Body::Logged(len) => len,
+            };
+            if asked > first && asked_bytes + u64::from(len) > window_bytes {
+                break;
+            }
+            let record = u64::from(pos.len.get());
+            if self.reads.bytes > 0 && self.reads.bytes + record > READ_BACK_BYTES_MAX {
+                self.reads.waiters.push_back(user);
+                break;
+            }
+            *body = Body::Loading(len);
+            self.reads.queue.push_back((user, entry.seq, pos.len.get()));
+            self.reads.bytes += record;
+            asked += 1;
+            asked_bytes += u64::from(len);
+            queued = true;
+        }
+        if queued && std::mem::take(&mut self.reads.reader_parked) {
+            self.events.push_back(Event::BodyReadReady);
+        }
+    }
+
+    /// The next record for the driver to read back; `None` parks the
+    /// reader until [`Event::BodyReadReady`].
+    pub fn poll_body_read(&mut self) -> Option<BodyRead> {
+        while let Some((user, seq, charged)) = self.reads.queue.pop_front() {
+            let entry = self.sessions.map.get(&user).and_then(|session| {
+                let at = session.inbox.partition_point(|entry| entry.seq < seq);
+                session.inbox.get(at).filter(|entry| entry.seq == seq)
+            });
+            match entry.map(|entry| &entry.item) {
+                Some(Item::Message {
+                    body: Body::Loading(_),
+                    pos: Some(pos),
+                    ..
+                }) => {
+                    // A compaction may have moved it since it was asked for.
+                    self.reads.bytes =
+                        self.reads.bytes - u64::from(charged) + u64::from(pos.len.get());
+                    return Some(BodyRead {
+                        user,
+                        seq,
+                        pos: *pos,
+                    });
+                }
+                // Acked or expired meanwhile: nothing to read.
+                _ => self.reads.bytes -= u64::from(charged),
+            }
+        }
+        self.reads.reader_parked = true;
+        None
+    }
+
+    /// The driver read `read`'s record: `bytes` (at least `read.pos.len`).
+    /// The entry goes out if the session is still connected; the error
+    /// (for the driver's log) when the record is not the entry's.
+    pub fn handle_body_read(
+        &mut self,
+        now_ms: u64,
+        read: BodyRead,
+        bytes: &[u8],
+    ) -> Result<(), ReadBackError> {
+        self.reads.bytes -= u64::from(read.pos.len.get());
+        let result = self.take_body(read, bytes);
+        match result {
+            Ok(()) => self.pump(now_ms, read.user),
+            Err(_) => {
+                self.stats.body_read_errors.incr();
+                // Not read again at once: at the session's next ack or resume.
+                if let Some(session) = self.sessions.map.get_mut(&read.user) {
+                    session.read_failed = true;
+                }
+            }
+        }
+        // Sessions that waited for room, as many as there were.
+        for _ in 0..self.reads.waiters.len() {
+            if self.reads.bytes >= READ_BACK_BYTES_MAX {
+                break;
+            }
+            let Some(user) = self.reads.waiters.pop_front() else {
+                break;
+            };
+            self.pump(now_ms, user);
+        }
+        result
+    }
+
+    fn take_body(&mut self, read: BodyRead, bytes: &[u8]) -> Result<(), ReadBackError> {
+        let record = match decode(bytes) {
+            Ok(Some((record, _))) => Ok(record),
+            Ok(None) => Err(ReadBackError::Invalid(Invalid::Truncated)),
+            Err(invalid) => Err(ReadBackError::Invalid(invalid)),
+        };
+        let Some(session) = self.sessions.map.get_mut(&read.user) else {
+            return record.map(drop);
+        };
+        let online = session.conn.is_some();
+        let at = session.inbox.partition_point(|entry| entry.seq < read.seq);
+        let Some(entry) = session
+            .inbox
+            .get_mut(at)
+            .filter(|entry| entry.seq == read.seq)
+        else {
+            return record.map(drop); // Acked or expired meanwhile.
+        };
+        let Item::Message {
+            from,
+            message_id,
+            body: body @ Body::Loading(_),
+            ..
+        } = &mut entry.item
+        else {
+            return record.map(drop);
+        };
+        let len = u32::try_from(body.len()).expect("a body fits u32");
+        // Back to the log whatever happens next, unless it checks out.
+        *body = Body::Logged(len);
+        let record = record?;
+        let Record::Message {
+            from: read_from,
+            message_id: read_id,
+            body: read_body,
+            receivers,
+            ..
+        } = record
+        else {
+            return Err(ReadBackError::Mismatch);
+        };
+        let listed = receivers
+            .iter()
+            .any(|&(user, seq)| user == read.user && seq == read.seq);
+        if read_from != *from
+            || read_id != *message_id
+            || !listed
+            || read_body.len() != len as usize
+        {
+            return Err(ReadBackError::Mismatch);
+        }
+        self.stats.bodies_read.incr();
+        if online {
+            *body = Body::Resident(SharedBody::from_body(*from, read_body));
+        }
+        Ok(())
+    }
+
+    /// Moves the log positions entries keep, as `change` says (a
+    /// compaction rewrote the file they point into).
+    pub(super) fn move_positions(&mut self, change: impl Fn(LogPos) -> Option<LogPos>) {
+        for session in self.sessions.map.values_mut() {
+            for entry in &mut session.inbox {
+                if let Item::Message { pos: Some(pos), .. } = &mut entry.item {
+                    if let Some(moved) = change(*pos) {
+                        *pos = moved;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records being read back, or queued to be (for tests and stats).
+    pub fn body_reads_pending(&self) -> u64 {
+        self.reads.bytes
+    }
+}

@@ -1,0 +1,361 @@
+//! Offline bodies in the log, in memory: the core driven with a model of
+//! the driver's files (batches appended, snapshots written to a new
+//! generation with their copies, the old generation gone once the core
+//! took the new one), reads served from those files, and recovery from
+//! them.
+
+use std::collections::HashMap;
+
+use relayhub_protocol::{Ack, Hello, HubMessageV2, ResumeToken};
+
+use super::{
+    sessions::{Body, Item},
+    tests::{limits, Client, Net},
+    *,
+};
+use crate::store::recovery::scan;
+
+/// The files of shard 0's log, by generation.
+#[derive(Default)]
+struct Disk {
+    files: HashMap<u32, Vec<u8>>,
+    generation: u32,
+}
+
+impl Disk {
+    /// The driver's writer: every batch written and reported; a snapshot
+    /// becomes the new generation and the old file goes.
+    fn write(&mut self, net: &mut Net) {
+        let now = net.now_ms;
+        while let Some(batch) = net.shards[0].poll_log(now) {
+            self.apply(&batch);
+            net.shards[0].handle_log_written(now, batch.end_lsn, batch.new_generation);
+            if batch.new_generation {
+                self.files.remove(&(self.generation - 1));
+            }
+        }
+    }
+
+    /// What a batch does to the files (without telling the core).
+    fn apply(&mut self, batch: &LogBatch) {
+        if !batch.new_generation {
+            let file = self.files.entry(self.generation).or_default();
+            file.extend_from_slice(&batch.bytes);
+            return;
+        }
+        let current = &self.files[&self.generation];
+        let mut fresh = Vec::new();
+        let mut done = 0;
+        for &(at, pos) in &batch.copies {
+            fresh.extend_from_slice(&batch.bytes[done..at]);
+            done = at;
+            let start = pos.offset as usize;
+            fresh.extend_from_slice(&current[start..start + pos.len.get() as usize]);
+        }
+        fresh.extend_from_slice(&batch.bytes[done..]);
+        assert_eq!(fresh.len() as u64, batch.len());
+        self.generation += 1;
+        self.files.insert(self.generation, fresh);
+    }
+
+    /// The driver's reader: every read served from the files; the results.
+    fn serve(&mut self, net: &mut Net) -> Vec<Result<(), ReadBackError>> {
+        let now = net.now_ms;
+        let mut results = Vec::new();
+        while let Some(read) = net.shards[0].poll_body_read() {
+            let file = &self.files[&read.pos.generation];
+            let start = read.pos.offset as usize;
+            let bytes = file[start..start + read.pos.len.get() as usize].to_vec();
+            results.push(net.shards[0].handle_body_read(now, read, &bytes));
+        }
+        results
+    }
+}
+
+fn disk_limits() -> Limits {
+    Limits {
+        log_enabled: true,
+        inflight_messages_max: 8,
+        inbox_messages_max: 1000,
+        ..limits()
+    }
+}
+
+/// A durable session on shard 0 and its token, its records written.
+fn session(net: &mut Net, disk: &mut Disk) -> (Client, ResumeToken) {
+    let (client, messages) = net.hello(0, Hello::new_session(1, true));
+    assert!(messages.is_empty(), "welcomed before durable: {messages:?}");
+    disk.write(net);
+    let messages = net.output_v2(client);
+    let [HubMessageV2::WelcomeV2(welcome)] = messages.as_slice() else {
+        panic!("expected WelcomeV2, got {messages:?}");
+    };
+    let client = Client {
+        user: welcome.user,
+        ..client
+    };
+    (client, welcome.token)
+}
+
+/// Resumes `user`: the client and what it got after its welcome.
+fn resume(
+    net: &mut Net,
+    disk: &mut Disk,
+    user: u64,
+    token: ResumeToken,
+) -> (Client, Vec<HubMessageV2>) {
+    let (client, _) = net.hello(0, Hello::resume(2, user, token));
+    disk.write(net);
+    let mut messages = net.output_v2(client);
+    let HubMessageV2::WelcomeV2(welcome) = messages.remove(0) else {
+        panic!("expected WelcomeV2, got {messages:?}");
+    };
+    assert!(welcome.resumed);
+    let client = Client { user, ..client };
+    (client, messages)
+}
+
+fn body(n: u64) -> Vec<u8> {
+    format!("message {n}: ").repeat(40).into_bytes()
+}
+
+/// `(message_id, body)` of each delivery; panics on anything else.
+fn deliveries(messages: &[HubMessageV2]) -> Vec<(u64, Vec<u8>)> {
+    messages
+        .iter()
+        .map(|message| match message {
+            HubMessageV2::DeliverV2(deliver) => (deliver.message_id, deliver.body.to_vec()),
+            other => panic!("expected a delivery, got {other:?}"),
+        })
+        .collect()
+}
+
+/// How many of `user`'s entries keep their body in memory, and how many
+/// only in the log.
+fn residency(net: &Net, user: u64) -> (usize, usize) {
+    let session = &net.shards[0].sessions.map[&user];
+    let mut counts = (0, 0);
+    for entry in &session.inbox {
+        match &entry.item {
+            Item::Message {
+                body: Body::Resident(_),
+                ..
+            } => counts.0 += 1,
+            Item::Message { .. } => counts.1 += 1,
+            Item::Receipt { .. } => {}
+        }
+    }
+    counts
+}
+
+/// A receiver that went offline, and a sender that relayed `ids` to it.
+fn offline_inbox(net: &mut Net, disk: &mut Disk, ids: std::ops::Range<u64>) -> (u64, ResumeToken) {
+    let (receiver, token) = session(net, disk);
+    let (sender, _) = session(net, disk);
+    net.disconnect(receiver);
+    for id in ids {
+        net.relay_v2(sender, id, id, &[receiver.user], &body(id));
+        disk.write(net);
+    }
+    (receiver.user, token)
+}
+
+/// An offline session's durable entries keep no body in memory; on
+/// resume they are read back, checked, and sent in order, each once.
+#[test]
+fn offline_bodies_are_read_back_in_order_on_resume() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..13);
+    assert_eq!(residency(&net, user), (0, 12));
+    let (client, messages) = resume(&mut net, &mut disk, user, token);
+    assert!(messages.is_empty(), "sent before read back: {messages:?}");
+    let results = disk.serve(&mut net);
+    // Read ahead: the inflight window (8), not the whole inbox.
+    assert_eq!(results, vec![Ok(()); 8]);
+    let got = deliveries(&net.output_v2(client));
+    let expected: Vec<(u64, Vec<u8>)> = (1..=8).map(|id| (id, body(id))).collect();
+    assert_eq!(got, expected);
+    net.send_message(client, &Ack { upto: 8 });
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 4]);
+    let got = deliveries(&net.output_v2(client));
+    let expected: Vec<(u64, Vec<u8>)> = (9..=12).map(|id| (id, body(id))).collect();
+    assert_eq!(got, expected);
+    assert_eq!(net.shards[0].stats().bodies_read.get(), 12);
+    assert_eq!(net.shards[0].body_reads_pending(), 0);
+}
+
+/// A compaction copies records whose bodies are only in the log into the
+/// new file, and the entries follow them there (the old file is gone).
+#[test]
+fn a_compaction_carries_logged_bodies_into_the_new_generation() {
+    let mut net = Net::new(
+        1,
+        Limits {
+            log_bytes_max: 64 << 10,
+            ..disk_limits()
+        },
+    );
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..4);
+    let (churn, _) = session(&mut net, &mut disk);
+    let (sender, _) = session(&mut net, &mut disk);
+    let mut id = 100;
+    while net.shards[0].stats().compactions.get() < 2 {
+        assert!(id < 400, "no compaction");
+        net.relay_v2(sender, id, id, &[churn.user], &[9; 1000]);
+        disk.write(&mut net);
+        let (_, last) = last_seq(&net.output_v2(churn));
+        net.send_message(churn, &Ack { upto: last });
+        disk.write(&mut net);
+        id += 1;
+    }
+    assert_eq!(disk.files.len(), 1, "the old generations are gone");
+    assert_eq!(residency(&net, user), (0, 3));
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 3]);
+    let expected: Vec<(u64, Vec<u8>)> = (1..=3).map(|id| (id, body(id))).collect();
+    assert_eq!(deliveries(&net.output_v2(client)), expected);
+}
+
+fn last_seq(messages: &[HubMessageV2]) -> (usize, u64) {
+    let mut last = 0;
+    for message in messages {
+        if let HubMessageV2::DeliverV2(deliver) = message {
+            last = deliver.seq;
+        }
+    }
+    (messages.len(), last)
+}
+
+/// Records appended while a snapshot was being written land in the
+/// current file after all when the snapshot fails: their entries point
+/// there, and read back right.
+#[test]
+fn after_a_failed_compaction_entries_point_into_the_current_file() {
+    let mut net = Net::new(
+        1,
+        Limits {
+            log_bytes_max: 64 << 10,
+            ..disk_limits()
+        },
+    );
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..3);
+    let (churn, _) = session(&mut net, &mut disk);
+    let (sender, _) = session(&mut net, &mut disk);
+    let now = net.now_ms;
+    let mut id = 100;
+    let snapshot = loop {
+        assert!(id < 400, "no compaction");
+        net.relay_v2(sender, id, id, &[churn.user], &[9; 1000]);
+        let batch = net.shards[0].poll_log(now).expect("a batch");
+        if batch.new_generation {
+            break batch;
+        }
+        disk.apply(&batch);
+        net.shards[0].handle_log_written(now, batch.end_lsn, false);
+        let (_, last) = last_seq(&net.output_v2(churn));
+        net.send_message(churn, &Ack { upto: last });
+        id += 1;
+    };
+    // While the snapshot is out, one more message for the offline session.
+    net.relay_v2(sender, 1000, 1000, &[user], &body(3));
+    net.shards[0].handle_log_failed(now, snapshot);
+    disk.write(&mut net);
+    assert_eq!(disk.generation, 0, "the compaction is retried only later");
+    assert_eq!(residency(&net, user), (0, 3));
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 3]);
+    let expected = vec![(1, body(1)), (2, body(2)), (1000, body(3))];
+    assert_eq!(deliveries(&net.output_v2(client)), expected);
+}
+
+/// Entries recovery rebuilds keep only their position; a resume reads
+/// them from the recovered file.
+#[test]
+fn recovered_entries_are_read_back_from_the_recovered_file() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..6);
+    let file = disk.files[&0].clone();
+    let mut net = Net::new(1, disk_limits());
+    let now = net.now_ms;
+    let shard = &mut net.shards[0];
+    shard.begin_recovery(0);
+    let scanned = scan(&file, |record, offset, len| {
+        let pos = LogPos {
+            generation: 0,
+            len: record_len(len),
+            offset,
+        };
+        shard.recover(now, record, pos);
+    })
+    .expect("a clean log");
+    shard.finish_recovery(now, scanned.valid_bytes, scanned.valid_bytes);
+    assert_eq!(residency(&net, user), (0, 5));
+    let mut disk = Disk {
+        files: HashMap::from([(0, file)]),
+        generation: 0,
+    };
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 5]);
+    let got = deliveries(&net.output_v2(client));
+    let expected: Vec<(u64, Vec<u8>)> = (1..=5).map(|id| (id, body(id))).collect();
+    assert_eq!(got, expected);
+}
+
+/// A record that does not check out when read back is not delivered, nor
+/// skipped: the entry stays, the error is counted and returned for the
+/// driver's log, and later entries wait behind it.
+#[test]
+fn a_corrupt_record_read_back_is_neither_sent_nor_skipped() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..3);
+    // Flip a byte in the first message's body.
+    let first = match &net.shards[0].sessions.map[&user].inbox[0].item {
+        Item::Message { pos: Some(pos), .. } => *pos,
+        _ => panic!("a logged message"),
+    };
+    disk.files.get_mut(&0).unwrap()[first.offset as usize + 100] ^= 1;
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    let results = disk.serve(&mut net);
+    assert_eq!(
+        results,
+        [
+            Err(ReadBackError::Invalid(
+                crate::store::record::Invalid::Checksum
+            )),
+            Ok(())
+        ]
+    );
+    assert!(net.output_v2(client).is_empty(), "sent past a bad record");
+    assert_eq!(net.shards[0].stats().body_read_errors.get(), 1);
+    assert_eq!(net.shards[0].inbox_len(user), Some(2));
+    assert!(
+        disk.serve(&mut net).is_empty(),
+        "not read again until the session's next ack or resume"
+    );
+}
+
+/// A session that goes offline again drops the bodies it read back.
+#[test]
+fn a_session_that_leaves_again_drops_what_it_read_back() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..5);
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    assert_eq!(disk.serve(&mut net).len(), 4);
+    assert_eq!(residency(&net, user), (4, 0));
+    net.disconnect(client);
+    disk.write(&mut net);
+    assert_eq!(residency(&net, user), (0, 4));
+}
+
+/// The sizes docs/operations.md gives for an inbox entry and a session.
+#[test]
+fn entry_and_session_sizes_are_the_documented_ones() {
+    assert_eq!((ENTRY_BYTES, SESSION_BYTES), (112, 288));
+    assert_eq!(std::mem::size_of::<Option<LogPos>>(), 16);
+}
