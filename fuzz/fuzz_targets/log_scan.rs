@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
             let mut again = BytesMut::new();
             for (record, offset, len) in &records {
                 assert_eq!(*offset as usize, again.len(), "records are contiguous");
-                assert_eq!(encode(record, &mut again), *len, "the length is the record's");
+                assert_eq!(
+                    encode(record, &mut again),
+                    *len,
+                    "the length is the record's"
+                );
                 let at = &file[*offset as usize..*offset as usize + len];
                 assert_eq!(decode(at), Ok(Some((record.clone(), *len))));
             }

@@ -1241,6 +1241,9 @@ impl Harness {
                 tally("events: adopt");
             }
             Event::LogReady => panic!("shard {shard}: LogReady with the log off (memory storage)"),
+            Event::BodyReadReady => {
+                panic!("shard {shard}: BodyReadReady with the log off (memory storage)")
+            }
             Event::Writable(id) => {
                 let c = self.client_of(shard, id, event);
                 let client = &mut self.clients[c];
