@@ -1185,8 +1185,14 @@ impl<Io> Shard<Io> {
             return; // Acked already.
         }
         // A snapshot groups entries by relay, so one session's entries may
-        // come out of `seq` order: keep the inbox sorted.
-        let at = session.inbox.partition_point(|entry| entry.seq < seq);
+        // come out of `seq` order: keep the inbox sorted. The log itself is
+        // in order: an entry after the last one goes at the end (no search,
+        // whose cache misses were most of a recovery's time).
+        let at = if session.inbox.back().is_none_or(|last| last.seq < seq) {
+            session.inbox.len()
+        } else {
+            session.inbox.partition_point(|entry| entry.seq < seq)
+        };
         if session.inbox.get(at).is_some_and(|entry| entry.seq == seq) {
             return; // Already there.
         }
