@@ -161,6 +161,53 @@ fn a_restart_keeps_offline_messages_ids_and_tokens() {
     assert_eq!(stats.bodies_read, 10, "{stats}");
 }
 
+/// Frames a client pipelines right after its `Hello` wait for the welcome,
+/// which waits for the log: they are answered after it, not refused with
+/// `HelloRequired` (the fuzz harness's log mode found them refused).
+#[test]
+fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
+    use std::io::Write;
+
+    use bytes::BytesMut;
+    use relayhub_protocol::{encode, preface_for, Decoder, Echo, Hello, VERSION_2};
+
+    let dir = DataDir::new("pipelined-hello");
+    let hub = disk_hub(&dir.0, 1);
+    for durable in [true, false] {
+        let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+        encode(&Hello::new_session(1, durable), &mut bytes).unwrap();
+        encode(
+            &Echo {
+                request: 2,
+                body: b"right behind".to_vec(),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        let mut stream = std::net::TcpStream::connect(hub.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(common::EVENT_TIMEOUT))
+            .unwrap();
+        stream.write_all(&bytes).unwrap();
+        let mut client = RawV2 {
+            stream,
+            decoder: Decoder::expecting(VERSION_2),
+            user: 0,
+            token: [0; 16],
+        };
+        match client.next() {
+            HubMessageV2::WelcomeV2(welcome) => assert_eq!(welcome.durable, durable),
+            other => panic!("durable {durable}: expected the welcome, got {other:?}"),
+        }
+        match client.next() {
+            HubMessageV2::EchoReply(reply) => {
+                assert_eq!((reply.request, &reply.body[..]), (2, &b"right behind"[..]))
+            }
+            other => panic!("durable {durable}: expected the echo, got {other:?}"),
+        }
+    }
+}
+
 /// While the hub runs, an offline receiver's bodies leave memory once
 /// durable and come back from the log on resume, in order, intact; more
 /// than its inflight window, so reads follow its acks.

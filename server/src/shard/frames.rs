@@ -47,7 +47,10 @@ impl<Io> Shard<Io> {
         let mut decoder = std::mem::take(&mut conn.decoder);
         let mut completed = false;
         while let Some(conn) = self.conn(id) {
-            if !conn.takes_input() {
+            // A frame may pause the connection without being kept (a
+            // `Hello` whose welcome waits for the log): what follows it
+            // waits too, for `poll_read` once the pause ends.
+            if !conn.takes_input() || conn.paused_on.is_some() {
                 break;
             }
             if conn.state == ConnState::AwaitPreface {
