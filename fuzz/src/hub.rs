@@ -179,11 +179,23 @@ pub enum Preset {
     Roomy,
     /// Four connections, the smallest limits, no idle or frame timeout.
     Untimed,
+    /// Six connections, small inboxes, and the log on (`--storage disk`)
+    /// with the smallest disk budget: records are written to in-memory
+    /// files, offline bodies read back from them, and compactions copy
+    /// records forward (the driver's writer and reader run whenever the
+    /// core has work for them).
+    Disk,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 4] = [Preset::Small, Preset::Tight, Preset::Roomy, Preset::Untimed];
+    pub const ALL: [Preset; 5] = [
+        Preset::Small,
+        Preset::Tight,
+        Preset::Roomy,
+        Preset::Untimed,
+        Preset::Disk,
+    ];
 
     fn config(self) -> Config {
         let mut config = Config::for_tests(1);
@@ -207,11 +219,17 @@ impl Preset {
                 config.message_ttl_ms = 5_000;
                 config.dedup_window_ms = 0;
             }
+            Preset::Disk => {
+                config.inbox_messages_max = 12;
+                config.inflight_messages_max = 3;
+                config.storage = relayhub_server::config::Storage::Disk;
+                config.disk_bytes_max = config::DISK_BYTES_MIN;
+            }
             Preset::Roomy => {}
         }
         let (connections, idle, frame, flush) = match self {
             Preset::Small => (2, 1_000, 250, 100),
-            Preset::Tight => (6, 5_000, 1_000, 500),
+            Preset::Tight | Preset::Disk => (6, 5_000, 1_000, 500),
             Preset::Untimed => (4, 0, 0, 50),
             Preset::Roomy => {
                 config.connections_per_shard_max = 10;
@@ -621,6 +639,58 @@ enum Call {
     HandOff,
 }
 
+/// One shard's log files, in memory (`Preset::Disk`).
+#[derive(Default)]
+struct Files {
+    by_generation: HashMap<u32, Vec<u8>>,
+    generation: u32,
+}
+
+impl Files {
+    /// What the driver's `DiskLog::write` does with a batch.
+    fn write(&mut self, batch: &relayhub_server::shard::LogBatch) {
+        if !batch.new_generation {
+            let file = self.by_generation.entry(self.generation).or_default();
+            file.extend_from_slice(&batch.bytes);
+            return;
+        }
+        let current = self.by_generation.get(&self.generation);
+        let mut fresh = Vec::new();
+        let mut done = 0;
+        for &(at, pos) in &batch.copies {
+            fresh.extend_from_slice(&batch.bytes[done..at]);
+            done = at;
+            let file = current.expect("a copy from the current file");
+            let start = usize::try_from(pos.offset).expect("fits");
+            let end = start + pos.len.get() as usize;
+            assert!(
+                end <= file.len(),
+                "a copy past the end of the file: {pos:?}"
+            );
+            fresh.extend_from_slice(&file[start..end]);
+        }
+        fresh.extend_from_slice(&batch.bytes[done..]);
+        assert_eq!(fresh.len() as u64, batch.len(), "the snapshot's length");
+        self.generation += 1;
+        self.by_generation.insert(self.generation, fresh);
+    }
+
+    /// The record at `pos`, as `LogFiles::read` returns it.
+    fn read(&self, pos: relayhub_server::shard::LogPos) -> &[u8] {
+        let file = self
+            .by_generation
+            .get(&pos.generation)
+            .unwrap_or_else(|| panic!("a read from a generation that is gone: {pos:?}"));
+        let start = usize::try_from(pos.offset).expect("fits");
+        let end = start + pos.len.get() as usize;
+        assert!(
+            end <= file.len(),
+            "a read past the end of the file: {pos:?}"
+        );
+        &file[start..end]
+    }
+}
+
 /// What the client knew when its connection started closing.
 #[derive(Clone, Copy, Debug)]
 struct Closing {
@@ -820,6 +890,8 @@ pub struct Harness {
     adopt_due: Vec<bool>,
     /// Version 2: sessions, messages and relay attempts (see [`v2`]).
     model: v2::Model,
+    /// Each shard's log files (`Preset::Disk`).
+    files: Vec<Files>,
 }
 
 /// Read size of a transmission: `read` bytes, 0 for `SHARD_READ_BYTES`.
@@ -873,6 +945,7 @@ impl Harness {
             call: Call::PollTimeout,
             adopt_due: vec![false; count],
             model: v2::Model::default(),
+            files: (0..count).map(|_| Files::default()).collect(),
         };
         // Each shard's timer task starts by asking for its deadline.
         for shard in 0..count {
@@ -1123,6 +1196,7 @@ impl Harness {
     }
 
     fn drain_events(&mut self, shard: usize) {
+        self.run_log(shard);
         while let Some(event) = self.shards[shard].poll_event() {
             self.on_event(shard, event);
         }
@@ -1145,6 +1219,7 @@ impl Harness {
         let before = Counts::of(&self.stats[shard]);
         self.call = Call::Accept;
         let adopted = self.shards[shard].handle_adopt(now, c, &adoption.buffered);
+        self.run_log(shard);
         let after = Counts::of(&self.stats[shard]);
         tally("connections adopted");
         self.clients[c].in_hand_off = false;
@@ -1240,10 +1315,11 @@ impl Harness {
                 self.adopt_due[shard] = true;
                 tally("events: adopt");
             }
-            Event::LogReady => panic!("shard {shard}: LogReady with the log off (memory storage)"),
-            Event::BodyReadReady => {
-                panic!("shard {shard}: BodyReadReady with the log off (memory storage)")
-            }
+            // The writer and the reader run after every call.
+            Event::LogReady | Event::BodyReadReady => assert!(
+                self.limits.log_enabled,
+                "shard {shard}: {event:?} with the log off (memory storage)"
+            ),
             Event::Writable(id) => {
                 let c = self.client_of(shard, id, event);
                 let client = &mut self.clients[c];
@@ -1403,6 +1479,9 @@ impl Harness {
         self.call = call;
         let result = f(&mut self.shards[shard], self.now, id);
         trace!("  client {c}: {call:?} -> {result:?}");
+        // What the call's records release (a durable welcome, deliveries)
+        // counts as the call's.
+        self.run_log(shard);
         let after = Counts::of(&self.stats[shard]);
         self.account_call(c, shard, id, call, before, after);
         result
@@ -2172,6 +2251,50 @@ impl Harness {
             }
         }
         panic!("tasks and timers never settle");
+    }
+
+    /// The driver's log writer and reader, run after every core call (the
+    /// way memory storage behaves, so that the checks of a call see what
+    /// its records made possible): every batch is written (and succeeds),
+    /// a snapshot becomes the next generation and the old file goes once
+    /// the core moved its entries, every read is served from the files.
+    fn run_log(&mut self, shard: usize) {
+        if !self.limits.log_enabled {
+            return;
+        }
+        loop {
+            let mut progress = false;
+            let now = self.now;
+            while let Some(batch) = self.shards[shard].poll_log(now) {
+                trace!(
+                    "  shard {shard}: log batch of {} bytes (new generation: {})",
+                    batch.len(),
+                    batch.new_generation
+                );
+                tally("log: batches");
+                if batch.new_generation {
+                    tally("log: compactions");
+                    tally_add("log: records copied", batch.copies.len() as u64);
+                }
+                self.files[shard].write(&batch);
+                self.shards[shard].handle_log_written(now, batch.end_lsn, batch.new_generation);
+                if batch.new_generation {
+                    let old = self.files[shard].generation - 1;
+                    self.files[shard].by_generation.remove(&old);
+                }
+                progress = true;
+            }
+            while let Some(read) = self.shards[shard].poll_body_read() {
+                let bytes = self.files[shard].read(read.pos).to_vec();
+                let result = self.shards[shard].handle_body_read(now, read, &bytes);
+                assert_eq!(result, Ok(()), "shard {shard}: {read:?} read back wrong");
+                tally("log: bodies read back");
+                progress = true;
+            }
+            if !progress {
+                return;
+            }
+        }
     }
 
     // ----- what the client reads ------------------------------------------
