@@ -40,7 +40,8 @@
 //!   receiver, `ReceiverDropped` only for an ephemeral one,
 //!   `UnknownReceiver` for a durable one only once it expired,
 //!   `DuplicateContent` only with content dedup on and a body sent to that
-//!   receiver before, `StorageFull` never (storage is in memory); none of
+//!   receiver before, `StorageFull` only for a durable receiver with the
+//!   log on (the `Disk` preset: its share of the disk used); none of
 //!   them closes the connection. Over-limit relays get their one error and
 //!   no `Stored`.
 //! - `AckOutOfRange` only after an ack above the highest `seq` read, with
@@ -1335,7 +1336,14 @@ impl Harness {
                     }))
         });
         match code {
-            ErrorCodeV2::StorageFull => panic!("StorageFull with storage in memory"),
+            ErrorCodeV2::StorageFull => {
+                assert!(
+                    self.limits.log_enabled,
+                    "StorageFull with storage in memory"
+                );
+                assert!(!ephemeral, "StorageFull for ephemeral receiver {receiver}");
+                tally("v2: receiver errors: storage full");
+            }
             ErrorCodeV2::InboxFull => {
                 assert!(!ephemeral, "InboxFull for ephemeral receiver {receiver}");
                 tally("v2: receiver errors: inbox full");

@@ -123,9 +123,13 @@ impl<Io> Shard<Io> {
                 }
             }
         }
-        let Some(&id) = self.users.get(&pending.user) else {
+        // The reply goes to the connection that asked, if it is still the
+        // user's: a session taken over meanwhile (a resume on a new
+        // connection) must not get a reply to a request it never sent.
+        let id = pending.conn;
+        if self.users.get(&pending.user) != Some(&id) {
             return;
-        };
+        }
         let reply = ListReplyRef {
             request: pending.request,
             users: &pending.users,

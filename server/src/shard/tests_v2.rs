@@ -274,6 +274,55 @@ fn a_takeover_closes_the_old_connection_and_redelivers_what_it_did_not_ack() {
     let _ = receiver;
 }
 
+/// A list that waits for other shards when its session is taken over: the
+/// reply is not sent to the new connection, which never asked (it once
+/// was: replies went to the user's current connection). Found by the fuzz
+/// harness.
+#[test]
+fn a_list_reply_does_not_follow_a_takeover_to_the_new_connection() {
+    let mut net = Net::new(2, limits());
+    let session = net.new_session(0, true);
+    let owner = session.client.shard;
+    net.send_message(
+        session.client,
+        &relayhub_protocol::List {
+            request: 7,
+            after: 0,
+            limit: 0,
+        },
+    );
+    // The other shard's answer has not come back yet.
+    let (resumed, messages) = net.resume(owner, session);
+    net.settle();
+    let mut later = messages;
+    later.extend(net.output_v2(resumed.client));
+    assert!(
+        !later
+            .iter()
+            .any(|message| matches!(message, HubMessageV2::ListReply(_))),
+        "the new connection got the old one's list reply: {later:?}"
+    );
+    // Its own list is answered.
+    net.send_message(
+        resumed.client,
+        &relayhub_protocol::List {
+            request: 8,
+            after: 0,
+            limit: 0,
+        },
+    );
+    net.settle();
+    let replies: Vec<u64> = net
+        .output_v2(resumed.client)
+        .iter()
+        .filter_map(|message| match message {
+            HubMessageV2::ListReply(reply) => Some(reply.request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, [8]);
+}
+
 #[test]
 fn resumes_with_a_wrong_or_outdated_token_are_rejected() {
     let mut net = Net::new(1, limits());
