@@ -581,14 +581,14 @@ impl DiskLog {
         out[..self.tail.len()].copy_from_slice(&self.tail);
         out[self.tail.len()..total].copy_from_slice(bytes);
         out[total..].fill(0);
+        // The last, partial block is written again with the next batch.
+        let full = total / alignment * alignment;
+        let tail = out[full..total].to_vec();
         let written = self.file.write_at(buffer, self.write_offset).await?;
         if written != aligned {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short DMA write").into());
         }
-        let full = total / alignment * alignment;
-        let mut tail = std::mem::take(&mut self.tail);
-        tail.extend_from_slice(bytes);
-        self.tail = tail.split_off(full);
+        self.tail = tail;
         self.write_offset += full as u64;
         self.unsynced = true;
         Ok(())
