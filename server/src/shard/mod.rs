@@ -42,7 +42,7 @@ pub use dedup::{ContentWindow as ContentWindowBox, CONTENT_DEDUP_ENTRIES_MAX};
 pub use durability::{record_len, LogBatch, LogPos, COMPACTION_MIN_BYTES, COMPACTION_RATIO};
 pub use list::LISTS_PER_CONNECTION_MAX;
 pub use mesh::{Failures, MeshMessage, Receivers, MESH_MESSAGE_OVERHEAD_BYTES, MESH_SLOT_BYTES};
-pub use readback::{BodyRead, ReadBackError, READ_BACK_BYTES_MAX};
+pub use readback::{read_charge, BodyRead, ReadBackError, READ_BACK_BYTES_MAX, READ_BLOCK_BYTES};
 pub use routing::{INLINE_DELIVER_BYTES_MAX, RELAYS_PENDING_PER_CONNECTION_MAX};
 pub use sessions::{ENTRY_BYTES, SESSION_BYTES, SESSION_SWEEP_MS};
 

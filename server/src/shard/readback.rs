@@ -11,9 +11,9 @@
 //!
 //! Memory: a session reads ahead at most its inflight byte window
 //! (`--inflight-bytes-max`, at least one entry), and the shard has at most
-//! [`READ_BACK_BYTES_MAX`] of records being read at once (at least one
-//! record, however large); a session that finds no room waits for a read
-//! to finish.
+//! [`READ_BACK_BYTES_MAX`] of read buffers at once ([`read_charge`]: at
+//! least one record, however large); a session that finds no room waits
+//! for a read to finish.
 
 use std::collections::VecDeque;
 
@@ -27,9 +27,21 @@ use crate::{
     store::record::{decode, Invalid, Record},
 };
 
-/// Most bytes of log records one shard reads back at a time: 4 MiB (one
-/// record always goes out, however large).
+/// Most bytes one shard reads back at a time, counted as the driver's read
+/// buffers take them ([`read_charge`]): 4 MiB (one record always goes out,
+/// however large).
 pub const READ_BACK_BYTES_MAX: u64 = 4 << 20;
+
+/// The largest `O_DIRECT` alignment the budget allows for: 4 KiB. A read
+/// covers whole blocks, so a record costs its length rounded up to them,
+/// and one block more when it starts inside one.
+pub const READ_BLOCK_BYTES: u64 = 4 << 10;
+
+/// What reading the record at `pos` back takes from the budget: the
+/// buffer the driver's read fills.
+pub fn read_charge(pos: LogPos) -> u64 {
+    u64::from(pos.len.get()).next_multiple_of(READ_BLOCK_BYTES) + READ_BLOCK_BYTES
+}
 
 /// A record for the driver to read back: `pos.len` bytes at `pos.offset` of
 /// the file of generation `pos.generation`, for `user`'s entry `seq`.
@@ -72,9 +84,9 @@ impl std::error::Error for ReadBackError {}
 /// The shard's reads in progress.
 #[derive(Default)]
 pub(super) struct Reads {
-    /// Entries to read, `(user, seq)`, in order of asking.
-    queue: VecDeque<(u64, u64, u32)>,
-    /// Record bytes queued or being read.
+    /// Entries to read, `(user, seq, charge)`, in order of asking.
+    queue: VecDeque<(u64, u64, u64)>,
+    /// Bytes queued or being read, as [`read_charge`] counts them.
     bytes: u64,
     /// Sessions that found no room, pumped again as reads finish.
     waiters: VecDeque<u64>,
@@ -163,13 +175,13 @@ impl<Io> Shard<Io> {
             if asked > first && asked_bytes + u64::from(len) > window_bytes {
                 break;
             }
-            let record = u64::from(pos.len.get());
+            let record = read_charge(*pos);
             if self.reads.bytes > 0 && self.reads.bytes + record > READ_BACK_BYTES_MAX {
                 self.reads.waiters.push_back(user);
                 break;
             }
             *body = Body::Loading(len);
-            self.reads.queue.push_back((user, entry.seq, pos.len.get()));
+            self.reads.queue.push_back((user, entry.seq, record));
             self.reads.bytes += record;
             asked += 1;
             asked_bytes += u64::from(len);
@@ -195,8 +207,7 @@ impl<Io> Shard<Io> {
                     ..
                 }) => {
                     // A compaction may have moved it since it was asked for.
-                    self.reads.bytes =
-                        self.reads.bytes - u64::from(charged) + u64::from(pos.len.get());
+                    self.reads.bytes = self.reads.bytes - charged + read_charge(*pos);
                     return Some(BodyRead {
                         user,
                         seq,
@@ -204,7 +215,7 @@ impl<Io> Shard<Io> {
                     });
                 }
                 // Acked or expired meanwhile: nothing to read.
-                _ => self.reads.bytes -= u64::from(charged),
+                _ => self.reads.bytes -= charged,
             }
         }
         self.reads.reader_parked = true;
@@ -220,7 +231,7 @@ impl<Io> Shard<Io> {
         read: BodyRead,
         bytes: &[u8],
     ) -> Result<(), ReadBackError> {
-        self.reads.bytes -= u64::from(read.pos.len.get());
+        self.reads.bytes -= read_charge(read.pos);
         let result = self.take_body(read, bytes);
         match result {
             Ok(()) => self.pump(now_ms, read.user),

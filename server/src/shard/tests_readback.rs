@@ -359,3 +359,65 @@ fn entry_and_session_sizes_are_the_documented_ones() {
     assert_eq!((ENTRY_BYTES, SESSION_BYTES), (112, 288));
     assert_eq!(std::mem::size_of::<Option<LogPos>>(), 16);
 }
+
+/// Many sessions resuming at once share the shard's read budget: the read
+/// buffers never pass `READ_BACK_BYTES_MAX`, sessions that find no room
+/// wait, and every one gets all of its messages, in order.
+#[test]
+fn resumes_at_once_share_the_read_budget() {
+    let mut net = Net::new(
+        1,
+        Limits {
+            sessions_max: 1000,
+            connections_max: 1000,
+            ..disk_limits()
+        },
+    );
+    let mut disk = Disk::default();
+    let (sender, _) = session(&mut net, &mut disk);
+    let mut offline = Vec::new();
+    for _ in 0..80 {
+        let (receiver, token) = session(&mut net, &mut disk);
+        net.disconnect(receiver);
+        offline.push((receiver.user, token));
+    }
+    let mut id = 0;
+    for round in 0..8 {
+        for &(user, _) in &offline {
+            id += 1;
+            net.relay_v2(sender, id, id, &[user], &body(round));
+        }
+        disk.write(&mut net);
+    }
+    let mut clients = Vec::new();
+    let mut most = 0;
+    for &(user, token) in &offline {
+        let (client, messages) = resume(&mut net, &mut disk, user, token);
+        assert!(messages.is_empty());
+        most = most.max(net.shards[0].body_reads_pending());
+        clients.push(client);
+    }
+    // 640 reads of 8 KiB each would be 5 MiB: some sessions waited.
+    assert!(most <= READ_BACK_BYTES_MAX, "{most} bytes being read");
+    assert!(most > READ_BACK_BYTES_MAX - 2 * read_charge_of_one(&net, offline[0].0));
+    let results = disk.serve(&mut net);
+    assert_eq!(results.len(), 640);
+    assert!(results.iter().all(Result::is_ok));
+    for client in clients {
+        let got: Vec<Vec<u8>> = deliveries(&net.output_v2(client))
+            .into_iter()
+            .map(|(_, body)| body)
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..8).map(body).collect();
+        assert_eq!(got, expected, "user {}", client.user);
+    }
+    assert_eq!(net.shards[0].body_reads_pending(), 0);
+}
+
+/// The budget one read of `user`'s first entry takes.
+fn read_charge_of_one(net: &Net, user: u64) -> u64 {
+    match &net.shards[0].sessions.map[&user].inbox[0].item {
+        Item::Message { pos: Some(pos), .. } => read_charge(*pos),
+        _ => panic!("a logged message"),
+    }
+}
