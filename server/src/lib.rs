@@ -33,6 +33,7 @@
 //! | how bytes move (sockets, rings, timers) | `driver.rs` only | nothing in the core |
 //! | a new log record kind | `store/record.rs` (a new `RecordKind`, never renumbered), `Shard::recover`, `snapshot_records` | docs/architecture.md "Durability"; the record round-trip test |
 //! | what waits for durability | `shard/durability.rs` (`Waiting`) | the SIGKILL test in `server/tests/persistence.rs` |
+//! | which bodies leave memory, how they come back | `shard/readback.rs`; the reads in `disk.rs` (`LogFiles`) and `driver.rs` | `shard/tests_readback.rs`, the fuzz `Disk` preset |
 //! | a new metric | a counter in `stats.rs`, its help and name in `metrics.rs` | docs/operations.md "Metrics" |
 
 #![deny(unsafe_op_in_unsafe_fn)]
