@@ -185,16 +185,20 @@ pub enum Preset {
     /// records forward (the driver's writer and reader run whenever the
     /// core has work for them).
     Disk,
+    /// `Disk` where every compaction fails once (the disk refuses the
+    /// snapshot) before its retry succeeds.
+    DiskFlaky,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 5] = [
+    pub const ALL: [Preset; 6] = [
         Preset::Small,
         Preset::Tight,
         Preset::Roomy,
         Preset::Untimed,
         Preset::Disk,
+        Preset::DiskFlaky,
     ];
 
     fn config(self) -> Config {
@@ -219,7 +223,7 @@ impl Preset {
                 config.message_ttl_ms = 5_000;
                 config.dedup_window_ms = 0;
             }
-            Preset::Disk => {
+            Preset::Disk | Preset::DiskFlaky => {
                 config.inbox_messages_max = 12;
                 config.inflight_messages_max = 3;
                 config.storage = relayhub_server::config::Storage::Disk;
@@ -229,7 +233,7 @@ impl Preset {
         }
         let (connections, idle, frame, flush) = match self {
             Preset::Small => (2, 1_000, 250, 100),
-            Preset::Tight | Preset::Disk => (6, 5_000, 1_000, 500),
+            Preset::Tight | Preset::Disk | Preset::DiskFlaky => (6, 5_000, 1_000, 500),
             Preset::Untimed => (4, 0, 0, 50),
             Preset::Roomy => {
                 config.connections_per_shard_max = 10;
@@ -644,6 +648,8 @@ enum Call {
 struct Files {
     by_generation: HashMap<u32, Vec<u8>>,
     generation: u32,
+    /// `Preset::DiskFlaky`: the next snapshot is refused.
+    refuse_snapshot: bool,
 }
 
 impl Files {
@@ -890,8 +896,10 @@ pub struct Harness {
     adopt_due: Vec<bool>,
     /// Version 2: sessions, messages and relay attempts (see [`v2`]).
     model: v2::Model,
-    /// Each shard's log files (`Preset::Disk`).
+    /// Each shard's log files (`Preset::Disk`, `Preset::DiskFlaky`).
     files: Vec<Files>,
+    /// `Preset::DiskFlaky`: every snapshot fails once.
+    flaky_snapshots: bool,
 }
 
 /// Read size of a transmission: `read` bytes, 0 for `SHARD_READ_BYTES`.
@@ -945,7 +953,13 @@ impl Harness {
             call: Call::PollTimeout,
             adopt_due: vec![false; count],
             model: v2::Model::default(),
-            files: (0..count).map(|_| Files::default()).collect(),
+            files: (0..count)
+                .map(|_| Files {
+                    refuse_snapshot: input.preset == Preset::DiskFlaky,
+                    ..Files::default()
+                })
+                .collect(),
+            flaky_snapshots: input.preset == Preset::DiskFlaky,
         };
         // Each shard's timer task starts by asking for its deadline.
         for shard in 0..count {
@@ -2272,9 +2286,19 @@ impl Harness {
                     batch.new_generation
                 );
                 tally("log: batches");
+                if batch.new_generation && self.files[shard].refuse_snapshot {
+                    // The disk refuses it: the current file stays the log,
+                    // the superseded records come back with the next batch.
+                    self.files[shard].refuse_snapshot = false;
+                    tally("log: compactions refused");
+                    self.shards[shard].handle_log_failed(now, batch);
+                    progress = true;
+                    continue;
+                }
                 if batch.new_generation {
                     tally("log: compactions");
                     tally_add("log: records copied", batch.copies.len() as u64);
+                    self.files[shard].refuse_snapshot = self.flaky_snapshots;
                 }
                 self.files[shard].write(&batch);
                 self.shards[shard].handle_log_written(now, batch.end_lsn, batch.new_generation);

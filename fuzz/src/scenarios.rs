@@ -807,12 +807,30 @@ fn v2_scenarios() -> Vec<(&'static str, SessionInput)> {
             drain(2),
         ]);
     }
-    ops.extend([
+    let churn = ops[ops.len() - 4..].to_vec();
+    let mut flaky = ops.clone();
+    let resume_and_drain = [
         resume(0, 0, TokenChoice::Latest),
         drain(3),
         ack(3, AckUpto::Highest),
-    ]);
+    ];
+    ops.extend(resume_and_drain.iter().cloned());
     out.push(("v2-disk-compaction-offline", input(1, Preset::Disk, ops)));
+
+    // The same on a disk that refuses every snapshot once: the current
+    // file stays the log, and the compaction is retried 10 s later.
+    flaky.push(Op::Advance {
+        ms: 110,
+        coarse: true,
+    });
+    for _ in 0..4 {
+        flaky.extend(churn.iter().cloned());
+    }
+    flaky.extend(resume_and_drain);
+    out.push((
+        "v2-disk-flaky-compaction-offline",
+        input(1, Preset::DiskFlaky, flaky),
+    ));
 
     // A takeover: the session resumes while its connection is open; the
     // old one reads what was queued, then SessionTakenOver. Receipts go
@@ -1009,9 +1027,15 @@ mod tests {
                 tally.get("log: bodies read back") > Some(&0),
                 "{name}: {tally:?}"
             );
-            if name == "v2-disk-compaction-offline" {
+            if name.contains("compaction") {
                 assert!(
                     tally.get("log: records copied") > Some(&0),
+                    "{name}: {tally:?}"
+                );
+            }
+            if name.contains("flaky") {
+                assert!(
+                    tally.get("log: compactions refused") > Some(&0),
                     "{name}: {tally:?}"
                 );
             }
