@@ -939,8 +939,11 @@ impl Harness {
                 // (A raw sender's frames are not followed: no time known.)
                 let window = self.limits.dedup_window_ms;
                 if let Some(first) = message.first_handled_ms {
+                    let receiver = self.clients[c].user;
                     assert!(
-                        window == 0 || self.now >= first + window,
+                        window == 0
+                            || self.now >= first + window
+                            || self.refused_from(receiver, from, deliver.message_id),
                         "client {c}: message {} from {from} stored twice within the dedup window",
                         deliver.message_id
                     );
@@ -1536,6 +1539,21 @@ impl Harness {
 
     /// The no-loss check, and what each version-2 connection had to end
     /// with.
+    /// `receiver` refused a relay from `from` with a `message_id` at or
+    /// below `message_id`: from then on its inbox takes nothing from `from`
+    /// at or above that id for a retry (docs/protocol.md, Retry dedup), so
+    /// a retry it stored before may be stored again.
+    fn refused_from(&self, receiver: u64, from: u64, message_id: u64) -> bool {
+        self.model.attempts.values().any(|attempt| {
+            attempt.errors.get(&receiver).is_some_and(|&n| n > 0)
+                && self.model.messages.get(&attempt.key).is_some_and(|m| {
+                    m.message_id != 0
+                        && m.message_id <= message_id
+                        && self.clients[m.sender].user == from
+                })
+        })
+    }
+
     /// Another connection of `message`'s sender's session had a higher
     /// `message_id` for `receiver` handled first (the old and the new
     /// connection of a takeover both sending): the receiver's retry dedup
