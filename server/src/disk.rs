@@ -220,27 +220,15 @@ pub struct LogFiles(Rc<RefCell<Vec<OpenGeneration>>>);
 /// A generation's number and its open file.
 type OpenGeneration = (u64, Rc<DmaFile>);
 
-/// Why a record could not be read back.
+/// The file of a record's generation is not open (a bug: the core names
+/// only the current generation, or the one before while it moves its
+/// entries).
 #[derive(Debug)]
-pub enum ReadError {
-    /// The file of the record's generation is not open (a bug).
-    NoFile(u64),
-    /// The read failed.
-    Io(glommio::GlommioError<()>),
-    /// The file ended before the record did.
-    Short {
-        /// Bytes read.
-        read: usize,
-    },
-}
+pub struct NoFile(pub u64);
 
-impl std::fmt::Display for ReadError {
+impl std::fmt::Display for NoFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::NoFile(generation) => write!(f, "log generation {generation} is not open"),
-            ReadError::Io(error) => write!(f, "{error}"),
-            ReadError::Short { read } => write!(f, "the file ends {read} bytes into the record"),
-        }
+        write!(f, "log generation {} is not open", self.0)
     }
 }
 
@@ -264,19 +252,22 @@ impl LogFiles {
             .map(|(_, file)| file.clone())
     }
 
-    /// Reads the record at `pos` (its bytes, or more).
-    pub async fn read(&self, pos: LogPos) -> Result<glommio::io::ReadResult, ReadError> {
+    /// The open file the record at `pos` lies in. Taken when the core hands
+    /// the read out, so that a compaction finishing meanwhile cannot close
+    /// it under the read.
+    pub fn file(&self, pos: LogPos) -> Result<Rc<DmaFile>, NoFile> {
         let generation = u64::from(pos.generation);
-        let file = self.get(generation).ok_or(ReadError::NoFile(generation))?;
-        let read = file
-            .read_at(pos.offset, pos.len.get() as usize)
-            .await
-            .map_err(ReadError::Io)?;
-        if read.len() < pos.len.get() as usize {
-            return Err(ReadError::Short { read: read.len() });
-        }
-        Ok(read)
+        self.get(generation).ok_or(NoFile(generation))
     }
+}
+
+/// Reads the record at `pos` of `file`: its bytes, fewer where the file
+/// ends first (which the core then finds truncated).
+pub async fn read_record(
+    file: &DmaFile,
+    pos: LogPos,
+) -> glommio::Result<glommio::io::ReadResult, ()> {
+    file.read_at(pos.offset, pos.len.get() as usize).await
 }
 
 /// A shard's open log.

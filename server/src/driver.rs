@@ -485,11 +485,25 @@ async fn read_bodies(context: Rc<Context>, files: crate::disk::LogFiles) {
             })
         })
         .await;
-        let (context, files) = (context.clone(), files.clone());
+        let file = match files.file(read.pos) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    user = read.user,
+                    seq = read.seq,
+                    "a stored body's log file is not open; read again at the session's next \
+                     ack or resume"
+                );
+                context.with_shard(|shard| shard.handle_body_unread(read));
+                continue;
+            }
+        };
+        let context = context.clone();
         spawn_local(async move {
             let mut failures = LogFailures::default();
             let bytes = loop {
-                match files.read(read.pos).await {
+                match crate::disk::read_record(&file, read.pos).await {
                     Ok(bytes) => break bytes,
                     Err(error) => {
                         failures.report(

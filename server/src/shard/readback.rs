@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use super::{
     durability::LogPos,
-    sessions::{Body, Item},
+    sessions::{Body, Entry, Item},
     Event, Shard,
 };
 use crate::{
@@ -222,7 +222,8 @@ impl<Io> Shard<Io> {
         None
     }
 
-    /// The driver read `read`'s record: `bytes` (at least `read.pos.len`).
+    /// The driver read `read`'s record: `bytes` (`read.pos.len` of them,
+    /// fewer if the file ended first, which then fails the check).
     /// The entry goes out if the session is still connected; the error
     /// (for the driver's log) when the record is not the entry's.
     pub fn handle_body_read(
@@ -254,6 +255,33 @@ impl<Io> Shard<Io> {
             self.pump(now_ms, user);
         }
         result
+    }
+
+    /// The driver could not read `read` at all (its file is not open: a
+    /// bug, logged there). The entry stays in the log; its session reads
+    /// nothing more until its next ack or resume.
+    pub fn handle_body_unread(&mut self, read: BodyRead) {
+        self.reads.bytes -= read_charge(read.pos);
+        self.stats.body_read_errors.incr();
+        let Some(session) = self.sessions.map.get_mut(&read.user) else {
+            return;
+        };
+        session.read_failed = true;
+        let at = session.inbox.partition_point(|entry| entry.seq < read.seq);
+        if let Some(Entry {
+            item:
+                Item::Message {
+                    body: body @ Body::Loading(_),
+                    ..
+                },
+            ..
+        }) = session
+            .inbox
+            .get_mut(at)
+            .filter(|entry| entry.seq == read.seq)
+        {
+            *body = Body::Logged(u32::try_from(body.len()).expect("a body fits u32"));
+        }
     }
 
     fn take_body(&mut self, read: BodyRead, bytes: &[u8]) -> Result<(), ReadBackError> {

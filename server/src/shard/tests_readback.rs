@@ -421,3 +421,30 @@ fn read_charge_of_one(net: &Net, user: u64) -> u64 {
         _ => panic!("a logged message"),
     }
 }
+
+/// A read the driver cannot make (its file is not open) leaves the entry
+/// in the log and stops the session's reads until its next resume, which
+/// reads it again.
+#[test]
+fn a_read_the_driver_cannot_make_is_made_again_on_resume() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..3);
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    let read = net.shards[0].poll_body_read().expect("a read");
+    net.shards[0].handle_body_unread(read);
+    assert_eq!(disk.serve(&mut net), [Ok(())], "the other read");
+    assert!(
+        net.output_v2(client).is_empty(),
+        "sent past the unread entry"
+    );
+    assert!(disk.serve(&mut net).is_empty(), "not asked again at once");
+    assert_eq!(net.shards[0].stats().body_read_errors.get(), 1);
+    net.disconnect(client);
+    disk.write(&mut net);
+    // The original token is the previous one now: still valid.
+    let (client, _) = resume(&mut net, &mut disk, user, token);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 2]);
+    let expected: Vec<(u64, Vec<u8>)> = (1..=2).map(|id| (id, body(id))).collect();
+    assert_eq!(deliveries(&net.output_v2(client)), expected);
+}
