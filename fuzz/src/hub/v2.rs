@@ -147,9 +147,11 @@ pub(super) struct Session {
     /// Every `seq` read: what it carries and who read it (generation,
     /// flagged `REDELIVERY`).
     seqs: HashMap<u64, (Carried, Vec<(usize, bool)>)>,
-    /// Per sender: the key of the last message relayed once that was
-    /// handed on (order).
-    order: HashMap<u64, u64>,
+    /// Per sending connection (its client index): the key of the last
+    /// message relayed once that was handed on (order). Per connection,
+    /// not per sender: the old and the new connection of a takeover may
+    /// both send, and the hub handles them in either order.
+    order: HashMap<usize, u64>,
     /// The highest ack any of its connections sent.
     max_ack: u64,
     /// Raw bytes spoke for it.
@@ -1055,8 +1057,9 @@ impl Harness {
             );
         }
         let once = message.attempts.len() == 1;
+        let sender = message.sender;
         if let (Some(s), true) = (session, once) {
-            self.check_order(s, from, key);
+            self.check_order(s, from, sender, key);
         }
     }
 
@@ -1086,15 +1089,15 @@ impl Harness {
         super::account(record, user, id);
         tally("v2: version-1 relays delivered as DeliverV2");
         if let Some(s) = session {
-            self.check_order(s, from, id);
+            self.check_order(s, from, sender, id);
         }
         true
     }
 
     /// Per-(sender, receiver) order of messages relayed once.
-    fn check_order(&mut self, s: usize, from: u64, key: u64) {
+    fn check_order(&mut self, s: usize, from: u64, sender: usize, key: u64) {
         let session = &mut self.model.sessions[s];
-        let last = session.order.entry(from).or_default();
+        let last = session.order.entry(sender).or_default();
         assert!(
             key >= *last,
             "user {}: message {key} from {from} handed on after {last}",
