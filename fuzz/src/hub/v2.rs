@@ -1018,11 +1018,21 @@ impl Harness {
             return;
         }
         let clients = &self.clients;
+        let attempts = &self.model.attempts;
+        // Sent by `from`: on the connection that first sent it, or as a
+        // retry on another connection of the session (the first one may
+        // have been refused before it was welcomed).
+        let sent_by = |m: &Message| {
+            clients[m.sender].user == from
+                || m.attempts.iter().any(|request| {
+                    attempts
+                        .get(request)
+                        .is_some_and(|a| a.handled && clients[a.client].user == from)
+                })
+        };
         let known = key_of(body)
             .and_then(|key| self.model.messages.get(&key).map(|m| (key, m)))
-            .filter(|(_, m)| {
-                clients[m.sender].user == from && m.body == body && m.message_id == message_id
-            })
+            .filter(|(_, m)| sent_by(m) && m.body == body && m.message_id == message_id)
             .map(|(key, _)| key);
         let Some(key) = known else {
             panic!(
