@@ -1137,6 +1137,21 @@ impl Harness {
     }
 
     fn read_stored(&mut self, c: usize, stored: &Stored) {
+        // Another attempt of the same message the hub handled before: only
+        // then can a `duplicate: true` stand for stored entries. Without
+        // one (its first attempts died with their connection), the hub
+        // took a lower id for a retry, as the protocol says.
+        let handled_before = self
+            .model
+            .attempts
+            .get(&stored.request)
+            .and_then(|attempt| self.model.messages.get(&attempt.key))
+            .is_some_and(|message| {
+                message.attempts.iter().any(|&request| {
+                    request != stored.request
+                        && self.model.attempts.get(&request).is_some_and(|a| a.handled)
+                })
+            });
         let Some(attempt) = self.model.attempts.get_mut(&stored.request) else {
             panic!(
                 "client {c}: Stored for request {}, no relay",
@@ -1160,6 +1175,10 @@ impl Harness {
                 "Stored{{duplicate}} after errors about the relay"
             );
             tally("v2: stored read: duplicate");
+            if !handled_before {
+                tally("v2: stored read: duplicate of an id the hub never had");
+                return;
+            }
         } else {
             tally("v2: stored read");
         }
