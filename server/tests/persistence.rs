@@ -166,10 +166,8 @@ fn a_restart_keeps_offline_messages_ids_and_tokens() {
 /// `HelloRequired` (the fuzz harness's log mode found them refused).
 #[test]
 fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
-    use std::io::Write;
-
     use bytes::BytesMut;
-    use relayhub_protocol::{encode, preface_for, Decoder, Echo, Hello, VERSION_2};
+    use relayhub_protocol::{encode, preface_for, Echo, Hello, VERSION_2};
 
     let dir = DataDir::new("pipelined-hello");
     let hub = disk_hub(&dir.0, 1);
@@ -184,17 +182,7 @@ fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
             &mut bytes,
         )
         .unwrap();
-        let mut stream = std::net::TcpStream::connect(hub.local_addr()).unwrap();
-        stream
-            .set_read_timeout(Some(common::EVENT_TIMEOUT))
-            .unwrap();
-        stream.write_all(&bytes).unwrap();
-        let mut client = RawV2 {
-            stream,
-            decoder: Decoder::expecting(VERSION_2),
-            user: 0,
-            token: [0; 16],
-        };
+        let mut client = RawV2::sending(hub.local_addr(), &bytes);
         match client.next() {
             HubMessageV2::WelcomeV2(welcome) => assert_eq!(welcome.durable, durable),
             other => panic!("durable {durable}: expected the welcome, got {other:?}"),

@@ -27,23 +27,29 @@ pub struct RawV2 {
 impl RawV2 {
     /// Connects, says `hello`, returns the client and the hub's first frame.
     pub fn open(addr: SocketAddr, hello: Hello) -> (RawV2, HubMessageV2) {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
         let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
         encode(&hello, &mut bytes).unwrap();
-        stream.write_all(&bytes).unwrap();
-        let mut client = RawV2 {
-            stream,
-            decoder: Decoder::expecting(VERSION_2),
-            user: 0,
-            token: [0; 16],
-        };
+        let mut client = RawV2::sending(addr, &bytes);
         let first = client.next();
         if let HubMessageV2::WelcomeV2(welcome) = &first {
             client.user = welcome.user;
             client.token = welcome.token;
         }
         (client, first)
+    }
+
+    /// Connects and writes `bytes` (the version-2 preface, a `Hello`, and
+    /// whatever a test pipelines behind it) in one write.
+    pub fn sending(addr: SocketAddr, bytes: &[u8]) -> RawV2 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        stream.write_all(bytes).unwrap();
+        RawV2 {
+            stream,
+            decoder: Decoder::expecting(VERSION_2),
+            user: 0,
+            token: [0; 16],
+        }
     }
 
     /// A new durable session.
