@@ -160,12 +160,27 @@ fn a_short_real_sweep_feeds_the_planner() {
     assert!(file.stored[0].bytes_per_message.is_finite());
     for cell in &file.cells {
         assert!(!cell.steps.is_empty(), "{cell:?}");
+        // Steps go up by 4x; a step that did not hold is tried again
+        // (`--confirm 1`) and every try is kept, so a rate may repeat once.
         let rates: Vec<f64> = cell.steps.iter().map(|s| s.offered_per_s).collect();
-        assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
+        let mut distinct = rates.clone();
+        distinct.dedup();
+        assert!(
+            distinct
+                .windows(2)
+                .all(|w| w[1] == (w[0] * 4.0).min(8000.0)),
+            "{rates:?}"
+        );
+        assert!(rates.len() <= 2 * distinct.len(), "{rates:?}");
         assert_eq!(rates[0], 500.0);
-        // A debug-build hub carries 500/s within 250 ms.
-        assert_eq!(cell.steps[0].verdict, Verdict::Held, "{cell:?}");
-        assert!(cell.steps[0].deliveries_per_s > 450.0, "{cell:?}");
+        // A debug-build hub carries 500/s within 250 ms (by the last try).
+        let first = cell
+            .steps
+            .iter()
+            .rfind(|s| s.offered_per_s == 500.0)
+            .unwrap();
+        assert_eq!(first.verdict, Verdict::Held, "{cell:?}");
+        assert!(first.deliveries_per_s > 450.0, "{cell:?}");
     }
     assert!(dir.join("sweep-relay-64b.svg").exists());
     assert!(dir.join("sweep-relay-64b-durable.svg").exists());
