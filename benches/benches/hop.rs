@@ -17,10 +17,16 @@
 //!   through a pair of `local_channel`s of capacity 1: a hop inside a shard;
 //! - `same_shard_mesh`: the same two tasks through a pair of relayhub-mesh
 //!   rings: the ring and doorbell code without a second core;
-//! - `cross_shard_mesh`, `cross_shard_mesh_spin50`, `cross_shard_mesh_spin200`:
-//!   two glommio executors pinned to cores 0 and 1 through a pair of
-//!   relayhub-mesh rings, with the hub's executor settings and its default
-//!   `--spin-before-park-us` of 0, then 50 and 200 us.
+//! - `cross_shard_mesh`: two glommio executors pinned to cores 0 and 1
+//!   through a pair of relayhub-mesh rings, with the hub's executor settings
+//!   and its default of no spinning;
+//! - `cross_shard_mesh_adaptive50`: the same with `--spin-adaptive-us 50`:
+//!   each side spins up to 50 us before it sleeps while it moved an item
+//!   across within the last `SPIN_RECENT`, as `cross_shard_traffic` in the
+//!   driver decides;
+//! - `cross_shard_mesh_spin50`, `cross_shard_mesh_spin200`: a fixed
+//!   `--spin-before-park-us` of 50 and 200 us (spinning after every
+//!   wake-up, whatever woke it).
 //!
 //! The mesh variants move items as the hub's driver does (`forward_batch`,
 //! `consume` in `server/src/driver.rs`): `try_stage` + `publish`, and
@@ -40,7 +46,7 @@
 //!
 //! Run: `cargo bench -p relayhub-benches --bench hop [-- NAME...]`, where
 //! each NAME keeps the variant of that name, or else every variant whose
-//! name contains it (`cross_shard` keeps the three cross-shard ones). Results and the
+//! name contains it (`cross_shard` keeps the four cross-shard ones). Results and the
 //! machine they came from are in `docs/reports/hop.md`.
 
 use std::hint::spin_loop;
@@ -71,6 +77,11 @@ const HUB_RING_SLOTS: usize = 4096;
 const HUB_MESH_BATCH_MAX: usize = 256;
 /// The default of `--spin-before-park-us` (`server/src/config.rs`).
 const HUB_SPIN_BEFORE_PARK: Duration = Duration::ZERO;
+/// `--spin-adaptive-us` for dedicated cores (`SPIN_ADAPTIVE_US_DEFAULT` in
+/// `server/src/config.rs` says why 50).
+const HUB_SPIN_ADAPTIVE: Duration = Duration::from_micros(50);
+/// `SPIN_RECENT` in `server/src/config.rs`.
+const HUB_SPIN_RECENT: Duration = Duration::from_millis(1);
 
 /// Recorded round trips per run, unless `HOP_ROUND_TRIPS` says otherwise.
 const ROUND_TRIPS_DEFAULT: u64 = 200_000;
@@ -96,10 +107,13 @@ enum Variant {
     EventfdMembarrier,
     SameShardLocalChannel,
     SameShardMesh,
-    CrossShardMesh { spin_before_park: Duration },
+    CrossShardMesh {
+        spin_before_park: Duration,
+        adaptive: bool,
+    },
 }
 
-const VARIANTS: [(&str, Variant); 9] = [
+const VARIANTS: [(&str, Variant); 10] = [
     ("spin", Variant::Spin),
     ("futex", Variant::Futex),
     ("eventfd", Variant::Eventfd),
@@ -110,18 +124,28 @@ const VARIANTS: [(&str, Variant); 9] = [
         "cross_shard_mesh",
         Variant::CrossShardMesh {
             spin_before_park: HUB_SPIN_BEFORE_PARK,
+            adaptive: false,
+        },
+    ),
+    (
+        "cross_shard_mesh_adaptive50",
+        Variant::CrossShardMesh {
+            spin_before_park: HUB_SPIN_ADAPTIVE,
+            adaptive: true,
         },
     ),
     (
         "cross_shard_mesh_spin50",
         Variant::CrossShardMesh {
             spin_before_park: Duration::from_micros(50),
+            adaptive: false,
         },
     ),
     (
         "cross_shard_mesh_spin200",
         Variant::CrossShardMesh {
             spin_before_park: Duration::from_micros(200),
+            adaptive: false,
         },
     ),
 ];
@@ -434,16 +458,49 @@ async fn receive(consumer: &mut Consumer<u64>) -> Option<u64> {
     }
 }
 
+/// Adaptive spinning as the hub's driver applies it
+/// (`Context::cross_shard_traffic`): after each item moved across, the
+/// executor may spin before it sleeps for `HUB_SPIN_RECENT` from now.
+struct Spinning {
+    /// The deadline last given to the executor; `None`: not adaptive.
+    last: Option<Instant>,
+}
+
+impl Spinning {
+    fn new(adaptive: bool) -> Spinning {
+        let last = adaptive.then(|| {
+            let now = Instant::now();
+            glommio::executor().spin_before_park_until(Some(now));
+            now
+        });
+        Spinning { last }
+    }
+
+    fn traffic(&mut self) {
+        if let Some(last) = &mut self.last {
+            let deadline = Instant::now() + HUB_SPIN_RECENT;
+            if deadline.saturating_duration_since(*last) > HUB_SPIN_RECENT / 8 {
+                glommio::executor().spin_before_park_until(Some(deadline));
+                *last = deadline;
+            }
+        }
+    }
+}
+
 async fn mesh_ping(
     recorder: &mut Recorder,
     mut to_pong: Producer<u64>,
     mut from_pong: Consumer<u64>,
+    adaptive: bool,
 ) {
+    let mut spinning = Spinning::new(adaptive);
     let mut value = 0;
     loop {
         let start = Instant::now();
         forward(&mut to_pong, value).await;
+        spinning.traffic();
         assert_eq!(receive(&mut from_pong).await, Some(value));
+        spinning.traffic();
         value += 1;
         if !recorder.record(start) {
             break;
@@ -452,9 +509,12 @@ async fn mesh_ping(
     // Dropping `to_pong` closes the ring: the pong side ends.
 }
 
-async fn mesh_pong(mut to_ping: Producer<u64>, mut from_ping: Consumer<u64>) {
+async fn mesh_pong(mut to_ping: Producer<u64>, mut from_ping: Consumer<u64>, adaptive: bool) {
+    let mut spinning = Spinning::new(adaptive);
     while let Some(value) = receive(&mut from_ping).await {
+        spinning.traffic();
         forward(&mut to_ping, value).await;
+        spinning.traffic();
     }
 }
 
@@ -470,15 +530,15 @@ fn mesh_pairs() -> MeshPairs {
     ((to_pong, from_pong), (to_ping, from_ping))
 }
 
-fn cross_shard_mesh(limits: Limits, spin_before_park: Duration) -> Recorder {
+fn cross_shard_mesh(limits: Limits, spin_before_park: Duration, adaptive: bool) -> Recorder {
     let ((to_pong, from_pong), (to_ping, from_ping)) = mesh_pairs();
     let pong = hub_executor(PONG_CORE, "hop-pong", spin_before_park)
-        .spawn(move || mesh_pong(to_ping, from_ping))
+        .spawn(move || mesh_pong(to_ping, from_ping, adaptive))
         .expect("pong executor");
     let ping = hub_executor(PING_CORE, "hop-ping", spin_before_park)
         .spawn(move || async move {
             let mut recorder = Recorder::new(limits);
-            mesh_ping(&mut recorder, to_pong, from_pong).await;
+            mesh_ping(&mut recorder, to_pong, from_pong, adaptive).await;
             recorder
         })
         .expect("ping executor");
@@ -491,9 +551,9 @@ fn same_shard_mesh(limits: Limits) -> Recorder {
     let ((to_pong, from_pong), (to_ping, from_ping)) = mesh_pairs();
     hub_executor(PING_CORE, "hop-shard", HUB_SPIN_BEFORE_PARK)
         .spawn(move || async move {
-            let pong = glommio::spawn_local(mesh_pong(to_ping, from_ping));
+            let pong = glommio::spawn_local(mesh_pong(to_ping, from_ping, false));
             let mut recorder = Recorder::new(limits);
-            mesh_ping(&mut recorder, to_pong, from_pong).await;
+            mesh_ping(&mut recorder, to_pong, from_pong, false).await;
             pong.await;
             recorder
         })
@@ -540,7 +600,10 @@ fn run(variant: Variant, limits: Limits) -> Recorder {
         Variant::EventfdMembarrier => eventfds(limits, true),
         Variant::SameShardLocalChannel => same_shard_local_channel(limits),
         Variant::SameShardMesh => same_shard_mesh(limits),
-        Variant::CrossShardMesh { spin_before_park } => cross_shard_mesh(limits, spin_before_park),
+        Variant::CrossShardMesh {
+            spin_before_park,
+            adaptive,
+        } => cross_shard_mesh(limits, spin_before_park, adaptive),
     }
 }
 

@@ -3,6 +3,7 @@
 //! from the environment (`RELAYHUB_*`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use relayhub_mesh::{RING_CAPACITY_MAX, RING_CAPACITY_MIN};
@@ -59,8 +60,20 @@ pub const INFLIGHT_MESSAGES_LIMIT: u64 = 1 << 20;
 /// Largest `--inbox-messages-max`.
 pub const INBOX_MESSAGES_LIMIT: u64 = 1 << 32;
 
-/// Largest `--spin-before-park-us`: 1 s.
+/// Largest `--spin-before-park-us` and `--spin-adaptive-us`: 1 s.
 pub const SPIN_BEFORE_PARK_US_LIMIT: u64 = 1_000_000;
+
+/// Default `--spin-adaptive-us`: 0, off. Spinning pays only when each shard
+/// has its core to itself; where clients or other programs share the
+/// shards' cores it takes their CPU and makes every latency worse
+/// (docs/operations.md, "Cross-shard latency"). 50 us, about four times
+/// the kernel's own cross-core wake-up here (docs/reports/hop.md), is the
+/// measured setting for dedicated cores.
+pub const SPIN_ADAPTIVE_US_DEFAULT: u64 = 0;
+
+/// With adaptive spinning, a shard spins before sleeping only while it
+/// sent or received cross-shard traffic within this long: 1 ms.
+pub const SPIN_RECENT: Duration = Duration::from_millis(1);
 
 /// Default life of a durable session after its last connection closed:
 /// 7 days. A connected session never expires.
@@ -295,6 +308,13 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_SPIN_BEFORE_PARK_US", default_value_t = 0)]
     pub spin_before_park_us: u64,
 
+    /// With --spin-before-park-us 0 and more than one pinned shard: a shard
+    /// that sent or received cross-shard traffic within the last 1 ms spins
+    /// up to this many microseconds before it sleeps; one without recent
+    /// cross-shard traffic sleeps at once (0 = off; 50 on dedicated cores).
+    #[arg(long, env = "RELAYHUB_SPIN_ADAPTIVE_US", default_value_t = SPIN_ADAPTIVE_US_DEFAULT)]
+    pub spin_adaptive_us: u64,
+
     /// Pin shard i to the i-th allowed CPU (disable when sharing a machine).
     #[arg(long, env = "RELAYHUB_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
@@ -424,7 +444,32 @@ impl Config {
             self.spin_before_park_us,
             0,
             SPIN_BEFORE_PARK_US_LIMIT,
+        )?;
+        check(
+            "--spin-adaptive-us",
+            self.spin_adaptive_us,
+            0,
+            SPIN_BEFORE_PARK_US_LIMIT,
         )
+    }
+
+    /// Whether shards spin only while cross-shard traffic is recent: with
+    /// `shards` pinned shards, no fixed spin and a non-zero adaptive one.
+    /// (An unpinned executor never spins: glommio spins only when bound.)
+    pub fn spin_adaptive(&self, shards: usize) -> bool {
+        self.pin && shards > 1 && self.spin_before_park_us == 0 && self.spin_adaptive_us > 0
+    }
+
+    /// The longest spin of an idle shard before it sleeps: the fixed
+    /// `--spin-before-park-us`, else the adaptive one when it applies.
+    pub fn spin_before_park(&self, shards: usize) -> Duration {
+        if self.spin_before_park_us > 0 {
+            Duration::from_micros(self.spin_before_park_us)
+        } else if self.spin_adaptive(shards) {
+            Duration::from_micros(self.spin_adaptive_us)
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// A configuration for tests: an ephemeral loopback port, `shards`
@@ -437,5 +482,46 @@ impl Config {
             storage: Storage::Memory,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("relayhub").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn adaptive_spin_applies_to_pinned_shards_without_a_fixed_spin() {
+        // Off by default: shards sleep at once.
+        let default = parse(&[]);
+        assert!(!default.spin_adaptive(2));
+        assert_eq!(default.spin_before_park(2), Duration::ZERO);
+        let adaptive = parse(&["--spin-adaptive-us", "50"]);
+        assert!(adaptive.spin_adaptive(2));
+        assert_eq!(adaptive.spin_before_park(2), Duration::from_micros(50));
+        // One shard has no cross-shard traffic to spin for.
+        assert!(!adaptive.spin_adaptive(1));
+        assert_eq!(adaptive.spin_before_park(1), Duration::ZERO);
+        // Unpinned executors never spin.
+        let unpinned = parse(&["--spin-adaptive-us", "50", "--pin", "false"]);
+        assert!(!unpinned.spin_adaptive(2));
+        // A fixed spin wins, with any shard count.
+        let fixed = parse(&["--spin-before-park-us", "200", "--spin-adaptive-us", "50"]);
+        assert!(!fixed.spin_adaptive(2));
+        assert_eq!(fixed.spin_before_park(1), Duration::from_micros(200));
+        assert_eq!(fixed.spin_before_park(2), Duration::from_micros(200));
+    }
+
+    #[test]
+    fn spins_past_the_limit_are_refused() {
+        let over = (SPIN_BEFORE_PARK_US_LIMIT + 1).to_string();
+        let error = parse(&["--spin-adaptive-us", &over])
+            .validate()
+            .unwrap_err();
+        assert!(error.to_string().contains("--spin-adaptive-us"), "{error}");
+        assert!(parse(&["--spin-adaptive-us", "1000000"]).validate().is_ok());
     }
 }

@@ -31,7 +31,7 @@ use relayhub_protocol::ErrorCodeV2;
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{Config, Fsync},
+    config::{Config, Fsync, SPIN_RECENT},
     conn::ConnId,
     disk::{DiskLog, LogWriteError, ShardFiles},
     outbound::Outbound,
@@ -123,6 +123,9 @@ struct Context {
     body_reader: Cell<Option<Waker>>,
     /// Connections adopted during a core call, whose tasks start after it.
     adopted: RefCell<Vec<(TcpStream, ConnId)>>,
+    /// With adaptive spinning ([`Config::spin_adaptive`]): the spin
+    /// deadline last given to the executor.
+    spin_deadline: Option<Cell<Instant>>,
 }
 
 impl Context {
@@ -130,6 +133,20 @@ impl Context {
     /// a monotonic clock from the shard's start (never goes back).
     fn now_ms(&self) -> u64 {
         self.clock_base_ms + self.started.elapsed().as_millis() as u64
+    }
+
+    /// Cross-shard traffic went out or came in: with adaptive spinning,
+    /// the executor spins before sleeping for [`SPIN_RECENT`] from now.
+    /// The deadline moves only by steps of an eighth of that, so that a
+    /// busy mesh does not update it on every batch.
+    fn cross_shard_traffic(&self) {
+        if let Some(last) = &self.spin_deadline {
+            let deadline = Instant::now() + SPIN_RECENT;
+            if deadline.saturating_duration_since(last.get()) > SPIN_RECENT / 8 {
+                glommio::executor().spin_before_park_until(Some(deadline));
+                last.set(deadline);
+            }
+        }
     }
 
     /// Runs `f` on the core, then carries out the events it raised.
@@ -271,6 +288,11 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
     );
     let started = Instant::now();
     let clock_base_ms = wall_clock_ms();
+    let spin_adaptive = config.spin_adaptive(shards);
+    if spin_adaptive {
+        // No cross-shard traffic yet: sleep at once until some comes.
+        glommio::executor().spin_before_park_until(Some(started));
+    }
     let disk = match files {
         None => None,
         Some(files) => match recover(index, &files, &config, &mut shard, clock_base_ms).await {
@@ -296,6 +318,7 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
         forwarding: Cell::new(0),
         timer: Cell::new(None),
         timer_changed: Cell::new(false),
+        spin_deadline: spin_adaptive.then(|| Cell::new(started)),
     });
     // SAFETY: the fd is a listening socket opened for this shard by
     // `startup::listeners` and handed to nobody else.
@@ -796,6 +819,7 @@ async fn forward(
         context.forwarding.set(context.forwarding.get() + 1);
         let delivered = forward_batch(&context, &mut batch, &mut producer, &mut budget).await;
         context.forwarding.set(context.forwarding.get() - 1);
+        context.cross_shard_traffic();
         if !delivered {
             return;
         }
@@ -856,6 +880,7 @@ async fn consume(
         if received == 0 {
             return;
         }
+        context.cross_shard_traffic();
         glommio::yield_if_needed().await;
     }
 }

@@ -125,7 +125,7 @@ impl Hub {
             let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("relayhub-shard-{index}"))
                 .io_memory(startup::IO_MEMORY_BYTES)
-                .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+                .spin_before_park(config.spin_before_park(shards))
                 .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
                     let start = driver::ShardStart {

@@ -870,6 +870,12 @@ impl Reactor {
         (next_timer, woke)
     }
 
+    /// relayhub patch: cancels the preempt timer if one is armed, so that
+    /// the next sleep has no timer but the user's.
+    pub(crate) fn disarm_preempt_timer(&self) {
+        self.sys.disarm_latency_timer();
+    }
+
     /// Processes new events, blocking until the first event or the timeout.
     pub(crate) fn react(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
         // Process ready timers.

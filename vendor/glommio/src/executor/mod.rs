@@ -353,6 +353,10 @@ struct ExecutorQueues {
     preempt_timer_duration: Duration,
     default_preempt_timer_duration: Duration,
     spin_before_park: Option<Duration>,
+    /// relayhub patch: while set, an idle executor spins (up to
+    /// `spin_before_park`) only before this instant and parks at once after
+    /// it. `None`: it spins after every wake-up, as upstream.
+    spin_deadline: Option<Instant>,
     stats: ExecutorStats,
 }
 
@@ -367,6 +371,7 @@ impl ExecutorQueues {
             preempt_timer_duration,
             default_preempt_timer_duration: preempt_timer_duration,
             spin_before_park,
+            spin_deadline: None,
             stats: ExecutorStats::new(),
         }
     }
@@ -1311,8 +1316,15 @@ impl LocalExecutor {
         self.queues.borrow().preempt_timer_duration
     }
 
-    fn spin_before_park(&self) -> Option<Duration> {
-        self.queues.borrow().spin_before_park
+    /// How long to spin before parking at `now`: `spin_before_park`, or
+    /// nothing once the spin deadline (if one is set) has passed.
+    fn spin_before_park_at(&self, now: Instant) -> Duration {
+        let queues = self.queues.borrow();
+        match (queues.spin_before_park, queues.spin_deadline) {
+            (Some(spin), None) => spin,
+            (Some(spin), Some(deadline)) if now < deadline => spin,
+            _ => Duration::ZERO,
+        }
     }
 
     #[inline(always)]
@@ -1328,7 +1340,9 @@ impl LocalExecutor {
     /// was descheduled after `poll_io` installed it): runnable queues are
     /// this executor's own work, no completion or foreign wake-up would
     /// ever come to end a park, and the executor would sleep for good.
-    fn run_task_queues(&self) -> bool {
+    /// Runs task queues until none is runnable (false) or the preempt timer
+    /// fired (true); sets `ran` when it ran at least one.
+    fn run_task_queues(&self, ran: &mut bool) -> bool {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
@@ -1337,6 +1351,7 @@ impl LocalExecutor {
             if !self.run_one_task_queue() {
                 return false;
             }
+            *ran = true;
         }
     }
 
@@ -1456,8 +1471,6 @@ impl LocalExecutor {
             let waker = dummy_waker();
             let cx = &mut Context::from_waker(&waker);
 
-            let spin_before_park = self.spin_before_park().unwrap_or_default();
-
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
                 .unwrap()
@@ -1465,6 +1478,13 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
+            // relayhub patch: true from a wake-up until a task queue runs.
+            // Parking again in that state means the wake-up found no work
+            // (the preempt timer of the last busy turn, kept armed through
+            // the sleep, fired): the timer is disarmed then, or each
+            // wake-up would arm the next and an idle executor would wake
+            // every `preempt_timer` for good.
+            let mut woke_idle = false;
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1484,7 +1504,9 @@ impl LocalExecutor {
                     .expect("Failed to poll io! This is actually pretty bad!");
 
                 // run user code
-                let run = this.run_task_queues();
+                let mut ran = false;
+                let run = this.run_task_queues(&mut ran);
+                woke_idle &= !ran;
 
                 // account for runtime and poll/sleep if possible
                 let cur_time = Instant::now();
@@ -1498,11 +1520,16 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        let spin_before_park = this.spin_before_park_at(cur_time);
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
+                                if woke_idle {
+                                    this.reactor.disarm_preempt_timer();
+                                }
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
+                                woke_idle = true;
                                 break;
                             }
                         }
@@ -2121,6 +2148,27 @@ impl ExecutorProxy {
                 .map(|ex| ex.need_preempt())
                 .unwrap_or_default()
         };
+    }
+
+    /// relayhub patch: from now on an idle executor built with
+    /// [`LocalExecutorBuilder::spin_before_park`] spins before it parks only
+    /// until `deadline`, and parks at once after it; `None` restores
+    /// spinning after every wake-up. A caller that moves the deadline
+    /// forward whenever it sees the traffic worth spinning for gets
+    /// spinning while that traffic is recent and none while it is not.
+    /// Without `spin_before_park` (or without a CPU binding) it does nothing.
+    pub fn spin_before_park_until(&self, deadline: Option<Instant>) {
+        #[cfg(not(feature = "native-tls"))]
+        LOCAL_EX.with(|local_ex| local_ex.queues.borrow_mut().spin_deadline = deadline);
+
+        #[cfg(feature = "native-tls")]
+        // SAFETY: LOCAL_EX is null or points at the executor running on this
+        // thread, which outlives every task it runs (as in `need_preempt`).
+        unsafe {
+            if let Some(ex) = LOCAL_EX.as_ref() {
+                ex.queues.borrow_mut().spin_deadline = deadline;
+            }
+        }
     }
 
     /// Conditionally yields the current task queue. The scheduler may then

@@ -1985,6 +1985,14 @@ impl Reactor {
         true
     }
 
+    /// Cancels the latency ring's preempt timer, if one is armed (dropping
+    /// its source queues the cancellation, which `wait` flushes before it
+    /// sleeps; a cancelled timer wakes no task, so it does not stop the
+    /// sleep).
+    pub(crate) fn disarm_latency_timer(&self) {
+        drop(self.latency_preemption_timeout_src.take());
+    }
+
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
     }
