@@ -11,10 +11,12 @@
 //! generation `g`. At start-up the newest generation that is complete wins;
 //! an incomplete newer one (a crash mid-compaction) is removed.
 //!
-//! Writes: the file is written in whole 4 KiB blocks. The last, partial
-//! block is kept in memory and written again, longer, with the next batch,
-//! so records are never split across a write that could tear except the
-//! last one. The file is preallocated in [`PREALLOCATE_BYTES`] steps, asked
+//! Writes: with `--fsync always` the file is written in whole blocks of
+//! its DMA alignment. The last, partial block is kept in memory and
+//! written again, longer, with the next batch, so records are never split
+//! across a write that could tear except the last one. With `interval`
+//! and `never` batches go through the OS page cache instead (a second,
+//! buffered descriptor of the same file; see [`DiskLog::append`]). The file is preallocated in [`PREALLOCATE_BYTES`] steps, asked
 //! for once less than [`GROW_AHEAD_BYTES`] is left past the end: what lies
 //! past the last record reads as zeros, the log's end marker.
 //!
@@ -28,7 +30,8 @@
 //! preallocated room until [`ZERO_AHEAD_BYTES`] past its end is written:
 //! batches then overwrite blocks that already exist. A batch of
 //! [`ZERO_WRITE_BYTES`] or more skips it (its conversion is amortized, and
-//! zeroing ahead would double its bandwidth).
+//! zeroing ahead would double its bandwidth). Writes through the page
+//! cache skip it: writeback converts extents in bulk.
 //!
 //! A full disk: when the disk cannot give a step (ENOSPC from `fallocate`),
 //! the log asks for smaller ones, down to [`GROW_MIN_BYTES`], each only if
@@ -49,7 +52,7 @@ use std::{
     time::Instant,
 };
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
 use crate::{
     config::Fsync,
@@ -215,6 +218,19 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
         .collect()
 }
 
+/// Opens the log file at `path` without `O_DIRECT` for appends through the
+/// page cache: with `--fsync interval` and `never` only.
+async fn open_buffered(path: &Path, policy: Fsync) -> glommio::Result<Option<BufferedFile>, ()> {
+    if policy == Fsync::Always {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .write(true)
+        .buffered_open(path)
+        .await
+        .map(Some)
+}
+
 fn log_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("log-{generation:08}.rlog"))
 }
@@ -294,6 +310,9 @@ pub struct DiskLog {
     dir: PathBuf,
     generation: u64,
     file: Rc<DmaFile>,
+    /// With `--fsync interval` and `never`: the same file opened without
+    /// `O_DIRECT`, for appends (see [`DiskLog::append`]).
+    buffered: Option<BufferedFile>,
     /// The files records are read back from.
     readable: LogFiles,
     /// File offset of `tail`'s first byte (a multiple of the alignment).
@@ -310,6 +329,9 @@ pub struct DiskLog {
     policy: Fsync,
     /// Bytes written since the last `fdatasync`.
     unsynced: bool,
+    /// An `fdatasync` started by [`start_sync`](Self::start_sync) is
+    /// running.
+    syncing: Rc<std::cell::Cell<bool>>,
     /// The shard's counters (fsync count and latency).
     stats: std::sync::Arc<crate::stats::ShardStats>,
     /// The disk refused to grow the file: the log holds what is allocated.
@@ -433,12 +455,16 @@ impl DiskLog {
             Vec::new()
         };
         let file = Rc::new(file);
+        let buffered = open_buffered(&path, policy)
+            .await
+            .map_err(io_error(&path))?;
         let readable = LogFiles::default();
         readable.set(generation, file.clone());
         let mut log = DiskLog {
             dir: files.dir.clone(),
             generation,
             file,
+            buffered,
             readable,
             write_offset,
             tail,
@@ -448,6 +474,7 @@ impl DiskLog {
             last_append: 0,
             policy,
             unsynced: false,
+            syncing: Rc::default(),
             stats: shard.stats().clone(),
             limited: false,
             next_growth: Instant::now(),
@@ -542,6 +569,9 @@ impl DiskLog {
     /// the last append was large. A failure only means the next batches
     /// write into unwritten extents, as without it.
     async fn zero_ahead(&mut self) {
+        if self.buffered.is_some() {
+            return;
+        }
         let end = self.write_offset + self.tail.len() as u64;
         let alignment = self.file.alignment();
         let from = self.zeroed.max(end.next_multiple_of(alignment));
@@ -614,7 +644,42 @@ impl DiskLog {
         Ok(())
     }
 
+    /// Appends `bytes` after the last record. With `--fsync always` it is
+    /// a DMA write (`O_DIRECT`) of whole blocks, the partial last block
+    /// written again each time; with `interval` and `never` it is a write
+    /// of just `bytes` through the page cache, done once the kernel holds
+    /// them: a crash of the hub loses nothing written, and `fdatasync` (on
+    /// either descriptor: it syncs the file) makes it durable. O_DIRECT
+    /// reads of the log (bodies read back, compaction) see those bytes: the
+    /// kernel writes a range's dirty pages back before a direct read of it.
+    /// This costs a memory copy into the page cache instead of a wait for
+    /// the device on every batch.
     async fn append(&mut self, bytes: &[u8]) -> glommio::Result<(), ()> {
+        if self.buffered.is_some() {
+            let alignment = self.file.alignment();
+            let end = self.write_offset + self.tail.len() as u64;
+            let new_end = end + bytes.len() as u64;
+            self.preallocate(new_end).await?;
+            let buffered = self.buffered.as_ref().expect("checked above");
+            let written = buffered.write_at(bytes.to_vec(), end).await?;
+            if written != bytes.len() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "short write").into());
+            }
+            // Keep the partial last block as the DMA path does, so that the
+            // end stays `write_offset + tail.len()` for both.
+            let new_offset = new_end / alignment * alignment;
+            let partial = (new_end - new_offset) as usize;
+            if new_offset == self.write_offset {
+                self.tail.extend_from_slice(bytes);
+            } else {
+                self.tail.clear();
+                self.tail.extend_from_slice(&bytes[bytes.len() - partial..]);
+            }
+            self.write_offset = new_offset;
+            self.last_append = bytes.len() as u64;
+            self.unsynced = true;
+            return Ok(());
+        }
         let alignment = self.file.alignment() as usize;
         let total = self.tail.len() + bytes.len();
         let aligned = total.next_multiple_of(alignment);
@@ -649,10 +714,19 @@ impl DiskLog {
             .truncate(true)
             .dma_open(&path)
             .await?;
+        let buffered = match open_buffered(&path, self.policy).await {
+            Ok(buffered) => buffered,
+            Err(error) => {
+                let _ = file.close().await;
+                let _ = glommio::io::remove(&path).await;
+                return Err(error);
+            }
+        };
         let mut fresh = DiskLog {
             dir: self.dir.clone(),
             generation: next,
             file: Rc::new(file),
+            buffered,
             readable: self.readable.clone(),
             write_offset: 0,
             tail: Vec::new(),
@@ -661,6 +735,7 @@ impl DiskLog {
             last_append: 0,
             policy: self.policy,
             unsynced: false,
+            syncing: Rc::default(),
             stats: self.stats.clone(),
             // Limited: the snapshot gets just the room it needs.
             limited: self.limited,
@@ -677,12 +752,18 @@ impl DiskLog {
         if let Err(error) = written {
             // The old generation stays the log; what was written of the new
             // one goes (a start would remove it as incomplete anyway).
+            if let Some(buffered) = fresh.buffered.take() {
+                let _ = buffered.close().await;
+            }
             let _ = fresh.file.close_rc().await;
             let _ = glommio::io::remove(&path).await;
             return Err(error);
         }
         self.readable.set(next, fresh.file.clone());
-        let old = std::mem::replace(self, fresh);
+        let mut old = std::mem::replace(self, fresh);
+        if let Some(buffered) = old.buffered.take() {
+            let _ = buffered.close().await;
+        }
         // The old file's room is free now: ask for room at once.
         self.next_growth = Instant::now();
         let old_path = log_path(&old.dir, old.generation);
@@ -753,6 +834,35 @@ impl DiskLog {
             self.unsynced = false;
         }
         Ok(())
+    }
+
+    /// With `--fsync interval`: starts an `fdatasync` of the file in a task
+    /// of its own if anything was written since the last one and none is
+    /// running. Appends go on meanwhile: they are in the page cache, and
+    /// nothing waits for this sync (the policy's loss window is the
+    /// interval plus the sync's own time). A failure is logged; the next
+    /// interval syncs again.
+    pub fn start_sync(&mut self) {
+        if !self.unsynced || self.syncing.get() {
+            return;
+        }
+        self.unsynced = false;
+        self.syncing.set(true);
+        let (file, stats, syncing) = (self.file.clone(), self.stats.clone(), self.syncing.clone());
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            match file.fdatasync().await {
+                Ok(()) => {
+                    stats.fsyncs.incr();
+                    stats
+                        .fsync_latency
+                        .observe(started.elapsed().as_micros() as u64);
+                }
+                Err(error) => tracing::warn!(%error, "fdatasync of the log failed"),
+            }
+            syncing.set(false);
+        })
+        .detach();
     }
 
     /// The fsync policy.

@@ -423,9 +423,7 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
         let Some(batch) = batch else {
             if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
                 // The interval passed with nothing new to write: sync.
-                if let Err(error) = disk.sync().await {
-                    warn!(%error, "fdatasync of the log failed");
-                }
+                disk.start_sync();
                 last_sync = Instant::now();
             }
             disk.grow().await;
@@ -470,9 +468,7 @@ async fn write_log(context: Rc<Context>, mut disk: DiskLog) {
         }
         failures.recovered("the log is written again");
         if interval.is_some_and(|interval| last_sync.elapsed() >= interval) {
-            if let Err(error) = disk.sync().await {
-                warn!(%error, "fdatasync of the log failed");
-            }
+            disk.start_sync();
             last_sync = Instant::now();
         }
         let now = context.now_ms();

@@ -99,11 +99,15 @@ impl Drop for DataDir {
 }
 
 fn disk_hub(dir: &Path, shards: usize) -> relayhub_server::Hub {
+    disk_hub_syncing(dir, shards, Fsync::Always)
+}
+
+fn disk_hub_syncing(dir: &Path, shards: usize, fsync: Fsync) -> relayhub_server::Hub {
     let dir = dir.to_path_buf();
     start(shards, move |config| {
         config.storage = Storage::Disk;
         config.data_dir = dir;
-        config.fsync = Fsync::Always;
+        config.fsync = fsync;
     })
 }
 
@@ -201,8 +205,19 @@ fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
 /// than its inflight window, so reads follow its acks.
 #[test]
 fn an_offline_receivers_bodies_come_back_from_the_log() {
+    offline_bodies_come_back(Fsync::Always);
+}
+
+/// The same with `--fsync never`: records appended through the page cache
+/// and read back with O_DIRECT, most of them before writeback.
+#[test]
+fn offline_bodies_written_through_the_page_cache_come_back() {
+    offline_bodies_come_back(Fsync::Never);
+}
+
+fn offline_bodies_come_back(fsync: Fsync) {
     let dir = DataDir::new("read-back");
-    let hub = disk_hub(&dir.0, 2);
+    let hub = disk_hub_syncing(&dir.0, 2, fsync);
     let mut sender = RawV2::durable(hub.local_addr());
     let receiver = RawV2::durable(hub.local_addr());
     let (user, token) = (receiver.user, receiver.token);
@@ -233,11 +248,11 @@ fn an_offline_receivers_bodies_come_back_from_the_log() {
 struct Binary(Child, std::net::SocketAddr);
 
 impl Binary {
-    fn start(dir: &Path) -> Binary {
+    fn start(dir: &Path, fsync: &str) -> Binary {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayhub"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
-            .args(["--storage", "disk", "--fsync", "always", "--pin", "false"])
+            .args(["--storage", "disk", "--fsync", fsync, "--pin", "false"])
             // The receiver drains only at the end: room for a long campaign.
             .args([
                 "--inbox-messages-max",
@@ -309,6 +324,24 @@ fn free_port() -> u16 {
 /// order per sender, none twice after dedup by seq.
 #[test]
 fn no_stored_message_is_lost_to_sigkill() {
+    sigkill_rounds("always");
+}
+
+/// The same with `--fsync never`: a `Stored` waits for the write into the
+/// page cache only, which a killed process does not lose.
+#[test]
+fn no_stored_message_is_lost_to_sigkill_with_fsync_never() {
+    sigkill_rounds("never");
+}
+
+/// The same with `--fsync interval:5`: page-cache writes, and syncs in a
+/// task of their own while appends go on.
+#[test]
+fn no_stored_message_is_lost_to_sigkill_with_fsync_interval() {
+    sigkill_rounds("interval:5");
+}
+
+fn sigkill_rounds(fsync: &str) {
     // CI runs 3 rounds; a longer campaign by hand:
     // RELAYHUB_CRASH_ROUNDS=30 cargo test -p relayhub-server --release --test persistence sigkill
     let rounds: u64 = std::env::var("RELAYHUB_CRASH_ROUNDS")
@@ -317,7 +350,7 @@ fn no_stored_message_is_lost_to_sigkill() {
         .unwrap_or(3);
     const SENDERS: usize = 4;
     let dir = DataDir::new("crash");
-    let hub = Binary::start(&dir.0);
+    let hub = Binary::start(&dir.0, fsync);
     let receiver = RawV2::durable(hub.1);
     let (receiver_id, token) = (receiver.user, receiver.token);
     drop(receiver);
@@ -347,7 +380,7 @@ fn no_stored_message_is_lost_to_sigkill() {
             }
         }
         hub.take().unwrap().kill();
-        let restarted = Binary::start(&dir.0);
+        let restarted = Binary::start(&dir.0, fsync);
         // Reconnect the senders; retry what had no Stored, same ids.
         for (index, sender) in senders.iter_mut().enumerate() {
             // The token of the sender's latest welcome (rotated on every
@@ -410,7 +443,7 @@ fn no_stored_message_is_lost_to_sigkill() {
         }
     }
     eprintln!(
-        "{rounds} SIGKILL rounds: {total} messages acknowledged with Stored, all delivered once, in order"
+        "--fsync {fsync}, {rounds} SIGKILL rounds: {total} messages acknowledged with Stored, all delivered once, in order"
     );
     for (sender, mut ids) in acknowledged {
         ids.sort_unstable();
