@@ -283,8 +283,19 @@ impl Source {
 
     // adds a waiter to the list. Useful for streams that have many futures waiting
     // on a single I/O source
+    //
+    // relayhub patch: a waker that would wake a task already waiting is not
+    // added again. A future polled again while its I/O is pending (woken
+    // by something it races with, say a timer in `futures_lite::future::or`)
+    // added a copy on every poll; each copy holds a reference to its task,
+    // and a task's reference count is an i16, so 32,767 polls before the
+    // I/O completed overflowed it: an idle hub's accept, raced with its
+    // 20 ms shutdown poll, broke its shard after 11 minutes.
     pub(crate) fn add_waiter_many(&self, waker: Waker) {
-        self.inner.borrow_mut().wakers.waiters.push(waker)
+        let waiters = &mut self.inner.borrow_mut().wakers.waiters;
+        if !waiters.iter().any(|waiter| waiter.will_wake(&waker)) {
+            waiters.push(waker)
+        }
     }
 
     pub(super) fn is_installed(&self) -> Option<bool> {
