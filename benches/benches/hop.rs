@@ -458,31 +458,26 @@ async fn receive(consumer: &mut Consumer<u64>) -> Option<u64> {
     }
 }
 
-/// Adaptive spinning as the hub's driver applies it
-/// (`Context::cross_shard_traffic`): after each item moved across, the
-/// executor may spin before it sleeps for `HUB_SPIN_RECENT` from now.
+/// Adaptive spinning as the hub's driver applies it: no spinning until
+/// the first item crosses (`run_shard`), then after each item moved across
+/// the executor may spin before it sleeps for `HUB_SPIN_RECENT` from now
+/// (`Context::cross_shard_traffic`).
+#[derive(Clone, Copy)]
 struct Spinning {
-    /// The deadline last given to the executor; `None`: not adaptive.
-    last: Option<Instant>,
+    adaptive: bool,
 }
 
 impl Spinning {
     fn new(adaptive: bool) -> Spinning {
-        let last = adaptive.then(|| {
-            let now = Instant::now();
-            glommio::executor().spin_before_park_until(Some(now));
-            now
-        });
-        Spinning { last }
+        if adaptive {
+            glommio::executor().spin_before_park_until(Some(Instant::now()));
+        }
+        Spinning { adaptive }
     }
 
-    fn traffic(&mut self) {
-        if let Some(last) = &mut self.last {
-            let deadline = Instant::now() + HUB_SPIN_RECENT;
-            if deadline.saturating_duration_since(*last) > HUB_SPIN_RECENT / 8 {
-                glommio::executor().spin_before_park_until(Some(deadline));
-                *last = deadline;
-            }
+    fn traffic(self) {
+        if self.adaptive {
+            glommio::executor().spin_before_park_until(Some(Instant::now() + HUB_SPIN_RECENT));
         }
     }
 }
@@ -493,7 +488,7 @@ async fn mesh_ping(
     mut from_pong: Consumer<u64>,
     adaptive: bool,
 ) {
-    let mut spinning = Spinning::new(adaptive);
+    let spinning = Spinning::new(adaptive);
     let mut value = 0;
     loop {
         let start = Instant::now();
@@ -510,7 +505,7 @@ async fn mesh_ping(
 }
 
 async fn mesh_pong(mut to_ping: Producer<u64>, mut from_ping: Consumer<u64>, adaptive: bool) {
-    let mut spinning = Spinning::new(adaptive);
+    let spinning = Spinning::new(adaptive);
     while let Some(value) = receive(&mut from_ping).await {
         spinning.traffic();
         forward(&mut to_ping, value).await;

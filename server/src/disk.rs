@@ -231,6 +231,21 @@ async fn open_buffered(path: &Path, policy: Fsync) -> glommio::Result<Option<Buf
         .map(Some)
 }
 
+/// `fdatasync`s `file`, counted in `fsyncs` and timed in `fsync_latency`
+/// when it succeeds.
+async fn fdatasync_counted(
+    file: &DmaFile,
+    stats: &crate::stats::ShardStats,
+) -> glommio::Result<(), ()> {
+    let started = Instant::now();
+    file.fdatasync().await?;
+    stats.fsyncs.incr();
+    stats
+        .fsync_latency
+        .observe(started.elapsed().as_micros() as u64);
+    Ok(())
+}
+
 fn log_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("log-{generation:08}.rlog"))
 }
@@ -714,19 +729,13 @@ impl DiskLog {
             .truncate(true)
             .dma_open(&path)
             .await?;
-        let buffered = match open_buffered(&path, self.policy).await {
-            Ok(buffered) => buffered,
-            Err(error) => {
-                let _ = file.close().await;
-                let _ = glommio::io::remove(&path).await;
-                return Err(error);
-            }
-        };
         let mut fresh = DiskLog {
             dir: self.dir.clone(),
             generation: next,
             file: Rc::new(file),
-            buffered,
+            // The snapshot goes O_DIRECT (synced at once anyway); appends
+            // after it as the policy says, from the descriptor opened below.
+            buffered: None,
             readable: self.readable.clone(),
             write_offset: 0,
             tail: Vec::new(),
@@ -746,7 +755,12 @@ impl DiskLog {
         let written = async {
             self.write_snapshot(&mut fresh, batch).await?;
             fresh.sync().await?;
-            glommio::io::Directory::open(&self.dir).await?.sync().await
+            glommio::io::Directory::open(&self.dir)
+                .await?
+                .sync()
+                .await?;
+            fresh.buffered = open_buffered(&path, self.policy).await?;
+            Ok(())
         }
         .await;
         if let Err(error) = written {
@@ -825,12 +839,7 @@ impl DiskLog {
     /// `fdatasync` if anything was written since the last one.
     pub async fn sync(&mut self) -> glommio::Result<(), ()> {
         if self.unsynced {
-            let started = Instant::now();
-            self.file.fdatasync().await?;
-            self.stats.fsyncs.incr();
-            self.stats
-                .fsync_latency
-                .observe(started.elapsed().as_micros() as u64);
+            fdatasync_counted(&self.file, &self.stats).await?;
             self.unsynced = false;
         }
         Ok(())
@@ -850,15 +859,8 @@ impl DiskLog {
         self.syncing.set(true);
         let (file, stats, syncing) = (self.file.clone(), self.stats.clone(), self.syncing.clone());
         glommio::spawn_local(async move {
-            let started = Instant::now();
-            match file.fdatasync().await {
-                Ok(()) => {
-                    stats.fsyncs.incr();
-                    stats
-                        .fsync_latency
-                        .observe(started.elapsed().as_micros() as u64);
-                }
-                Err(error) => tracing::warn!(%error, "fdatasync of the log failed"),
+            if let Err(error) = fdatasync_counted(&file, &stats).await {
+                tracing::warn!(%error, "fdatasync of the log failed");
             }
             syncing.set(false);
         })

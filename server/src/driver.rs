@@ -123,9 +123,8 @@ struct Context {
     body_reader: Cell<Option<Waker>>,
     /// Connections adopted during a core call, whose tasks start after it.
     adopted: RefCell<Vec<(TcpStream, ConnId)>>,
-    /// With adaptive spinning ([`Config::spin_adaptive`]): the spin
-    /// deadline last given to the executor.
-    spin_deadline: Option<Cell<Instant>>,
+    /// Adaptive spinning is on ([`Config::spin_adaptive`]).
+    spin_adaptive: bool,
 }
 
 impl Context {
@@ -137,15 +136,9 @@ impl Context {
 
     /// Cross-shard traffic went out or came in: with adaptive spinning,
     /// the executor spins before sleeping for [`SPIN_RECENT`] from now.
-    /// The deadline moves only by steps of an eighth of that, so that a
-    /// busy mesh does not update it on every batch.
     fn cross_shard_traffic(&self) {
-        if let Some(last) = &self.spin_deadline {
-            let deadline = Instant::now() + SPIN_RECENT;
-            if deadline.saturating_duration_since(last.get()) > SPIN_RECENT / 8 {
-                glommio::executor().spin_before_park_until(Some(deadline));
-                last.set(deadline);
-            }
+        if self.spin_adaptive {
+            glommio::executor().spin_before_park_until(Some(Instant::now() + SPIN_RECENT));
         }
     }
 
@@ -318,7 +311,7 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
         forwarding: Cell::new(0),
         timer: Cell::new(None),
         timer_changed: Cell::new(false),
-        spin_deadline: spin_adaptive.then(|| Cell::new(started)),
+        spin_adaptive,
     });
     // SAFETY: the fd is a listening socket opened for this shard by
     // `startup::listeners` and handed to nobody else.
