@@ -460,6 +460,21 @@ impl Config {
         self.pin && shards > 1 && self.spin_before_park_us == 0 && self.spin_adaptive_us > 0
     }
 
+    /// Why a spin flag that was set does nothing with `shards` shards, if
+    /// it does (the hub logs it as a warning at start).
+    pub fn spin_ignored(&self, shards: usize) -> Option<&'static str> {
+        if self.spin_before_park_us > 0 && !self.pin {
+            Some("--spin-before-park-us has no effect with --pin false: only a pinned shard spins")
+        } else if self.spin_adaptive_us > 0
+            && !self.spin_adaptive(shards)
+            && self.spin_before_park_us == 0
+        {
+            Some("--spin-adaptive-us has no effect: it needs --pin true and more than one shard")
+        } else {
+            None
+        }
+    }
+
     /// The longest spin of an idle shard before it sleeps: the fixed
     /// `--spin-before-park-us`, else the adaptive one when it applies.
     pub fn spin_before_park(&self, shards: usize) -> Duration {
@@ -513,6 +528,14 @@ mod tests {
         assert!(!fixed.spin_adaptive(2));
         assert_eq!(fixed.spin_before_park(1), Duration::from_micros(200));
         assert_eq!(fixed.spin_before_park(2), Duration::from_micros(200));
+        // A spin that cannot take effect is named at start.
+        assert_eq!(default.spin_ignored(2), None);
+        assert_eq!(adaptive.spin_ignored(2), None);
+        assert_eq!(fixed.spin_ignored(1), None);
+        assert!(adaptive.spin_ignored(1).is_some());
+        assert!(unpinned.spin_ignored(2).is_some());
+        let fixed_unpinned = parse(&["--spin-before-park-us", "50", "--pin", "false"]);
+        assert!(fixed_unpinned.spin_ignored(1).is_some());
     }
 
     #[test]

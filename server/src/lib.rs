@@ -51,7 +51,13 @@ pub mod startup;
 pub mod stats;
 pub mod store;
 
-use std::{net::SocketAddr, sync::atomic::Ordering, sync::mpsc, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::atomic::Ordering,
+    sync::mpsc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use relayhub_mesh::{budget, channel};
@@ -68,8 +74,8 @@ use stats::ShardStats;
 /// leave completions and cross-shard wake-ups waiting that long).
 pub const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
-/// How long start-up waits for every shard to report ready (recovery of a
-/// large log included).
+/// How long start-up waits, in all, for every shard to report ready
+/// (recovery of a large log included; shards recover in parallel).
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A running hub.
@@ -98,6 +104,9 @@ impl Hub {
             return Err(StartError::Shards(shards));
         }
         startup::check_memlock(shards)?;
+        if let Some(why) = config.spin_ignored(shards) {
+            tracing::warn!("{why}");
+        }
         let (addr, fds) = startup::listeners(config.listen, shards)?;
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
         let shared = Arc::new(Shared::new(stats));
@@ -143,15 +152,26 @@ impl Hub {
             }
         }
         drop(ready_tx);
-        for _ in 0..shards {
-            match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
+        let deadline = Instant::now() + SHARD_START_TIMEOUT;
+        for ready in 0..shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready_rx.recv_timeout(left) {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     return Err(abort_with(shared, executors, StartError::Recovery(error)))
                 }
                 Err(_) => {
-                    let index = executors.len();
-                    return Err(abort(shared, executors, index, "did not start".into()));
+                    let waiting = shards - ready;
+                    let why = format!(
+                        "{waiting} of {shards} shards did not report ready within {} s",
+                        SHARD_START_TIMEOUT.as_secs()
+                    );
+                    // A shard that has not answered in this long may never
+                    // see the shutdown flag: leave its thread detached
+                    // rather than wait for it.
+                    shared.shutdown.store(true, Ordering::Release);
+                    drop(executors);
+                    return Err(StartError::StartTimeout(why));
                 }
             }
         }

@@ -50,6 +50,8 @@ pub enum StartError {
     DataDir(crate::disk::DataDirError),
     /// A shard could not recover its log.
     Recovery(String),
+    /// Not every shard reported ready within the start-up timeout.
+    StartTimeout(String),
 }
 
 impl fmt::Display for StartError {
@@ -58,6 +60,7 @@ impl fmt::Display for StartError {
             StartError::Config(invalid) => write!(f, "{invalid}"),
             StartError::DataDir(error) => write!(f, "data directory: {error}"),
             StartError::Recovery(error) => write!(f, "recovery failed: {error}"),
+            StartError::StartTimeout(why) => write!(f, "start-up timed out: {why}"),
             StartError::Shards(shards) => {
                 write!(f, "--shards must be between 1 and {SHARDS_MAX}, not {shards}")
             }

@@ -100,3 +100,76 @@ fn counters_move_with_traffic_and_carry_shard_labels() {
     let _ = &mut b;
     hub.shutdown();
 }
+
+/// The answers docs/operations.md gives, byte for byte, and the exposition's
+/// shape a strict OpenMetrics parser needs: one family per metric (the
+/// fsync histogram too, with two shards), help texts ending in one period.
+#[test]
+fn answers_are_as_documented_and_healthz_says_503_while_shutting_down() {
+    let hub = start(2, |config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    });
+    let addr = hub.metrics_addr().expect("metrics are on");
+    assert_eq!(
+        get(addr, "/healthz"),
+        ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string())
+    );
+    assert_eq!(
+        get(addr, "/metrics?x"),
+        (
+            "HTTP/1.1 404 Not Found".to_string(),
+            "try /metrics or /healthz\n".to_string()
+        )
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+    assert!(response.ends_with("\r\n\r\nGET only\n"), "{response:?}");
+
+    let (_, body) = get(addr, "/metrics");
+    let fsync_types = body
+        .lines()
+        .filter(|line| line.starts_with("# TYPE relayhub_fsync_duration_seconds "))
+        .count();
+    assert_eq!(fsync_types, 1, "one fsync family for both shards");
+    for shard in ["0", "1"] {
+        assert!(
+            body.contains(&format!(
+                "relayhub_fsync_duration_seconds_count{{shard=\"{shard}\"}}"
+            )),
+            "shard {shard}'s fsync samples"
+        );
+    }
+    let helps: Vec<&str> = body.lines().filter(|l| l.starts_with("# HELP ")).collect();
+    assert!(!helps.is_empty());
+    for help in helps {
+        assert!(
+            help.ends_with('.') && !help.ends_with(".."),
+            "help ends in one period: {help}"
+        );
+    }
+
+    // From the moment shutdown is asked for until the shards have stopped,
+    // /healthz answers 503; /metrics keeps answering.
+    hub.request_shutdown();
+    assert_eq!(
+        get(addr, "/healthz"),
+        (
+            "HTTP/1.1 503 Service Unavailable".to_string(),
+            "shutting down\n".to_string()
+        )
+    );
+    assert_eq!(get(addr, "/metrics").0, "HTTP/1.1 200 OK");
+    hub.shutdown();
+    // The metrics thread closes its port right after the hub has stopped.
+    let closing = std::time::Instant::now();
+    while TcpStream::connect(addr).is_ok() {
+        assert!(
+            closing.elapsed() < std::time::Duration::from_secs(5),
+            "the endpoint closes once the hub has stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
