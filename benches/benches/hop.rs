@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::local_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use relayhub_benches::pin_to_core;
+use relayhub_benches::{env_u64, pin_to_core};
 use relayhub_mesh::{Consumer, Producer, TrySendError};
 
 /// Core of the ping thread or executor (and of both same-shard tasks).
@@ -651,15 +651,6 @@ fn median_and_range(mut values: Vec<u64>) -> (u64, u64, u64) {
         values[0],
         values[values.len() - 1],
     )
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text} is not a whole number")),
-        Err(_) => default,
-    }
 }
 
 fn load_average() -> String {

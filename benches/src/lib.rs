@@ -18,3 +18,14 @@ pub fn pin_to_core(core: usize) {
         );
     }
 }
+
+/// The number in the environment variable `name`, or `default` when it is
+/// unset; a value that is not a whole number ends the bench with its name.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text} is not a whole number")),
+        Err(_) => default,
+    }
+}
