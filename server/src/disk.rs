@@ -118,6 +118,9 @@ pub enum DataDirError {
         /// Where the next valid record starts.
         next_valid: u64,
     },
+    /// The only log generation holds an unfinished compaction snapshot
+    /// (there is no older generation to fall back to).
+    Incomplete(PathBuf),
 }
 
 impl std::fmt::Display for DataDirError {
@@ -140,6 +143,14 @@ impl std::fmt::Display for DataDirError {
                  (from byte {next_valid}); refusing to start rather than skip them. \
                  Restore the file from a backup, or truncate it at byte {offset} to \
                  drop everything from there",
+                file.display()
+            ),
+            DataDirError::Incomplete(file) => write!(
+                f,
+                "{}: the log's only generation holds an unfinished compaction and no \
+                 older generation is left to recover from; refusing to start rather \
+                 than start empty. Restore the data directory from a backup, or move \
+                 the file away to start with an empty log",
                 file.display()
             ),
         }
@@ -250,6 +261,18 @@ fn log_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("log-{generation:08}.rlog"))
 }
 
+/// The background `fdatasync` of `--fsync interval`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum SyncState {
+    /// None running; the last one succeeded (or none ran yet).
+    #[default]
+    Idle,
+    /// One is running.
+    Running,
+    /// The last one failed: the next interval syncs whatever was written.
+    Failed,
+}
+
 /// What a shard's recovery found, for its log line and counters.
 #[derive(Debug)]
 pub struct Recovered {
@@ -344,9 +367,9 @@ pub struct DiskLog {
     policy: Fsync,
     /// Bytes written since the last `fdatasync`.
     unsynced: bool,
-    /// An `fdatasync` started by [`start_sync`](Self::start_sync) is
-    /// running.
-    syncing: Rc<std::cell::Cell<bool>>,
+    /// Where the `fdatasync` started by [`start_sync`](Self::start_sync)
+    /// stands.
+    syncing: Rc<std::cell::Cell<SyncState>>,
     /// The shard's counters (fsync count and latency).
     stats: std::sync::Arc<crate::stats::ShardStats>,
     /// The disk refused to grow the file: the log holds what is allocated.
@@ -399,20 +422,44 @@ impl DiskLog {
             }
         };
         let mut chosen = None;
-        for (generation, path) in &files.generations {
+        let count = files.generations.len();
+        for (index, (generation, path)) in files.generations.iter().enumerate() {
             if chosen.is_some() {
                 // Superseded by a complete newer generation.
                 glommio::io::remove(path).await.map_err(io_error(path))?;
                 continue;
             }
             if *generation > 0 {
+                // Complete once its snapshot's end is among the valid
+                // records: a bad record after it is corruption of this
+                // generation (reported by the recovery scan below), never
+                // a reason to fall back to an older one.
                 let file = DmaFile::open(path).await.map_err(io_error(path))?;
-                let complete = matches!(
-                    scan_file(&file, |_, _, _| {}).await.map_err(io_error(path))?,
-                    Ok(scan) if scan.snapshot_complete
-                );
+                let scanned = scan_file(&file, |_, _, _| {})
+                    .await
+                    .map_err(io_error(path))?;
                 file.close().await.map_err(io_error(path))?;
+                let complete = match scanned {
+                    Ok(scan) => scan.snapshot_complete,
+                    Err(corruption) => corruption.snapshot_complete,
+                };
                 if !complete {
+                    // A crash during a compaction (its blocks may land out
+                    // of order, so that can look like corruption too): the
+                    // generation before it is still there, as it goes only
+                    // once this one is durable, unless something else
+                    // removed it. Nothing after an unfinished snapshot was
+                    // answered.
+                    if index + 1 == count {
+                        return Err(match scanned {
+                            Err(corruption) => DataDirError::Corrupt {
+                                file: path.clone(),
+                                offset: corruption.offset,
+                                next_valid: corruption.next_valid,
+                            },
+                            Ok(_) => DataDirError::Incomplete(path.clone()),
+                        });
+                    }
                     tracing::warn!(file = %path.display(), "removing an incomplete compaction");
                     glommio::io::remove(path).await.map_err(io_error(path))?;
                     continue;
@@ -849,20 +896,31 @@ impl DiskLog {
     /// of its own if anything was written since the last one and none is
     /// running. Appends go on meanwhile: they are in the page cache, and
     /// nothing waits for this sync (the policy's loss window is the
-    /// interval plus the sync's own time). A failure is logged; the next
-    /// interval syncs again.
+    /// interval plus the sync's own time). A failure is logged and counted
+    /// in `log_write_errors`, and the next interval syncs again, whether or
+    /// not anything was written since.
     pub fn start_sync(&mut self) {
-        if !self.unsynced || self.syncing.get() {
+        match self.syncing.get() {
+            SyncState::Running => return,
+            SyncState::Failed => self.unsynced = true,
+            SyncState::Idle => {}
+        }
+        if !self.unsynced {
             return;
         }
         self.unsynced = false;
-        self.syncing.set(true);
+        self.syncing.set(SyncState::Running);
         let (file, stats, syncing) = (self.file.clone(), self.stats.clone(), self.syncing.clone());
         glommio::spawn_local(async move {
-            if let Err(error) = fdatasync_counted(&file, &stats).await {
-                tracing::warn!(%error, "fdatasync of the log failed");
-            }
-            syncing.set(false);
+            let state = match fdatasync_counted(&file, &stats).await {
+                Ok(()) => SyncState::Idle,
+                Err(error) => {
+                    stats.log_write_errors.incr();
+                    tracing::warn!(%error, "fdatasync of the log failed");
+                    SyncState::Failed
+                }
+            };
+            syncing.set(state);
         })
         .detach();
     }

@@ -515,6 +515,17 @@ fn a_torn_tail_is_dropped_and_the_rest_recovered() {
     }
 }
 
+/// Why a one-shard hub on the data directory `dir` does not start.
+fn start_fails(dir: &Path) -> String {
+    let mut config = relayhub_server::Config::for_tests(1);
+    config.storage = Storage::Disk;
+    config.data_dir = dir.to_path_buf();
+    match relayhub_server::Hub::start(config) {
+        Ok(_) => panic!("a damaged log was accepted"),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// A flipped bit inside a record with valid records after it stops the hub
 /// from starting, with the file and offset named.
 #[test]
@@ -526,17 +537,81 @@ fn corruption_in_the_middle_refuses_to_start() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[used / 2] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
-    let mut config = relayhub_server::Config::for_tests(1);
-    config.storage = Storage::Disk;
-    config.data_dir = dir.0.clone();
-    let error = match relayhub_server::Hub::start(config) {
-        Ok(_) => panic!("a corrupt log was accepted"),
-        Err(error) => error.to_string(),
-    };
+    let error = start_fails(&dir.0);
     assert!(
         error.contains("corrupt") && error.contains("rlog"),
         "{error}"
     );
+}
+
+/// A compacted generation is the log, as generation 0 is: a bad record
+/// after its snapshot stops the start (it once counted as an unfinished
+/// compaction: the file was removed and the hub started with an empty
+/// log), and a snapshot cut short with no older generation left refuses
+/// too. Put back as it was, the log recovers everything.
+#[test]
+fn a_damaged_compacted_log_refuses_to_start_and_is_never_dropped() {
+    let dir = DataDir::new("compacted-damage");
+    let config = small_log(&dir.0);
+    let (user, token);
+    {
+        let hub = start(1, config.clone());
+        let addr = hub.local_addr();
+        let mut sender = RawV2::durable(addr);
+        let mut churn = RawV2::durable(addr);
+        churn_until_compacted(&hub, &mut sender, &mut churn, 1);
+        let receiver = RawV2::durable(addr);
+        (user, token) = (receiver.user, receiver.token);
+        drop(receiver);
+        for id in 1000..1010 {
+            sender.relay(id, id, &[user], &[7; 512]);
+            stored(&mut sender);
+        }
+        hub.shutdown();
+    }
+    let logs = std::fs::read_dir(dir.0.join("shard-0"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "rlog")
+        })
+        .count();
+    assert_eq!(logs, 1, "the compaction removed generation 0");
+    let file = shard_log(&dir.0);
+    assert!(!file.ends_with("log-00000000.rlog"), "{}", file.display());
+    let pristine = std::fs::read(&file).unwrap();
+    let used = used_bytes(&file);
+
+    // A flipped bit in one of the last relays' records, valid ones after it.
+    let mut bytes = pristine.clone();
+    bytes[used - 2000] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let error = start_fails(&dir.0);
+    assert!(
+        error.contains("corrupt") && error.contains("rlog"),
+        "{error}"
+    );
+    assert!(file.exists(), "the damaged generation is kept");
+
+    // The snapshot cut short, nothing older to fall back to.
+    std::fs::write(&file, &pristine[..200]).unwrap();
+    let error = start_fails(&dir.0);
+    assert!(error.contains("unfinished compaction"), "{error}");
+    assert!(file.exists(), "the damaged generation is kept");
+
+    std::fs::write(&file, &pristine).unwrap();
+    let hub = start(1, config);
+    let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+    for seq in 1..=10 {
+        assert!(
+            matches!(receiver.next(), HubMessageV2::DeliverV2(d) if d.seq == seq && d.body == [7; 512]),
+            "delivery {seq}"
+        );
+    }
 }
 
 /// Past `--disk-bytes-max`, relays to durable sessions get StorageFull while

@@ -144,6 +144,9 @@ pub(super) struct Log {
     pending: BytesMut,
     /// The position after the last record appended.
     appended: u64,
+    /// The position this run of the hub started appending at (the end of
+    /// the recovered log): `log_appended` counts from here.
+    started_at: u64,
     /// The position the driver made durable.
     durable: u64,
     /// Where the current generation starts.
@@ -182,6 +185,7 @@ impl Log {
             enabled,
             pending: BytesMut::new(),
             appended: 0,
+            started_at: 0,
             durable: 0,
             generation_start: 0,
             generation: 0,
@@ -434,7 +438,9 @@ impl<Io> Shard<Io> {
             self.pump(now_ms, user);
         }
         self.stats.log_bytes.set(self.log.bytes());
-        self.stats.log_appended.set(self.log.appended);
+        self.stats
+            .log_appended
+            .set(self.log.appended - self.log.started_at);
         if self.shutdown.is_some() {
             self.advance_shutdown(now_ms);
         }
@@ -483,6 +489,12 @@ impl<Io> Shard<Io> {
         pending.extend_from_slice(&again);
         pending.extend_from_slice(&self.log.pending);
         self.log.pending = pending;
+        if self.log.pending.is_empty() {
+            // A snapshot that replaced nothing failed: no write is owed,
+            // and the file is the log it was. Waiting for a write that
+            // nothing would start would refuse durable relays for good.
+            self.log.failed = false;
+        }
     }
 
     /// The driver wrote a batch but could not `fdatasync` it; it syncs
@@ -601,6 +613,7 @@ impl<Io> Shard<Io> {
     pub(super) fn log_recovered(&mut self, lsn: u64, bytes: u64) {
         self.log.generation_start = lsn - bytes;
         self.log.appended = lsn;
+        self.log.started_at = lsn;
         self.log.durable = lsn;
     }
 }

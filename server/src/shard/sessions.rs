@@ -979,6 +979,14 @@ impl<Io> Shard<Io> {
                     upto: session.acked,
                 });
             }
+            if session.next_seq > session.acked + 1 {
+                // Sequences handed out past the floor: entries that expired
+                // (TTL) leave nothing else saying so.
+                records.push(Record::NextSeq {
+                    user,
+                    next: session.next_seq,
+                });
+            }
             if session.message_id_high > 0 {
                 records.push(Record::SenderHigh {
                     user,
@@ -1107,6 +1115,10 @@ impl<Io> Shard<Io> {
             } => {
                 if let Some(session) = self.sessions.map.get_mut(&user) {
                     session.tokens = [current, previous];
+                    // Logged by a resume: the session was connected after
+                    // any detach before it, so unless it detaches later in
+                    // the log its expiry counts from now (the restart).
+                    session.detached_ms = now_ms;
                 }
             }
             Record::SessionDetached { user, at_ms } => {
@@ -1159,6 +1171,9 @@ impl<Io> Shard<Io> {
                     // Nothing is in flight during recovery (cursor 0).
                     session.acked = session.acked.max(upto);
                     let acked = session.acked;
+                    // Sequences up to the floor were handed out: never
+                    // again (a snapshot keeps no entry below it).
+                    session.next_seq = session.next_seq.max(acked + 1);
                     session.pop_while(|entry| entry.seq <= acked);
                 }
             }
@@ -1173,6 +1188,11 @@ impl<Io> Shard<Io> {
                 message_id,
                 at_ms,
             } => self.mark_stored(user, from, message_id, at_ms),
+            Record::NextSeq { user, next } => {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    session.next_seq = session.next_seq.max(next);
+                }
+            }
             Record::SnapshotEnd => {}
         }
     }

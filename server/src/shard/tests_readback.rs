@@ -185,6 +185,27 @@ fn offline_bodies_are_read_back_in_order_on_resume() {
     assert_eq!(net.shards[0].body_reads_pending(), 0);
 }
 
+/// Relays 1000-byte bodies from `sender` to `churn`, which acks each,
+/// until the shard has compacted `compactions` times.
+fn churn_until_compacted(
+    net: &mut Net,
+    disk: &mut Disk,
+    sender: Client,
+    churn: Client,
+    compactions: u64,
+) {
+    let mut id = 100;
+    while net.shards[0].stats().compactions.get() < compactions {
+        assert!(id < 400, "no compaction");
+        net.relay_v2(sender, id, id, &[churn.user], &[9; 1000]);
+        disk.write(net);
+        let (_, last) = last_seq(&net.output_v2(churn));
+        net.send_message(churn, &Ack { upto: last });
+        disk.write(net);
+        id += 1;
+    }
+}
+
 /// A compaction copies records whose bodies are only in the log into the
 /// new file, and the entries follow them there (the old file is gone).
 #[test]
@@ -200,16 +221,7 @@ fn a_compaction_carries_logged_bodies_into_the_new_generation() {
     let (user, token) = offline_inbox(&mut net, &mut disk, 1..4);
     let (churn, _) = session(&mut net, &mut disk);
     let (sender, _) = session(&mut net, &mut disk);
-    let mut id = 100;
-    while net.shards[0].stats().compactions.get() < 2 {
-        assert!(id < 400, "no compaction");
-        net.relay_v2(sender, id, id, &[churn.user], &[9; 1000]);
-        disk.write(&mut net);
-        let (_, last) = last_seq(&net.output_v2(churn));
-        net.send_message(churn, &Ack { upto: last });
-        disk.write(&mut net);
-        id += 1;
-    }
+    churn_until_compacted(&mut net, &mut disk, sender, churn, 2);
     assert_eq!(disk.files.len(), 1, "the old generations are gone");
     assert_eq!(residency(&net, user), (0, 3));
     let (client, _) = resume(&mut net, &mut disk, user, token);
@@ -271,6 +283,26 @@ fn after_a_failed_compaction_entries_point_into_the_current_file() {
     assert_eq!(deliveries(&net.output_v2(client)), expected);
 }
 
+/// Shard 0 restarted at `now_ms`: recovered from the disk's current file.
+fn restart(disk: &Disk, limits: Limits, now_ms: u64) -> Net {
+    let file = &disk.files[&disk.generation];
+    let mut net = Net::new(1, limits);
+    net.now_ms = now_ms;
+    let shard = &mut net.shards[0];
+    shard.begin_recovery(u64::from(disk.generation));
+    let scanned = scan(file, |record, offset, len| {
+        let pos = LogPos {
+            generation: disk.generation,
+            len: record_len(len),
+            offset,
+        };
+        shard.recover(now_ms, record, pos);
+    })
+    .expect("a clean log");
+    shard.finish_recovery(now_ms, scanned.valid_bytes, scanned.valid_bytes);
+    net
+}
+
 /// Entries recovery rebuilds keep only their position; a resume reads
 /// them from the recovered file.
 #[test]
@@ -278,31 +310,93 @@ fn recovered_entries_are_read_back_from_the_recovered_file() {
     let mut net = Net::new(1, disk_limits());
     let mut disk = Disk::default();
     let (user, token) = offline_inbox(&mut net, &mut disk, 1..6);
-    let file = disk.files[&0].clone();
-    let mut net = Net::new(1, disk_limits());
-    let now = net.now_ms;
-    let shard = &mut net.shards[0];
-    shard.begin_recovery(0);
-    let scanned = scan(&file, |record, offset, len| {
-        let pos = LogPos {
-            generation: 0,
-            len: record_len(len),
-            offset,
-        };
-        shard.recover(now, record, pos);
-    })
-    .expect("a clean log");
-    shard.finish_recovery(now, scanned.valid_bytes, scanned.valid_bytes);
+    let mut net = restart(&disk, disk_limits(), net.now_ms);
     assert_eq!(residency(&net, user), (0, 5));
-    let mut disk = Disk {
-        files: HashMap::from([(0, file)]),
-        generation: 0,
-    };
     let (client, _) = resume(&mut net, &mut disk, user, token);
     assert_eq!(disk.serve(&mut net), vec![Ok(()); 5]);
     let got = deliveries(&net.output_v2(client));
     let expected: Vec<(u64, Vec<u8>)> = (1..=5).map(|id| (id, body(id))).collect();
     assert_eq!(got, expected);
+}
+
+/// A session that had acked everything when a compaction wrote the
+/// snapshot goes on from its next `seq` after a restart: a sequence is
+/// never handed out twice, and the first message after the restart is
+/// delivered (given `seq` 1 again, it would sit below the ack floor,
+/// skipped, and be dropped by the next ack).
+#[test]
+fn sequences_go_on_after_a_compaction_and_a_restart() {
+    let limits = Limits {
+        log_bytes_max: 64 << 10,
+        ..disk_limits()
+    };
+    let mut net = Net::new(1, limits.clone());
+    let mut disk = Disk::default();
+    let (quiet, quiet_token) = session(&mut net, &mut disk);
+    let (churn, _) = session(&mut net, &mut disk);
+    let (sender, sender_token) = session(&mut net, &mut disk);
+    for id in 1..=3 {
+        net.relay_v2(sender, id, id, &[quiet.user], &body(id));
+        disk.write(&mut net);
+    }
+    let (_, acked) = last_seq(&net.output_v2(quiet));
+    assert_eq!(acked, 3);
+    net.send_message(quiet, &Ack { upto: acked });
+    disk.write(&mut net);
+    churn_until_compacted(&mut net, &mut disk, sender, churn, 1);
+    assert_eq!(
+        disk.files.len(),
+        1,
+        "only the snapshot's generation is left"
+    );
+
+    let recovered_bytes = disk.files[&disk.generation].len();
+    let mut net = restart(&disk, limits, net.now_ms);
+    let (quiet, _) = resume(&mut net, &mut disk, quiet.user, quiet_token);
+    let (sender, _) = resume(&mut net, &mut disk, sender.user, sender_token);
+    net.relay_v2(sender, 1000, 1000, &[quiet.user], &body(1000));
+    disk.write(&mut net);
+    let messages = net.output_v2(quiet);
+    let [HubMessageV2::DeliverV2(deliver)] = messages.as_slice() else {
+        panic!("expected the new message, got {messages:?}");
+    };
+    assert_eq!((deliver.seq, deliver.message_id), (4, 1000));
+    // `log_appended` counts this run's appends, not the recovered file.
+    let appended = disk.files[&disk.generation].len() - recovered_bytes;
+    assert_eq!(net.shards[0].stats().log_appended.get(), appended as u64);
+    net.send_message(quiet, &Ack { upto: 4 });
+    assert!(net.output_v2(quiet).is_empty(), "the ack is in range");
+}
+
+/// A session that went offline, came back, and was connected at a crash
+/// counts its expiry from the restart, like one that never left: its
+/// earlier detach does not expire it at the first sweep.
+#[test]
+fn a_session_resumed_before_a_crash_counts_its_expiry_from_the_restart() {
+    let limits = disk_limits();
+    let expiry = limits.session_expiry_ms;
+    let mut net = Net::new(1, limits.clone());
+    let mut disk = Disk::default();
+    let (client, token) = session(&mut net, &mut disk);
+    net.disconnect(client);
+    disk.write(&mut net);
+    net.advance(10);
+    let (_, messages) = resume(&mut net, &mut disk, client.user, token);
+    assert!(messages.is_empty(), "{messages:?}");
+    disk.write(&mut net);
+
+    // The crash, and a restart long after the detach.
+    let restarted_ms = net.now_ms + expiry + 5_000;
+    let mut net = restart(&disk, limits, restarted_ms);
+    net.advance(expiry - 1_000);
+    assert_eq!(net.shards[0].stats().sessions_expired.get(), 0);
+    let (client, _) = net.hello(0, Hello::resume(3, client.user, token));
+    disk.write(&mut net);
+    let messages = net.output_v2(client);
+    assert!(
+        matches!(messages.first(), Some(HubMessageV2::WelcomeV2(welcome)) if welcome.resumed),
+        "{messages:?}"
+    );
 }
 
 /// A record that does not check out when read back is not delivered, nor

@@ -87,6 +87,10 @@ pub enum Record {
         message_id: u64,
         at_ms: u64,
     },
+    /// A snapshot's copy of `user`'s next inbox sequence: entries acked or
+    /// expired before the snapshot leave no record, and their sequences
+    /// are never given out again.
+    NextSeq { user: u64, next: u64 },
 }
 
 /// A record's kind byte. Stable: never renumber.
@@ -104,6 +108,7 @@ enum RecordKind {
     SenderHigh = 9,
     SnapshotEnd = 10,
     DedupMark = 11,
+    NextSeq = 12,
 }
 
 /// Why bytes did not decode as a record.
@@ -197,6 +202,11 @@ pub fn encode(record: &Record, out: &mut BytesMut) -> usize {
             out.put_u64_le(*message_id);
         }
         Record::SnapshotEnd => out.put_u8(RecordKind::SnapshotEnd as u8),
+        Record::NextSeq { user, next } => {
+            out.put_u8(RecordKind::NextSeq as u8);
+            out.put_u64_le(*user);
+            out.put_u64_le(*next);
+        }
         Record::DedupMark {
             user,
             from,
@@ -404,6 +414,10 @@ fn parse(body: &[u8]) -> Option<Record> {
             message_id: f.u64()?,
         },
         k if k == RecordKind::SnapshotEnd as u8 => Record::SnapshotEnd,
+        k if k == RecordKind::NextSeq as u8 => Record::NextSeq {
+            user: f.u64()?,
+            next: f.u64()?,
+        },
         k if k == RecordKind::DedupMark as u8 => Record::DedupMark {
             user: f.u64()?,
             from: f.u64()?,
@@ -461,6 +475,7 @@ pub(crate) mod tests_support {
                 message_id: 11,
                 at_ms: 3,
             },
+            Record::NextSeq { user: 7, next: 12 },
             Record::SnapshotEnd,
         ]
     }

@@ -35,6 +35,8 @@ pub struct Corruption {
     pub reason: Invalid,
     /// Where the next valid record starts.
     pub next_valid: u64,
+    /// The valid records before it hold a compaction's `SnapshotEnd`.
+    pub snapshot_complete: bool,
 }
 
 /// What a scan found.
@@ -182,6 +184,7 @@ impl<F: FnMut(Record, u64, usize)> Scanner<F> {
                     offset: bad,
                     reason,
                     next_valid: self.offset + probe as u64,
+                    snapshot_complete: self.snapshot_complete,
                 });
             }
             probe += RECORD_ALIGN_BYTES;

@@ -163,11 +163,9 @@ fn a_failed_write_goes_out_again_and_its_answers_wait() {
     assert_eq!(net.shards[0].stats().log_write_errors.get(), 1);
 }
 
-/// A compaction the disk refused leaves the current generation the log:
-/// what the snapshot superseded is written there, the byte count stays
-/// true, and the compaction is tried again later.
-#[test]
-fn a_failed_compaction_leaves_the_log_as_it_was() {
+/// A shard whose 64 KiB log holds 40 relays from `sender` to `receiver`,
+/// delivered and answered but not acked: an ack makes a compaction due.
+fn compaction_ready() -> (Net, Client, Client) {
     let mut net = Net::new(
         1,
         Limits {
@@ -182,6 +180,15 @@ fn a_failed_compaction_leaves_the_log_as_it_was() {
         write_log(&mut net);
     }
     assert_eq!(answers(&net.output_v2(sender)).len(), 40);
+    (net, receiver, sender)
+}
+
+/// A compaction the disk refused leaves the current generation the log:
+/// what the snapshot superseded is written there, the byte count stays
+/// true, and the compaction is tried again later.
+#[test]
+fn a_failed_compaction_leaves_the_log_as_it_was() {
+    let (mut net, receiver, sender) = compaction_ready();
     let (ids, last) = delivered(&net.output_v2(receiver));
     assert_eq!(ids.len(), 40);
     let before = log_bytes(&net);
@@ -202,6 +209,32 @@ fn a_failed_compaction_leaves_the_log_as_it_was() {
     assert!(batches.iter().any(|batch| batch.new_generation));
     assert_eq!(net.shards[0].stats().compactions.get(), 1);
     assert!(log_bytes(&net) < before);
+    relay(&mut net, sender, 41, receiver.user);
+    write_log(&mut net);
+    assert_eq!(answers(&net.output_v2(sender)), [(41, false)]);
+    assert_eq!(delivered(&net.output_v2(receiver)).0, [41]);
+}
+
+/// A compaction retried with nothing else to write, that fails again,
+/// owes no write: durable relays are stored right after it, not refused
+/// with `StorageFull` until some other record happens to be logged.
+#[test]
+fn a_failed_compaction_that_replaced_nothing_refuses_nothing() {
+    let (mut net, receiver, sender) = compaction_ready();
+    let (_, last) = delivered(&net.output_v2(receiver));
+    net.send_message(receiver, &Ack { upto: last });
+    let now = net.now_ms;
+    let snapshot = net.shards[0].poll_log(now).expect("a compaction");
+    net.shards[0].handle_log_failed(now, snapshot);
+    write_log(&mut net);
+    // The retry finds nothing pending: its snapshot replaces nothing.
+    net.now_ms += COMPACTION_RETRY_MS;
+    let now = net.now_ms;
+    let retry = net.shards[0].poll_log(now).expect("the compaction again");
+    assert!(retry.new_generation);
+    assert!(net.shards[0].log.pending.is_empty());
+    net.shards[0].handle_log_failed(now, retry);
+    assert!(net.shards[0].poll_log(now).is_none(), "nothing is owed");
     relay(&mut net, sender, 41, receiver.user);
     write_log(&mut net);
     assert_eq!(answers(&net.output_v2(sender)), [(41, false)]);
