@@ -1173,7 +1173,7 @@ impl<Io> Shard<Io> {
                     let acked = session.acked;
                     // Sequences up to the floor were handed out: never
                     // again (a snapshot keeps no entry below it).
-                    session.next_seq = session.next_seq.max(acked + 1);
+                    session.next_seq = session.next_seq.max(acked.saturating_add(1));
                     session.pop_while(|entry| entry.seq <= acked);
                 }
             }
@@ -1217,7 +1217,7 @@ impl<Io> Shard<Io> {
             return; // Already there.
         }
         session.inbox_bytes += item.bytes();
-        session.next_seq = session.next_seq.max(seq + 1);
+        session.next_seq = session.next_seq.max(seq.saturating_add(1));
         session.inbox.insert(
             at,
             Entry {
@@ -1244,5 +1244,72 @@ impl<Io> Shard<Io> {
         self.arm_sweep(now_ms);
         let next = self.ids.reserve_block();
         self.log(&Record::IdsReserved { next });
+    }
+}
+
+/// What recovery must bring back of one durable session (the recovery
+/// tests compare it before a crash and after the restart).
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SessionDigest {
+    pub(super) tokens: [TokenHash; 2],
+    pub(super) acked: u64,
+    pub(super) next_seq: u64,
+    pub(super) message_id_high: u64,
+    /// `None` while connected.
+    pub(super) detached_ms: Option<u64>,
+    /// `(seq, stored_ms, from or 0, message_id, body bytes, receiver or 0)`
+    /// of each entry not expired at the time the digest is taken.
+    pub(super) entries: Vec<(u64, u64, u64, u64, u64, u64)>,
+}
+
+#[cfg(test)]
+impl<Io> Shard<Io> {
+    /// Every durable session's [`SessionDigest`] at `now_ms`.
+    pub(super) fn durable_digest(
+        &self,
+        now_ms: u64,
+    ) -> std::collections::BTreeMap<u64, SessionDigest> {
+        let ttl = self.limits.message_ttl_ms;
+        let live = |entry: &&Entry| ttl == 0 || entry.stored_ms.saturating_add(ttl) > now_ms;
+        self.sessions
+            .map
+            .iter()
+            .map(|(&user, session)| {
+                let entries = session
+                    .inbox
+                    .iter()
+                    .filter(live)
+                    .map(|entry| match &entry.item {
+                        Item::Message {
+                            from,
+                            message_id,
+                            body,
+                            ..
+                        } => (
+                            entry.seq,
+                            entry.stored_ms,
+                            *from,
+                            *message_id,
+                            body.len(),
+                            0,
+                        ),
+                        Item::Receipt {
+                            message_id,
+                            receiver,
+                        } => (entry.seq, entry.stored_ms, 0, *message_id, 0, *receiver),
+                    })
+                    .collect();
+                let digest = SessionDigest {
+                    tokens: session.tokens,
+                    acked: session.acked,
+                    next_seq: session.next_seq,
+                    message_id_high: session.message_id_high,
+                    detached_ms: session.conn.is_none().then_some(session.detached_ms),
+                    entries,
+                };
+                (user, digest)
+            })
+            .collect()
     }
 }

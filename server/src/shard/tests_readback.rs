@@ -542,3 +542,179 @@ fn a_read_the_driver_cannot_make_is_made_again_on_resume() {
     let expected: Vec<(u64, Vec<u8>)> = (1..=2).map(|id| (id, body(id))).collect();
     assert_eq!(deliveries(&net.output_v2(client)), expected);
 }
+
+/// One durable client of the recovery property test.
+struct Actor {
+    user: u64,
+    token: ResumeToken,
+    client: Option<Client>,
+    /// The highest `seq` it was sent (what it may ack).
+    seen: u64,
+    next_message_id: u64,
+}
+
+/// Resumes `actor`, taking the token its `WelcomeV2` rotates to.
+fn resume_actor(net: &mut Net, disk: &mut Disk, actor: &mut Actor) {
+    let (client, _) = net.hello(0, Hello::resume(7, actor.user, actor.token));
+    disk.write(net);
+    let messages = net.output_v2(client);
+    let Some(HubMessageV2::WelcomeV2(welcome)) = messages.first() else {
+        panic!(
+            "user {}: expected a resumed WelcomeV2, got {messages:?}",
+            actor.user
+        );
+    };
+    assert!(welcome.resumed);
+    actor.token = welcome.token;
+    actor.client = Some(Client {
+        user: actor.user,
+        ..client
+    });
+    note_seen(actor, &messages[1..]);
+}
+
+fn note_seen(actor: &mut Actor, messages: &[HubMessageV2]) {
+    for message in messages {
+        match message {
+            HubMessageV2::DeliverV2(deliver) => actor.seen = actor.seen.max(deliver.seq),
+            HubMessageV2::Receipt(receipt) => actor.seen = actor.seen.max(receipt.seq),
+            _ => {}
+        }
+    }
+}
+
+/// The log and the core agree: for seeded random sequences of durable
+/// sessions relaying (with and without receipts), acking, leaving,
+/// resuming and waiting (entries expiring, sessions too), with a log
+/// small enough to compact every few dozen relays, a shard recovered from
+/// its files at any point holds every durable session as the live shard
+/// did: tokens, ack floor, next `seq`, sender mark, when it left (or the
+/// restart, if connected), and every entry that has not expired, with its
+/// `seq`, time, sender, `message_id`, body size or receipt.
+#[test]
+fn recovery_rebuilds_every_durable_session_as_it_was() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let limits = Limits {
+        log_bytes_max: 64 << 10,
+        message_ttl_ms: 20_000,
+        session_expiry_ms: 30_000,
+        // Clients here stay quiet for long spells: only they close.
+        idle_timeout_ms: 0,
+        ..disk_limits()
+    };
+    let (mut compactions, mut entries) = (0, 0);
+    for seed in 0..64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut net = Net::new(1, limits.clone());
+        let mut disk = Disk::default();
+        let mut actors: Vec<Actor> = (0..5)
+            .map(|_| {
+                let (client, token) = session(&mut net, &mut disk);
+                Actor {
+                    user: client.user,
+                    token,
+                    client: Some(client),
+                    seen: 0,
+                    next_message_id: 1,
+                }
+            })
+            .collect();
+        for _ in 0..rng.random_range(50..400) {
+            let who = rng.random_range(0..actors.len());
+            match rng.random_range(0..100) {
+                0..45 => {
+                    let Some(from) = actors[who].client else {
+                        continue;
+                    };
+                    assert_eq!(
+                        net.shards[0].poll_read(net.now_ms, from.id),
+                        ReadReady::Read,
+                        "seed {seed}: only the clients close"
+                    );
+                    let count = rng.random_range(1..=3);
+                    let to: Vec<u64> = (0..count)
+                        .map(|_| actors[rng.random_range(0..actors.len())].user)
+                        .collect();
+                    let message_id = actors[who].next_message_id;
+                    actors[who].next_message_id += 1;
+                    let body = vec![b'x'; rng.random_range(1..1500)];
+                    let flags = if rng.random_bool(0.25) {
+                        relayhub_protocol::flags::RECEIPT
+                    } else {
+                        0
+                    };
+                    net.send_message(
+                        from,
+                        &relayhub_protocol::RelayV2Ref {
+                            request: message_id,
+                            message_id,
+                            flags,
+                            receivers: &to,
+                            body: &body,
+                        },
+                    );
+                }
+                45..65 => {
+                    if let (Some(client), seen) = (actors[who].client, actors[who].seen) {
+                        if seen > 0 {
+                            net.send_message(client, &Ack { upto: seen });
+                        }
+                    }
+                }
+                65..75 => {
+                    if let Some(client) = actors[who].client.take() {
+                        net.disconnect(client);
+                    }
+                }
+                75..87 => {
+                    let session_alive = net.shards[0].sessions.map.contains_key(&actors[who].user);
+                    if actors[who].client.is_none() && session_alive {
+                        resume_actor(&mut net, &mut disk, &mut actors[who]);
+                    }
+                }
+                _ => net.advance(rng.random_range(1..4_000)),
+            }
+            // The driver: writes, reads back, and the clients read.
+            loop {
+                disk.write(&mut net);
+                let read = disk.serve(&mut net);
+                assert!(read.iter().all(Result::is_ok), "seed {seed}: {read:?}");
+                if read.is_empty() {
+                    break;
+                }
+            }
+            for actor in &mut actors {
+                if let Some(client) = actor.client {
+                    let messages = net.output_v2(client);
+                    note_seen(actor, &messages);
+                }
+            }
+            // A session that expired is gone for good.
+            actors.retain(|actor| {
+                actor.client.is_some() || net.shards[0].sessions.map.contains_key(&actor.user)
+            });
+            if actors.is_empty() {
+                break;
+            }
+        }
+        compactions += net.shards[0].stats().compactions.get();
+        let now = net.now_ms;
+        let mut expected = net.shards[0].durable_digest(now);
+        for digest in expected.values_mut() {
+            // Connected at the crash: its expiry counts from the restart.
+            digest.detached_ms.get_or_insert(now);
+        }
+        let recovered = restart(&disk, limits.clone(), now);
+        let got = recovered.shards[0].durable_digest(now);
+        assert_eq!(got.len(), expected.len(), "seed {seed}: sessions");
+        for (user, want) in &expected {
+            assert_eq!(got.get(user), Some(want), "seed {seed}: user {user}");
+            entries += want.entries.len();
+        }
+    }
+    assert!(
+        compactions >= 10,
+        "the log compacted only {compactions} times"
+    );
+    assert!(entries >= 200, "only {entries} entries were compared");
+}
