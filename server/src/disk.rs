@@ -8,8 +8,12 @@
 //! `DATA_DIR/shard-<i>/log-<generation>.rlog` is shard `i`'s log. A
 //! compaction writes generation `g + 1` (a snapshot ending in
 //! `SnapshotEnd`), makes it durable, syncs the directory, then removes
-//! generation `g`. At start-up the newest generation that is complete wins;
-//! an incomplete newer one (a crash mid-compaction) is removed.
+//! generation `g`. At start-up the newest generation that is complete wins
+//! (a bad record after its snapshot refuses the start); an unfinished
+//! newer one (a crash mid-compaction) is removed, once the older one has
+//! recovered, unless records follow its snapshot (then it was durable and
+//! is damaged: the start is refused) or no older one is left (refused too).
+//! `DATA_DIR/meta` also records the log format ([`LOG_FORMAT`]).
 //!
 //! Writes: with `--fsync always` the file is written in whole blocks of
 //! its DMA alignment. The last, partial block is kept in memory and
@@ -49,7 +53,7 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     rc::Rc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
@@ -95,6 +99,14 @@ pub const COMPACTION_WRITE_BYTES: usize = 4 << 20;
 /// Name of the file that records the shard count.
 const META_FILE: &str = "meta";
 
+/// The log format this build writes, recorded in `meta` as `format=<n>`:
+/// 1 (no `format` line) before `NextSeq` records (kind 12), 2 since. A
+/// directory of format 1 is upgraded at start; one of a newer format is
+/// refused. Builds of format 1 refuse a `meta` with a `format` line (they
+/// read `shards=<n>` alone), so they cannot misread, and drop, a log with
+/// records they do not know.
+pub const LOG_FORMAT: u32 = 2;
+
 /// Why the data directory cannot be used.
 #[derive(Debug)]
 pub enum DataDirError {
@@ -117,6 +129,14 @@ pub enum DataDirError {
         offset: u64,
         /// Where the next valid record starts.
         next_valid: u64,
+    },
+    /// The directory was written by a newer build, in a log format this
+    /// one does not read.
+    Format {
+        /// The directory.
+        dir: PathBuf,
+        /// Its format.
+        found: u32,
     },
     /// The only log generation holds an unfinished compaction snapshot
     /// (there is no older generation to fall back to).
@@ -144,6 +164,12 @@ impl std::fmt::Display for DataDirError {
                  Restore the file from a backup, or truncate it at byte {offset} to \
                  drop everything from there",
                 file.display()
+            ),
+            DataDirError::Format { dir, found } => write!(
+                f,
+                "{} holds a log of format {found}, written by a newer relayhub; this \
+                 build reads formats up to {LOG_FORMAT}: start the newer build on it",
+                dir.display()
             ),
             DataDirError::Incomplete(file) => write!(
                 f,
@@ -180,18 +206,42 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
     // `relayhub-data/` is relative), which made every compaction fail.
     let data_dir = &fs::canonicalize(data_dir).map_err(io(data_dir))?;
     let meta = data_dir.join(META_FILE);
+    let invalid = |why: &str| {
+        DataDirError::Io(
+            meta.clone(),
+            io::Error::new(io::ErrorKind::InvalidData, why.to_string()),
+        )
+    };
+    let write_meta = || -> Result<(), DataDirError> {
+        // A new file renamed over the old one: never a half-written meta.
+        let fresh = data_dir.join(format!("{META_FILE}.new"));
+        fs::write(&fresh, format!("shards={shards}\nformat={LOG_FORMAT}\n")).map_err(io(&fresh))?;
+        fs::File::open(&fresh)
+            .and_then(|file| file.sync_all())
+            .map_err(io(&fresh))?;
+        fs::rename(&fresh, &meta).map_err(io(&meta))?;
+        fs::File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(data_dir))
+    };
     match fs::read_to_string(&meta) {
         Ok(text) => {
-            let found = text
-                .trim()
-                .strip_prefix("shards=")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    DataDirError::Io(
-                        meta.clone(),
-                        io::Error::new(io::ErrorKind::InvalidData, "expected shards=<n>"),
-                    )
-                })?;
+            let (mut found, mut format) = (None, 1);
+            for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+                if let Some(n) = line.strip_prefix("shards=") {
+                    found = Some(
+                        n.parse::<usize>()
+                            .map_err(|_| invalid("expected shards=<n>"))?,
+                    );
+                } else if let Some(n) = line.strip_prefix("format=") {
+                    format = n
+                        .parse::<u32>()
+                        .map_err(|_| invalid("expected format=<n>"))?;
+                } else {
+                    return Err(invalid("expected shards=<n> and format=<n> lines"));
+                }
+            }
+            let found = found.ok_or_else(|| invalid("expected shards=<n>"))?;
             if found != shards {
                 return Err(DataDirError::ShardCount {
                     dir: data_dir.to_path_buf(),
@@ -199,10 +249,17 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
                     asked: shards,
                 });
             }
+            if format > LOG_FORMAT {
+                return Err(DataDirError::Format {
+                    dir: data_dir.to_path_buf(),
+                    found: format,
+                });
+            }
+            if format < LOG_FORMAT {
+                write_meta()?;
+            }
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            fs::write(&meta, format!("shards={shards}\n")).map_err(io(&meta))?;
-        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => write_meta()?,
         Err(error) => return Err(DataDirError::Io(meta, error)),
     }
     (0..shards)
@@ -259,6 +316,41 @@ async fn fdatasync_counted(
 
 fn log_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("log-{generation:08}.rlog"))
+}
+
+/// How often a run of failures of one kind (log writes, syncs) is logged
+/// at most, after its first.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Log lines for failed log writes or syncs: the first of a run, then at
+/// most one every [`FAILURE_LOG_INTERVAL`], and one when they succeed
+/// again.
+#[derive(Default)]
+pub struct LogFailures {
+    run: u64,
+    last: Option<Instant>,
+}
+
+impl LogFailures {
+    /// One more failure.
+    pub fn report(&mut self, error: &dyn std::fmt::Display, what: &str) {
+        self.run += 1;
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= FAILURE_LOG_INTERVAL)
+        {
+            tracing::error!(%error, failures = self.run, "{what}");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// A success: the run, if any, is over.
+    pub fn recovered(&mut self, what: &str) {
+        if self.run > 0 {
+            tracing::info!(failures = self.run, "{what}");
+        }
+        *self = LogFailures::default();
+    }
 }
 
 /// The background `fdatasync` of `--fsync interval`.
@@ -370,6 +462,8 @@ pub struct DiskLog {
     /// Where the `fdatasync` started by [`start_sync`](Self::start_sync)
     /// stands.
     syncing: Rc<std::cell::Cell<SyncState>>,
+    /// The log lines of failed background syncs.
+    sync_failures: Rc<RefCell<LogFailures>>,
     /// The shard's counters (fsync count and latency).
     stats: std::sync::Arc<crate::stats::ShardStats>,
     /// The disk refused to grow the file: the log holds what is allocated.
@@ -391,18 +485,56 @@ async fn scan_file<F: FnMut(crate::store::record::Record, u64, usize)>(
     file: &DmaFile,
     apply: F,
 ) -> glommio::Result<Result<Scan, crate::store::recovery::Corruption>, ()> {
+    scan_file_from(file, 0, apply).await
+}
+
+/// [`scan_file`] from byte `from` on (a record's start), as if the log
+/// began there: offsets are counted from `from`.
+async fn scan_file_from<F: FnMut(crate::store::record::Record, u64, usize)>(
+    file: &DmaFile,
+    from: u64,
+    apply: F,
+) -> glommio::Result<Result<Scan, crate::store::recovery::Corruption>, ()> {
     let size = file.file_size().await?;
     let mut scanner = Scanner::new(apply);
-    let mut pos = 0;
+    let alignment = file.alignment();
+    let mut pos = from / alignment * alignment;
+    let mut skip = (from - pos) as usize;
     while pos < size {
         let read = file.read_at_aligned(pos, RECOVERY_READ_BYTES).await?;
         if read.is_empty() {
             break;
         }
-        scanner.feed(&read);
+        scanner.feed(&read[skip.min(read.len())..]);
+        skip = 0;
         pos += read.len() as u64;
     }
     Ok(scanner.finish())
+}
+
+/// Whether, from `from` on (past a bad record), `file` holds a
+/// `SnapshotEnd` (`seen_end`: one came before) followed by records: the
+/// log appends after a snapshot only once the snapshot is durable, so
+/// such records were answered, and the generation is damaged, not
+/// unfinished. Bad stretches are skipped.
+async fn appended_after_snapshot(
+    file: &DmaFile,
+    mut from: u64,
+    mut seen_end: bool,
+) -> glommio::Result<bool, ()> {
+    loop {
+        let mut after = false;
+        let scanned = scan_file_from(file, from, |record, _, _| {
+            after |= seen_end;
+            seen_end |= record == crate::store::record::Record::SnapshotEnd;
+        })
+        .await?;
+        match scanned {
+            _ if after => return Ok(true),
+            Ok(_) => return Ok(false),
+            Err(corruption) => from += corruption.next_valid,
+        }
+    }
 }
 
 impl DiskLog {
@@ -422,11 +554,14 @@ impl DiskLog {
             }
         };
         let mut chosen = None;
+        // Removed only once the chosen generation has recovered: a start
+        // refused keeps every file as it was.
+        let mut remove = Vec::new();
         let count = files.generations.len();
         for (index, (generation, path)) in files.generations.iter().enumerate() {
             if chosen.is_some() {
                 // Superseded by a complete newer generation.
-                glommio::io::remove(path).await.map_err(io_error(path))?;
+                remove.push((path.clone(), false));
                 continue;
             }
             if *generation > 0 {
@@ -438,11 +573,30 @@ impl DiskLog {
                 let scanned = scan_file(&file, |_, _, _| {})
                     .await
                     .map_err(io_error(path))?;
-                file.close().await.map_err(io_error(path))?;
-                let complete = match scanned {
-                    Ok(scan) => scan.snapshot_complete,
-                    Err(corruption) => corruption.snapshot_complete,
+                let (complete, damaged) = match scanned {
+                    Ok(scan) => (scan.snapshot_complete, false),
+                    Err(corruption) if corruption.snapshot_complete => (true, false),
+                    Err(corruption) => {
+                        let answered = appended_after_snapshot(&file, corruption.next_valid, false)
+                            .await
+                            .map_err(io_error(path))?;
+                        (false, answered)
+                    }
                 };
+                file.close().await.map_err(io_error(path))?;
+                if damaged {
+                    // A bad record inside a snapshot that records were
+                    // appended after: it was durable, and the older
+                    // generation (if one is left) lacks what came since.
+                    let Err(corruption) = scanned else {
+                        unreachable!("damaged only after a corruption")
+                    };
+                    return Err(DataDirError::Corrupt {
+                        file: path.clone(),
+                        offset: corruption.offset,
+                        next_valid: corruption.next_valid,
+                    });
+                }
                 if !complete {
                     // A crash during a compaction (its blocks may land out
                     // of order, so that can look like corruption too): the
@@ -460,8 +614,7 @@ impl DiskLog {
                             Ok(_) => DataDirError::Incomplete(path.clone()),
                         });
                     }
-                    tracing::warn!(file = %path.display(), "removing an incomplete compaction");
-                    glommio::io::remove(path).await.map_err(io_error(path))?;
+                    remove.push((path.clone(), true));
                     continue;
                 }
             }
@@ -492,6 +645,12 @@ impl DiskLog {
             offset: corruption.offset,
             next_valid: corruption.next_valid,
         })?;
+        for (old, incomplete) in remove {
+            if incomplete {
+                tracing::warn!(file = %old.display(), "removing an incomplete compaction");
+            }
+            glommio::io::remove(&old).await.map_err(io_error(&old))?;
+        }
         if let Verdict::TornTail { dropped_bytes } = scan.verdict {
             tracing::warn!(
                 file = %path.display(),
@@ -537,6 +696,7 @@ impl DiskLog {
             policy,
             unsynced: false,
             syncing: Rc::default(),
+            sync_failures: Rc::default(),
             stats: shard.stats().clone(),
             limited: false,
             next_growth: Instant::now(),
@@ -792,6 +952,7 @@ impl DiskLog {
             policy: self.policy,
             unsynced: false,
             syncing: Rc::default(),
+            sync_failures: Rc::default(),
             stats: self.stats.clone(),
             // Limited: the snapshot gets just the room it needs.
             limited: self.limited,
@@ -911,12 +1072,20 @@ impl DiskLog {
         self.unsynced = false;
         self.syncing.set(SyncState::Running);
         let (file, stats, syncing) = (self.file.clone(), self.stats.clone(), self.syncing.clone());
+        let failures = self.sync_failures.clone();
         glommio::spawn_local(async move {
             let state = match fdatasync_counted(&file, &stats).await {
-                Ok(()) => SyncState::Idle,
+                Ok(()) => {
+                    failures
+                        .borrow_mut()
+                        .recovered("fdatasync of the log works again");
+                    SyncState::Idle
+                }
                 Err(error) => {
                     stats.log_write_errors.incr();
-                    tracing::warn!(%error, "fdatasync of the log failed");
+                    failures
+                        .borrow_mut()
+                        .report(&error, "fdatasync of the log failed");
                     SyncState::Failed
                 }
             };

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{Config, Fsync, SPIN_RECENT},
     conn::ConnId,
-    disk::{DiskLog, LogWriteError, ShardFiles},
+    disk::{DiskLog, LogFailures, LogWriteError, ShardFiles},
     outbound::Outbound,
     shard::{self, Event, Limits, MeshMessage, Read, ReadReady, Shard, WriteReady},
     stats::ShardStats,
@@ -543,34 +543,6 @@ async fn read_bodies(context: Rc<Context>, files: crate::disk::LogFiles) {
             }
         })
         .detach();
-    }
-}
-
-/// Log lines for failed log writes: the first of a run, then at most one
-/// every 10 s, and one when writes succeed again.
-#[derive(Default)]
-struct LogFailures {
-    run: u64,
-    last: Option<Instant>,
-}
-
-impl LogFailures {
-    fn report(&mut self, error: &dyn std::fmt::Display, what: &str) {
-        self.run += 1;
-        if self
-            .last
-            .is_none_or(|last| last.elapsed() >= Duration::from_secs(10))
-        {
-            tracing::error!(%error, failures = self.run, "{what}");
-            self.last = Some(Instant::now());
-        }
-    }
-
-    fn recovered(&mut self, what: &str) {
-        if self.run > 0 {
-            info!(failures = self.run, "{what}");
-        }
-        *self = LogFailures::default();
     }
 }
 

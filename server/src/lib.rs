@@ -160,12 +160,18 @@ impl Hub {
                 Ok(Err(error)) => {
                     return Err(abort_with(shared, executors, StartError::Recovery(error)))
                 }
-                Err(_) => {
+                Err(error) => {
                     let waiting = shards - ready;
-                    let why = format!(
-                        "{waiting} of {shards} shards did not report ready within {} s",
-                        SHARD_START_TIMEOUT.as_secs()
-                    );
+                    let why = match error {
+                        mpsc::RecvTimeoutError::Timeout => format!(
+                            "{waiting} of {shards} shards did not report ready within {} s",
+                            SHARD_START_TIMEOUT.as_secs()
+                        ),
+                        mpsc::RecvTimeoutError::Disconnected => format!(
+                            "{waiting} of {shards} shards stopped before they were ready \
+                             (their error is in the log above)"
+                        ),
+                    };
                     // A shard that has not answered in this long may never
                     // see the shutdown flag: leave its thread detached
                     // rather than wait for it.

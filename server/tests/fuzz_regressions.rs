@@ -15,7 +15,7 @@ use relayhub_protocol::{
 use relayhub_server::{
     config::MESH_BYTES_MIN,
     conn::{ConnId, ConnState},
-    shard::{Event, Limits, Read, ReadReady, Shard, WriteReady},
+    shard::{Event, Limits, Read, ReadReady, Shard},
     Config,
 };
 
@@ -129,16 +129,7 @@ fn send(shard: &mut Shard<()>, id: ConnId, bytes: &[u8]) {
 
 /// Everything queued for `id`, written out and decoded (version 2).
 fn take(shard: &mut Shard<()>, id: ConnId) -> Vec<HubMessageV2> {
-    let mut bytes = Vec::new();
-    while shard.poll_write(id) == WriteReady::Write {
-        let mut slices = Vec::new();
-        shard.outbound(id).expect("open").slices(&mut slices);
-        let len: usize = slices.iter().map(|slice| slice.len()).sum();
-        for slice in &slices {
-            bytes.extend_from_slice(slice);
-        }
-        shard.handle_written(id, len);
-    }
+    let bytes = shard.take_written(id);
     let start = if bytes.starts_with(&preface_for(VERSION_2)) {
         PREFACE_BYTES
     } else {

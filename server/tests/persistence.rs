@@ -603,6 +603,22 @@ fn a_damaged_compacted_log_refuses_to_start_and_is_never_dropped() {
     assert!(error.contains("unfinished compaction"), "{error}");
     assert!(file.exists(), "the damaged generation is kept");
 
+    // An older generation left behind (its removal failed once): a bad
+    // record inside the snapshot, with the relays appended after it, is
+    // damage, not an unfinished compaction. Falling back would lose them.
+    let older = file.with_file_name("log-00000000.rlog");
+    std::fs::write(&older, &pristine[..200]).unwrap();
+    let mut bytes = pristine.clone();
+    bytes[100] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let error = start_fails(&dir.0);
+    assert!(
+        error.contains("corrupt") && error.contains("rlog"),
+        "{error}"
+    );
+    assert!(file.exists() && older.exists(), "both generations are kept");
+    std::fs::remove_file(&older).unwrap();
+
     std::fs::write(&file, &pristine).unwrap();
     let hub = start(1, config);
     let mut receiver = RawV2::resume(hub.local_addr(), user, token);
@@ -612,6 +628,63 @@ fn a_damaged_compacted_log_refuses_to_start_and_is_never_dropped() {
             "delivery {seq}"
         );
     }
+}
+
+/// `meta` records the log format: a directory of the first format (no
+/// `format` line) is upgraded at start and its log recovered; one of a
+/// newer format than this build writes is refused, files untouched.
+#[test]
+fn the_data_directory_records_its_log_format() {
+    let dir = DataDir::new("format");
+    let (user, token) = fill(&dir.0, 3, b"kept");
+    let meta = dir.0.join("meta");
+    assert_eq!(
+        std::fs::read_to_string(&meta).unwrap(),
+        "shards=1\nformat=2\n"
+    );
+    std::fs::write(&meta, "shards=1\n").unwrap();
+    {
+        let hub = disk_hub(&dir.0, 1);
+        assert_eq!(
+            std::fs::read_to_string(&meta).unwrap(),
+            "shards=1\nformat=2\n"
+        );
+        let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+        assert!(matches!(receiver.next(), HubMessageV2::DeliverV2(d) if d.body == b"kept"));
+    }
+    std::fs::write(&meta, "shards=1\nformat=3\n").unwrap();
+    let error = start_fails(&dir.0);
+    assert!(
+        error.contains("format 3") && error.contains("newer"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&meta).unwrap(),
+        "shards=1\nformat=3\n"
+    );
+}
+
+/// A crash during a compaction leaves the new generation unfinished: it
+/// is removed, and the generation before it (still there, as it goes only
+/// once the new one is durable) is the log.
+#[test]
+fn an_unfinished_compaction_falls_back_to_the_generation_before() {
+    let dir = DataDir::new("unfinished");
+    let (user, token) = fill(&dir.0, 5, b"kept");
+    let older = shard_log(&dir.0);
+    let newer = older.with_file_name("log-00000001.rlog");
+    // What a snapshot write cut short leaves: its first records, no end.
+    let snapshot_start = std::fs::read(&older).unwrap()[..64].to_vec();
+    std::fs::write(&newer, &snapshot_start).unwrap();
+    let hub = disk_hub(&dir.0, 1);
+    let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+    for seq in 1..=5 {
+        assert!(
+            matches!(receiver.next(), HubMessageV2::DeliverV2(d) if d.seq == seq && d.body == b"kept"),
+            "delivery {seq}"
+        );
+    }
+    assert!(!newer.exists(), "the unfinished generation is removed");
 }
 
 /// Past `--disk-bytes-max`, relays to durable sessions get StorageFull while

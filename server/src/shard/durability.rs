@@ -491,9 +491,12 @@ impl<Io> Shard<Io> {
         self.log.pending = pending;
         if self.log.pending.is_empty() {
             // A snapshot that replaced nothing failed: no write is owed,
-            // and the file is the log it was. Waiting for a write that
-            // nothing would start would refuse durable relays for good.
-            self.log.failed = false;
+            // and the file is the log it was, durable up to its end (the
+            // snapshot's positions hold nothing live). Waiting for a write
+            // that nothing would start would refuse durable relays, and
+            // hold every answer queued behind the snapshot, for good.
+            let appended = self.log.appended;
+            self.handle_log_written(now_ms, appended, false);
         }
     }
 

@@ -537,6 +537,26 @@ impl<Io> Shard<Io> {
         }
     }
 
+    /// Everything queued for `id`, taken as a writer whose socket takes
+    /// every byte would: for tests, examples and harnesses that drive the
+    /// core in memory.
+    pub fn take_written(&mut self, id: ConnId) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.poll_write(id) == WriteReady::Write {
+            let mut slices = Vec::new();
+            self.outbound(id)
+                .expect("a writer told to write has a queue")
+                .slices(&mut slices);
+            for slice in &slices {
+                out.extend_from_slice(slice);
+            }
+            let written = slices.iter().map(|slice| slice.len()).sum();
+            drop(slices);
+            self.handle_written(id, written);
+        }
+        out
+    }
+
     /// `written` bytes of [`outbound`](Self::outbound) reached the socket.
     pub fn handle_written(&mut self, id: ConnId, written: usize) {
         if let Some(conn) = self.conn_mut(id) {

@@ -450,6 +450,9 @@ impl<Io> Shard<Io> {
                     user,
                     at_ms: now_ms,
                 });
+                // Its clock runs from now: the sweep must come (this may
+                // be the shard's only session).
+                self.arm_sweep(now_ms);
             }
         }
     }
@@ -517,7 +520,7 @@ impl<Io> Shard<Io> {
             return Err(ErrorCodeV2::InboxFull);
         }
         let seq = session.next_seq;
-        session.next_seq += 1;
+        session.next_seq = session.next_seq.saturating_add(1);
         session.inbox_bytes += bytes;
         session.inbox.push_back(Entry {
             seq,
@@ -967,7 +970,10 @@ impl<Io> Shard<Io> {
                 current: session.tokens[0],
                 previous: session.tokens[1],
             });
-            if session.conn.is_none() {
+            // A session whose welcome waits for the log has no connection
+            // yet but is not detached: `welcome_done` logs its detach if
+            // the client left meanwhile.
+            if session.conn.is_none() && !self.sessions.welcoming.contains_key(&user) {
                 records.push(Record::SessionDetached {
                     user,
                     at_ms: session.detached_ms,
@@ -979,7 +985,7 @@ impl<Io> Shard<Io> {
                     upto: session.acked,
                 });
             }
-            if session.next_seq > session.acked + 1 {
+            if session.next_seq > session.acked.saturating_add(1) {
                 // Sequences handed out past the floor: entries that expired
                 // (TTL) leave nothing else saying so.
                 records.push(Record::NextSeq {
@@ -1241,6 +1247,12 @@ impl<Io> Shard<Io> {
             session.inflight_bytes = 0;
         }
         self.log_recovered(lsn, file_bytes);
+        // Downtime counts: sessions and entries whose time ran out while
+        // the hub was down expire now, before anyone can resume them.
+        if !self.sessions.map.is_empty() {
+            self.sessions.next_sweep_ms = Some(now_ms);
+            self.sweep_sessions(now_ms);
+        }
         self.arm_sweep(now_ms);
         let next = self.ids.reserve_block();
         self.log(&Record::IdsReserved { next });

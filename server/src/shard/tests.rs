@@ -146,20 +146,7 @@ impl Net {
 
     /// The raw bytes queued for `id` (the driver's write path).
     pub(super) fn take_bytes(&mut self, shard: usize, id: ConnId) -> Vec<u8> {
-        let shard = &mut self.shards[shard];
-        let mut out = Vec::new();
-        while shard.poll_write(id) == WriteReady::Write {
-            let outbound = shard.outbound(id).unwrap();
-            let mut slices = Vec::new();
-            outbound.slices(&mut slices);
-            let written: usize = slices.iter().map(|slice| slice.len()).sum();
-            for slice in &slices {
-                out.extend_from_slice(slice);
-            }
-            drop(slices);
-            shard.handle_written(id, written);
-        }
-        out
+        self.shards[shard].take_written(id)
     }
 
     /// Frames queued for `id`, decoded; the hub's preface is skipped.

@@ -368,18 +368,26 @@ fn sequences_go_on_after_a_compaction_and_a_restart() {
     assert!(net.output_v2(quiet).is_empty(), "the ack is in range");
 }
 
-/// A session that went offline, came back, and was connected at a crash
-/// counts its expiry from the restart, like one that never left: its
-/// earlier detach does not expire it at the first sweep.
-#[test]
-fn a_session_resumed_before_a_crash_counts_its_expiry_from_the_restart() {
+/// A durable session on a disk-backed shard whose client has left, its
+/// records written: the shard's limits, the shard, its files, the client
+/// and the session's token.
+fn detached_session() -> (Limits, Net, Disk, Client, ResumeToken) {
     let limits = disk_limits();
-    let expiry = limits.session_expiry_ms;
     let mut net = Net::new(1, limits.clone());
     let mut disk = Disk::default();
     let (client, token) = session(&mut net, &mut disk);
     net.disconnect(client);
     disk.write(&mut net);
+    (limits, net, disk, client, token)
+}
+
+/// A session that went offline, came back, and was connected at a crash
+/// counts its expiry from the restart, like one that never left: its
+/// earlier detach does not expire it at the first sweep.
+#[test]
+fn a_session_resumed_before_a_crash_counts_its_expiry_from_the_restart() {
+    let (limits, mut net, mut disk, client, token) = detached_session();
+    let expiry = limits.session_expiry_ms;
     net.advance(10);
     let (_, messages) = resume(&mut net, &mut disk, client.user, token);
     assert!(messages.is_empty(), "{messages:?}");
@@ -390,13 +398,7 @@ fn a_session_resumed_before_a_crash_counts_its_expiry_from_the_restart() {
     let mut net = restart(&disk, limits, restarted_ms);
     net.advance(expiry - 1_000);
     assert_eq!(net.shards[0].stats().sessions_expired.get(), 0);
-    let (client, _) = net.hello(0, Hello::resume(3, client.user, token));
-    disk.write(&mut net);
-    let messages = net.output_v2(client);
-    assert!(
-        matches!(messages.first(), Some(HubMessageV2::WelcomeV2(welcome)) if welcome.resumed),
-        "{messages:?}"
-    );
+    resume(&mut net, &mut disk, client.user, token);
 }
 
 /// A record that does not check out when read back is not delivered, nor
@@ -587,8 +589,8 @@ fn note_seen(actor: &mut Actor, messages: &[HubMessageV2]) {
 /// sessions relaying (with and without receipts), acking, leaving,
 /// resuming and waiting (entries expiring, sessions too), with a log
 /// small enough to compact every few dozen relays, a shard recovered from
-/// its files at any point holds every durable session as the live shard
-/// did: tokens, ack floor, next `seq`, sender mark, when it left (or the
+/// its files at the end of each sequence (its log written out) holds
+/// every durable session as the live shard did: tokens, ack floor, next `seq`, sender mark, when it left (or the
 /// restart, if connected), and every entry that has not expired, with its
 /// `seq`, time, sender, `message_id`, body size or receipt.
 #[test]
@@ -717,4 +719,85 @@ fn recovery_rebuilds_every_durable_session_as_it_was() {
         "the log compacted only {compactions} times"
     );
     assert!(entries >= 200, "only {entries} entries were compared");
+}
+
+/// A compaction that snapshots a resumed session while its `WelcomeV2`
+/// waits for the log does not write the session down as detached at its
+/// old time: after a crash it counts its expiry from the restart, as a
+/// connected session does, instead of expiring at once.
+#[test]
+fn a_snapshot_during_a_resume_keeps_the_session_connected() {
+    let limits = disk_limits();
+    let expiry = limits.session_expiry_ms;
+    let mut net = Net::new(1, limits.clone());
+    let mut disk = Disk::default();
+    let (client, token) = session(&mut net, &mut disk);
+    let (churn, _) = session(&mut net, &mut disk);
+    let (sender, _) = session(&mut net, &mut disk);
+    // Acked traffic: the log holds far more than the live state.
+    for id in 1..=20 {
+        net.relay_v2(sender, id, id, &[churn.user], &[9; 1000]);
+        disk.write(&mut net);
+        let (_, last) = last_seq(&net.output_v2(churn));
+        net.send_message(churn, &Ack { upto: last });
+        disk.write(&mut net);
+    }
+    net.disconnect(client);
+    disk.write(&mut net);
+    net.advance(10);
+    let (resumed, _) = net.hello(0, Hello::resume(2, client.user, token));
+    // The write of the resume's records fails to sync: the log compacts
+    // next, while the welcome still waits.
+    net.shards[0].handle_log_unsynced();
+    let compactions = net.shards[0].stats().compactions.get();
+    disk.write(&mut net);
+    assert_eq!(net.shards[0].stats().compactions.get(), compactions + 1);
+    let messages = net.output_v2(resumed);
+    assert!(
+        matches!(messages.first(), Some(HubMessageV2::WelcomeV2(welcome)) if welcome.resumed),
+        "{messages:?}"
+    );
+
+    // The crash, and a restart long after the old detach.
+    let mut net = restart(&disk, limits, net.now_ms + expiry + 5_000);
+    assert_eq!(net.shards[0].stats().sessions_expired.get(), 0);
+    resume(&mut net, &mut disk, client.user, token);
+}
+
+/// Downtime counts: a session whose expiry passed while the hub was down
+/// is gone when the restarted shard takes its first client, not a
+/// second later.
+#[test]
+fn a_session_that_expired_during_downtime_cannot_be_resumed() {
+    let (limits, net, disk, client, token) = detached_session();
+    let expiry = limits.session_expiry_ms;
+    let mut net = restart(&disk, limits, net.now_ms + expiry + 1);
+    assert_eq!(net.shards[0].stats().sessions_expired.get(), 1);
+    let (_, messages) = net.hello(0, Hello::resume(2, client.user, token));
+    assert!(
+        matches!(
+            messages.as_slice(),
+            [HubMessageV2::Error(error)] if error.code == relayhub_protocol::ErrorCodeV2::ResumeRejected.to_wire()
+        ),
+        "{messages:?}"
+    );
+}
+
+/// A durable session whose client left before its `WelcomeV2` went out
+/// expires like any other, even as the shard's only session (no sweep was
+/// armed for it).
+#[test]
+fn a_session_left_before_its_welcome_expires() {
+    let limits = disk_limits();
+    let expiry = limits.session_expiry_ms;
+    let mut net = Net::new(1, limits);
+    let (client, messages) = net.hello(0, Hello::new_session(1, true));
+    assert!(messages.is_empty(), "the welcome waits for the log");
+    net.shards[0].handle_read(net.now_ms, client.id, crate::shard::Read::End);
+    let mut disk = Disk::default();
+    disk.write(&mut net);
+    assert_eq!(net.shards[0].durable_sessions(), 1);
+    net.advance(expiry + 2 * SESSION_SWEEP_MS);
+    assert_eq!(net.shards[0].durable_sessions(), 0);
+    assert_eq!(net.shards[0].stats().sessions_expired.get(), 1);
 }

@@ -233,8 +233,30 @@ fn a_failed_compaction_that_replaced_nothing_refuses_nothing() {
     let retry = net.shards[0].poll_log(now).expect("the compaction again");
     assert!(retry.new_generation);
     assert!(net.shards[0].log.pending.is_empty());
+    // An answer queued behind the snapshot: a relay to nobody stores
+    // nothing, but its `Stored` waits for what was appended before it.
+    relay(&mut net, sender, 50, 999_999);
+    assert!(net.shards[0].log.pending.is_empty());
+    let stored = |messages: Vec<HubMessageV2>| -> Vec<u64> {
+        messages
+            .into_iter()
+            .filter_map(|message| match message {
+                HubMessageV2::Stored(stored) => Some(stored.request),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        stored(net.output_v2(sender)).is_empty(),
+        "behind the snapshot"
+    );
     net.shards[0].handle_log_failed(now, retry);
     assert!(net.shards[0].poll_log(now).is_none(), "nothing is owed");
+    assert_eq!(
+        stored(net.output_v2(sender)),
+        [50],
+        "released with the failure"
+    );
     relay(&mut net, sender, 41, receiver.user);
     write_log(&mut net);
     assert_eq!(answers(&net.output_v2(sender)), [(41, false)]);
