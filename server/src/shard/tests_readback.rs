@@ -555,9 +555,15 @@ struct Actor {
     next_message_id: u64,
 }
 
-/// Resumes `actor`, taking the token its `WelcomeV2` rotates to.
-fn resume_actor(net: &mut Net, disk: &mut Disk, actor: &mut Actor) {
+/// Resumes `actor`, taking the token its `WelcomeV2` rotates to. With
+/// `compact`, the log's last sync fails while the welcome waits for the
+/// log, so that a compaction snapshots the session then (a sync failure
+/// makes the shard compact next, when the log is mostly dead).
+fn resume_actor(net: &mut Net, disk: &mut Disk, actor: &mut Actor, compact: bool) {
     let (client, _) = net.hello(0, Hello::resume(7, actor.user, actor.token));
+    if compact {
+        net.shards[0].handle_log_unsynced();
+    }
     disk.write(net);
     let messages = net.output_v2(client);
     let Some(HubMessageV2::WelcomeV2(welcome)) = messages.first() else {
@@ -588,7 +594,8 @@ fn note_seen(actor: &mut Actor, messages: &[HubMessageV2]) {
 /// The log and the core agree: for seeded random sequences of durable
 /// sessions relaying (with and without receipts), acking, leaving,
 /// resuming and waiting (entries expiring, sessions too), with a log
-/// small enough to compact every few dozen relays, a shard recovered from
+/// small enough to compact every few dozen relays (and compacting, when
+/// it can, while a resume's welcome waits for the log), a shard recovered from
 /// its files at the end of each sequence (its log written out) holds
 /// every durable session as the live shard did: tokens, ack floor, next `seq`, sender mark, when it left (or the
 /// restart, if connected), and every entry that has not expired, with its
@@ -671,7 +678,8 @@ fn recovery_rebuilds_every_durable_session_as_it_was() {
                 75..87 => {
                     let session_alive = net.shards[0].sessions.map.contains_key(&actors[who].user);
                     if actors[who].client.is_none() && session_alive {
-                        resume_actor(&mut net, &mut disk, &mut actors[who]);
+                        let compact = rng.random_bool(0.3);
+                        resume_actor(&mut net, &mut disk, &mut actors[who], compact);
                     }
                 }
                 _ => net.advance(rng.random_range(1..4_000)),
