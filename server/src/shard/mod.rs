@@ -580,6 +580,16 @@ impl<Io> Shard<Io> {
     fn close(&mut self, now_ms: u64, id: ConnId, error: Option<(ErrorCodeV2, u64, u64)>) {
         let flush_ms = self.limits.close_flush_ms;
         let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline_ms);
+        // The closes for a client's own protocol error besides those the
+        // decoder finds (counted where it finds them).
+        let protocol_error = matches!(
+            error,
+            Some((
+                ErrorCodeV2::HelloRequired | ErrorCodeV2::AckOutOfRange,
+                _,
+                _
+            ))
+        );
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -614,6 +624,9 @@ impl<Io> Shard<Io> {
         self.stop_reading(id);
         self.note_pushed(id);
         self.rearm(id);
+        if protocol_error {
+            self.stats.protocol_errors.incr();
+        }
     }
 
     // ----- handing connections between shards ----------------------------
@@ -628,6 +641,7 @@ impl<Io> Shard<Io> {
             Some(fd) => self.send_mesh(now_ms, target, MeshMessage::Adopt { fd, buffered }),
             None => {
                 // Out of descriptors: the client retries its resume.
+                self.stats.fd_refusals.incr();
                 if let Some(conn) = self.conn_mut(id) {
                     conn.state = ConnState::AwaitHello;
                     conn.reading_stopped = false;

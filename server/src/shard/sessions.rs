@@ -1247,6 +1247,7 @@ impl<Io> Shard<Io> {
             session.inflight_bytes = 0;
         }
         self.log_recovered(lsn, file_bytes);
+        self.stats.log_bytes.set(file_bytes);
         // Downtime counts: sessions and entries whose time ran out while
         // the hub was down expire now, before anyone can resume them.
         if !self.sessions.map.is_empty() {

@@ -444,6 +444,33 @@ fn a_version_two_connection_must_say_hello_first() {
             u64::from(relayhub_protocol::kind::IDENTITY)
         )]
     );
+    assert_eq!(net.shards[0].stats().protocol_errors.get(), 1);
+}
+
+/// An `Ack` above the highest `seq` sent closes the connection with
+/// `AckOutOfRange` (detail: that `seq`), counted as a protocol error; the
+/// session lives on and resumes.
+#[test]
+fn an_ack_beyond_what_was_sent_closes_with_ack_out_of_range() {
+    let mut net = Net::new(1, limits());
+    let receiver = net.new_session(0, true);
+    let sender = net.new_session(0, false);
+    net.relay_v2(sender.client, 1, 1, &[receiver.client.user], b"one");
+    let messages = net.output_v2(receiver.client);
+    assert!(matches!(messages.as_slice(), [HubMessageV2::DeliverV2(d)] if d.seq == 1));
+    net.send_message(receiver.client, &relayhub_protocol::Ack { upto: 5 });
+    let messages = net.output_v2(receiver.client);
+    assert_eq!(
+        errors(&messages),
+        [(ErrorCodeV2::AckOutOfRange.to_wire(), 1)]
+    );
+    assert_eq!(net.shards[0].stats().protocol_errors.get(), 1);
+    net.disconnect(receiver.client);
+    let (_, redelivered) = net.resume(0, receiver);
+    assert!(
+        matches!(redelivered.as_slice(), [HubMessageV2::DeliverV2(d)] if d.seq == 1 && d.body == b"one"),
+        "{redelivered:?}"
+    );
 }
 
 #[test]
