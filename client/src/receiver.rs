@@ -205,12 +205,14 @@ impl Receiver {
     /// One read from the socket into the decoder. False when `deadline`
     /// passed with nothing read.
     fn read_more(&mut self, deadline: Option<Instant>) -> Result<bool, ClientError> {
-        let timeout = deadline.map(|deadline| {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(READ_TIMEOUT_MIN)
-        });
-        self.set_read_timeout(timeout)?;
+        let timeout = |deadline: Option<Instant>| {
+            deadline.map(|deadline| {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(READ_TIMEOUT_MIN)
+            })
+        };
+        self.set_read_timeout(timeout(deadline))?;
         // A large frame grew the buffer; give it back once it is consumed.
         if self.decoder.buffered_len() == 0 && self.decoder.capacity() > 4 * READ_CHUNK_BYTES {
             self.decoder.release_idle();
@@ -232,7 +234,13 @@ impl Receiver {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Ok(false)
+                    // The socket's timer may fire a little before the
+                    // deadline by this clock: wait out the rest.
+                    if deadline.is_some_and(|deadline| Instant::now() < deadline) {
+                        self.set_read_timeout(timeout(deadline))?;
+                        continue;
+                    }
+                    return Ok(false);
                 }
                 Err(error) => {
                     self.closed = true;
