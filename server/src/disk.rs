@@ -143,6 +143,17 @@ pub enum DataDirError {
     Incomplete(PathBuf),
 }
 
+impl DataDirError {
+    /// `file` holds `corruption`: a bad record with valid ones after it.
+    fn corrupt(file: &Path, corruption: crate::store::recovery::Corruption) -> DataDirError {
+        DataDirError::Corrupt {
+            file: file.to_path_buf(),
+            offset: corruption.offset,
+            next_valid: corruption.next_valid,
+        }
+    }
+}
+
 impl std::fmt::Display for DataDirError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -512,16 +523,13 @@ async fn scan_file_from<F: FnMut(crate::store::record::Record, u64, usize)>(
     Ok(scanner.finish())
 }
 
-/// Whether, from `from` on (past a bad record), `file` holds a
-/// `SnapshotEnd` (`seen_end`: one came before) followed by records: the
-/// log appends after a snapshot only once the snapshot is durable, so
-/// such records were answered, and the generation is damaged, not
-/// unfinished. Bad stretches are skipped.
-async fn appended_after_snapshot(
-    file: &DmaFile,
-    mut from: u64,
-    mut seen_end: bool,
-) -> glommio::Result<bool, ()> {
+/// Whether, from `from` on (past a bad record before any `SnapshotEnd`),
+/// `file` holds a `SnapshotEnd` followed by records: the log appends after
+/// a snapshot only once the snapshot is durable, so such records were
+/// answered, and the generation is damaged, not unfinished. Bad stretches
+/// are skipped.
+async fn appended_after_snapshot(file: &DmaFile, mut from: u64) -> glommio::Result<bool, ()> {
+    let mut seen_end = false;
     loop {
         let mut after = false;
         let scanned = scan_file_from(file, from, |record, _, _| {
@@ -573,46 +581,36 @@ impl DiskLog {
                 let scanned = scan_file(&file, |_, _, _| {})
                     .await
                     .map_err(io_error(path))?;
-                let (complete, damaged) = match scanned {
-                    Ok(scan) => (scan.snapshot_complete, false),
-                    Err(corruption) if corruption.snapshot_complete => (true, false),
-                    Err(corruption) => {
-                        let answered = appended_after_snapshot(&file, corruption.next_valid, false)
-                            .await
-                            .map_err(io_error(path))?;
-                        (false, answered)
-                    }
+                // Unfinished: no `SnapshotEnd` among the valid records,
+                // with the bad record that ends them, if any.
+                let unfinished = match scanned {
+                    Ok(scan) if scan.snapshot_complete => None,
+                    Err(corruption) if corruption.snapshot_complete => None,
+                    Ok(_) => Some(None),
+                    Err(corruption) => Some(Some(corruption)),
+                };
+                // A bad record inside a snapshot that records were
+                // appended after: it was durable, and the older generation
+                // (if one is left) lacks what came since.
+                let damaged = match unfinished {
+                    Some(Some(corruption)) => appended_after_snapshot(&file, corruption.next_valid)
+                        .await
+                        .map_err(io_error(path))?,
+                    _ => false,
                 };
                 file.close().await.map_err(io_error(path))?;
-                if damaged {
-                    // A bad record inside a snapshot that records were
-                    // appended after: it was durable, and the older
-                    // generation (if one is left) lacks what came since.
-                    let Err(corruption) = scanned else {
-                        unreachable!("damaged only after a corruption")
-                    };
-                    return Err(DataDirError::Corrupt {
-                        file: path.clone(),
-                        offset: corruption.offset,
-                        next_valid: corruption.next_valid,
-                    });
-                }
-                if !complete {
+                if let Some(corruption) = unfinished {
                     // A crash during a compaction (its blocks may land out
                     // of order, so that can look like corruption too): the
                     // generation before it is still there, as it goes only
                     // once this one is durable, unless something else
                     // removed it. Nothing after an unfinished snapshot was
                     // answered.
-                    if index + 1 == count {
-                        return Err(match scanned {
-                            Err(corruption) => DataDirError::Corrupt {
-                                file: path.clone(),
-                                offset: corruption.offset,
-                                next_valid: corruption.next_valid,
-                            },
-                            Ok(_) => DataDirError::Incomplete(path.clone()),
-                        });
+                    if damaged || index + 1 == count {
+                        return Err(corruption.map_or_else(
+                            || DataDirError::Incomplete(path.clone()),
+                            |corruption| DataDirError::corrupt(path, corruption),
+                        ));
                     }
                     remove.push((path.clone(), true));
                     continue;
@@ -640,11 +638,7 @@ impl DiskLog {
         })
         .await
         .map_err(io_error(&path))?
-        .map_err(|corruption| DataDirError::Corrupt {
-            file: path.clone(),
-            offset: corruption.offset,
-            next_valid: corruption.next_valid,
-        })?;
+        .map_err(|corruption| DataDirError::corrupt(&path, corruption))?;
         for (old, incomplete) in remove {
             if incomplete {
                 tracing::warn!(file = %old.display(), "removing an incomplete compaction");
