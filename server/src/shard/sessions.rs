@@ -70,6 +70,14 @@ pub(super) struct Entry {
     pub(super) item: Item,
 }
 
+impl Entry {
+    /// Whether the entry's lifetime (`ttl_ms`, 0: forever) has run out at
+    /// `now_ms`.
+    fn expired(&self, ttl_ms: u64, now_ms: u64) -> bool {
+        ttl_ms > 0 && self.stored_ms.saturating_add(ttl_ms) <= now_ms
+    }
+}
+
 /// What an inbox entry holds.
 pub(super) enum Item {
     /// A relayed message: the relay's body (sent as a `DeliverV2`) and,
@@ -800,12 +808,17 @@ impl<Io> Shard<Io> {
         self.sessions.next_sweep_ms
     }
 
-    /// Expires sessions detached for `session_expiry_ms` and entries
-    /// stored `message_ttl_ms` ago, when the sweep is due.
+    /// [`expire`](Self::expire), when the sweep is due.
     pub(super) fn sweep_sessions(&mut self, now_ms: u64) {
         if self.sessions.next_sweep_ms.is_none_or(|due| due > now_ms) {
             return;
         }
+        self.expire(now_ms);
+    }
+
+    /// Expires sessions detached for `session_expiry_ms` and entries
+    /// stored `message_ttl_ms` ago, and arms the next sweep.
+    fn expire(&mut self, now_ms: u64) {
         let (expiry, ttl) = (self.limits.session_expiry_ms, self.limits.message_ttl_ms);
         let mut expired_sessions = 0;
         let mut expired_entries = 0;
@@ -820,13 +833,10 @@ impl<Io> Shard<Io> {
                 gone.push(user);
                 return false;
             }
-            if ttl > 0 {
-                let (popped, _) =
-                    session.pop_while(|entry| entry.stored_ms.saturating_add(ttl) <= now_ms);
-                if popped > 0 {
-                    expired_entries += popped;
-                    resumed.push(user);
-                }
+            let (popped, _) = session.pop_while(|entry| entry.expired(ttl, now_ms));
+            if popped > 0 {
+                expired_entries += popped;
+                resumed.push(user);
             }
             true
         });
@@ -1250,11 +1260,7 @@ impl<Io> Shard<Io> {
         self.stats.log_bytes.set(file_bytes);
         // Downtime counts: sessions and entries whose time ran out while
         // the hub was down expire now, before anyone can resume them.
-        if !self.sessions.map.is_empty() {
-            self.sessions.next_sweep_ms = Some(now_ms);
-            self.sweep_sessions(now_ms);
-        }
-        self.arm_sweep(now_ms);
+        self.expire(now_ms);
         let next = self.ids.reserve_block();
         self.log(&Record::IdsReserved { next });
     }
@@ -1284,7 +1290,7 @@ impl<Io> Shard<Io> {
         now_ms: u64,
     ) -> std::collections::BTreeMap<u64, SessionDigest> {
         let ttl = self.limits.message_ttl_ms;
-        let live = |entry: &&Entry| ttl == 0 || entry.stored_ms.saturating_add(ttl) > now_ms;
+        let live = |entry: &&Entry| !entry.expired(ttl, now_ms);
         self.sessions
             .map
             .iter()
