@@ -23,7 +23,7 @@ use relayhub_protocol::{
 };
 use relayhub_server::config::Config;
 use relayhub_server::conn::ConnId;
-use relayhub_server::shard::{Limits, Read, ReadReady, Shard};
+use relayhub_server::shard::{Limits, Read, Shard};
 
 /// Heap bytes allocated and not yet freed, process-wide.
 static HELD: AtomicIsize = AtomicIsize::new(0);
@@ -65,15 +65,9 @@ struct Driver {
 }
 
 impl Driver {
-    fn send(&mut self, id: ConnId, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            assert_eq!(self.shard.poll_read(self.now_ms, id), ReadReady::Read);
-            let buffer = self.shard.read_buffer(id);
-            let len = buffer.len().min(bytes.len());
-            buffer[..len].copy_from_slice(&bytes[..len]);
-            bytes = &bytes[len..];
-            self.shard.handle_read(self.now_ms, id, Read::Bytes(len));
-        }
+    fn send(&mut self, id: ConnId, bytes: &[u8]) {
+        let taken = self.shard.feed_read(self.now_ms, id, bytes);
+        assert_eq!(taken, bytes.len(), "the connection stopped reading");
         self.settle();
     }
 

@@ -116,15 +116,8 @@ fn a_reader_paused_at_shutdown_keeps_its_deadline_in_the_heap() {
 
 /// Feeds `bytes` to connection `id` as its reader would.
 fn send(shard: &mut Shard<()>, id: ConnId, bytes: &[u8]) {
-    let mut offset = 0;
-    while offset < bytes.len() && shard.poll_read(0, id) == ReadReady::Read {
-        let buffer = shard.read_buffer(id);
-        let len = buffer.len().min(bytes.len() - offset);
-        buffer[..len].copy_from_slice(&bytes[offset..offset + len]);
-        offset += len;
-        shard.handle_read(0, id, Read::Bytes(len));
-    }
-    assert_eq!(offset, bytes.len(), "the connection stopped reading");
+    let taken = shard.feed_read(0, id, bytes);
+    assert_eq!(taken, bytes.len(), "the connection stopped reading");
 }
 
 /// Everything queued for `id`, written out and decoded (version 2).

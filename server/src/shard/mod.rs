@@ -537,6 +537,22 @@ impl<Io> Shard<Io> {
         }
     }
 
+    /// Feeds `bytes` to `id` as its reader would, in reads as large as
+    /// [`read_buffer`](Self::read_buffer) allows, while the connection
+    /// reads: for tests, examples and harnesses that drive the core in
+    /// memory. Returns how many bytes it took.
+    pub fn feed_read(&mut self, now_ms: u64, id: ConnId, bytes: &[u8]) -> usize {
+        let mut offset = 0;
+        while offset < bytes.len() && self.poll_read(now_ms, id) == ReadReady::Read {
+            let buffer = self.read_buffer(id);
+            let len = buffer.len().min(bytes.len() - offset);
+            buffer[..len].copy_from_slice(&bytes[offset..offset + len]);
+            offset += len;
+            self.handle_read(now_ms, id, Read::Bytes(len));
+        }
+        offset
+    }
+
     /// Everything queued for `id`, taken as a writer whose socket takes
     /// every byte would: for tests, examples and harnesses that drive the
     /// core in memory.

@@ -101,18 +101,13 @@ impl Net {
     }
 
     /// The driver's read path: bytes into `read_buffer`, then `handle_read`.
-    pub(super) fn send(&mut self, shard: usize, id: ConnId, mut bytes: &[u8]) {
-        let now = self.now_ms;
-        let shard = &mut self.shards[shard];
-        while !bytes.is_empty() {
-            if shard.poll_read(now, id) != ReadReady::Read {
-                panic!("reader not ready with {} bytes to send", bytes.len());
-            }
-            let buffer = shard.read_buffer(id);
-            let len = buffer.len().min(bytes.len());
-            buffer[..len].copy_from_slice(&bytes[..len]);
-            bytes = &bytes[len..];
-            shard.handle_read(now, id, Read::Bytes(len));
+    pub(super) fn send(&mut self, shard: usize, id: ConnId, bytes: &[u8]) {
+        let taken = self.shards[shard].feed_read(self.now_ms, id, bytes);
+        if taken < bytes.len() {
+            panic!(
+                "reader not ready with {} bytes to send",
+                bytes.len() - taken
+            );
         }
     }
 
