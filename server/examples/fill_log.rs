@@ -1,10 +1,12 @@
 //! Writes a data directory whose one shard holds `MESSAGES` stored messages
 //! (64-byte bodies) for `SESSIONS` offline durable sessions, as the hub
 //! would have logged them: the input of the recovery benchmark
-//! (`benches/recovery.sh`).
+//! (`benches/recovery.sh`). With `GENERATION` above 0 the log is that
+//! generation, a compaction's snapshot: the same records, then its
+//! `SnapshotEnd`.
 //!
 //! ```sh
-//! cargo run --release -p relayhub-server --example fill_log -- DIR MESSAGES [SESSIONS]
+//! cargo run --release -p relayhub-server --example fill_log -- DIR MESSAGES [SESSIONS [GENERATION]]
 //! ```
 
 use std::io::Write;
@@ -14,15 +16,17 @@ use relayhub_server::store::record::{encode, Record};
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: fill_log DIR MESSAGES [SESSIONS]";
+    let usage = "usage: fill_log DIR MESSAGES [SESSIONS [GENERATION]]";
     let dir = std::path::PathBuf::from(args.next().expect(usage));
     let messages: u64 = args.next().expect(usage).parse().expect(usage);
     let sessions: u64 = args.next().map_or(1000, |s| s.parse().expect(usage));
+    let generation: u64 = args.next().map_or(0, |s| s.parse().expect(usage));
     std::fs::create_dir_all(dir.join("shard-0"))?;
     std::fs::write(dir.join("meta"), "shards=1\n")?;
+    let name = format!("log-{generation:08}.rlog");
     let mut file = std::io::BufWriter::with_capacity(
         8 << 20,
-        std::fs::File::create(dir.join("shard-0").join("log-00000000.rlog"))?,
+        std::fs::File::create(dir.join("shard-0").join(name))?,
     );
     let mut out = BytesMut::new();
     // Shard 0 of 1 hands out 1, 2, 3, ...; the sender is user 1.
@@ -56,8 +60,12 @@ fn main() -> std::io::Result<()> {
             out.clear();
         }
     }
+    if generation > 0 {
+        encode(&Record::SnapshotEnd, &mut out);
+    }
     file.write_all(&out)?;
     file.flush()?;
-    println!("{} records in {}", messages + sessions + 1, dir.display());
+    let records = messages + sessions + 1 + u64::from(generation > 0);
+    println!("{records} records in {}", dir.display());
     Ok(())
 }

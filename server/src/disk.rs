@@ -545,6 +545,34 @@ async fn appended_after_snapshot(file: &DmaFile, mut from: u64) -> glommio::Resu
     }
 }
 
+/// Opens generation `generation`'s file at `path` (created if it is
+/// missing) and feeds its records to `shard`, whose recovery starts afresh.
+async fn recover_file<Io>(
+    path: &Path,
+    generation: u64,
+    shard: &mut Shard<Io>,
+    now_ms: u64,
+) -> glommio::Result<(DmaFile, Result<Scan, crate::store::recovery::Corruption>), ()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await?;
+    shard.begin_recovery(generation);
+    let record_generation = u32::try_from(generation).expect("fewer than 2^32 compactions");
+    let scanned = scan_file(&file, |record, offset, len| {
+        let pos = LogPos {
+            generation: record_generation,
+            len: record_len(len),
+            offset,
+        };
+        shard.recover(now_ms, record, pos)
+    })
+    .await?;
+    Ok((file, scanned))
+}
+
 impl DiskLog {
     /// Opens shard `files`' log, feeding every record of the newest
     /// complete generation to `shard`; removes older and incomplete ones.
@@ -572,34 +600,35 @@ impl DiskLog {
                 remove.push((path.clone(), false));
                 continue;
             }
+            // Recovered while it is checked, so the file is read once; if
+            // it is an unfinished compaction, the next generation's
+            // `begin_recovery` forgets what it rebuilt.
+            let (file, scanned) = recover_file(path, *generation, shard, now_ms)
+                .await
+                .map_err(io_error(path))?;
             if *generation > 0 {
                 // Complete once its snapshot's end is among the valid
                 // records: a bad record after it is corruption of this
-                // generation (reported by the recovery scan below), never
-                // a reason to fall back to an older one.
-                let file = DmaFile::open(path).await.map_err(io_error(path))?;
-                let scanned = scan_file(&file, |_, _, _| {})
-                    .await
-                    .map_err(io_error(path))?;
-                // Unfinished: no `SnapshotEnd` among the valid records,
-                // with the bad record that ends them, if any.
-                let unfinished = match scanned {
+                // generation (reported below), never a reason to fall back
+                // to an older one. Unfinished: no `SnapshotEnd` among the
+                // valid records, with the bad record that ends them, if any.
+                let unfinished = match &scanned {
                     Ok(scan) if scan.snapshot_complete => None,
                     Err(corruption) if corruption.snapshot_complete => None,
                     Ok(_) => Some(None),
-                    Err(corruption) => Some(Some(corruption)),
+                    Err(corruption) => Some(Some(*corruption)),
                 };
-                // A bad record inside a snapshot that records were
-                // appended after: it was durable, and the older generation
-                // (if one is left) lacks what came since.
-                let damaged = match unfinished {
-                    Some(Some(corruption)) => appended_after_snapshot(&file, corruption.next_valid)
-                        .await
-                        .map_err(io_error(path))?,
-                    _ => false,
-                };
-                file.close().await.map_err(io_error(path))?;
                 if let Some(corruption) = unfinished {
+                    // A bad record inside a snapshot that records were
+                    // appended after: it was durable, and the older
+                    // generation (if one is left) lacks what came since.
+                    let damaged = match corruption {
+                        Some(corruption) => appended_after_snapshot(&file, corruption.next_valid)
+                            .await
+                            .map_err(io_error(path))?,
+                        None => false,
+                    };
+                    file.close().await.map_err(io_error(path))?;
                     // A crash during a compaction (its blocks may land out
                     // of order, so that can look like corruption too): the
                     // generation before it is still there, as it goes only
@@ -616,29 +645,20 @@ impl DiskLog {
                     continue;
                 }
             }
-            chosen = Some((*generation, path.clone()));
+            chosen = Some((*generation, path.clone(), file, scanned));
         }
-        let (generation, path) = chosen.unwrap_or_else(|| (0, log_path(&files.dir, 0)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await
-            .map_err(io_error(&path))?;
-        shard.begin_recovery(generation);
-        let record_generation = u32::try_from(generation).expect("fewer than 2^32 compactions");
-        let scan = scan_file(&file, |record, offset, len| {
-            let pos = LogPos {
-                generation: record_generation,
-                len: record_len(len),
-                offset,
-            };
-            shard.recover(now_ms, record, pos)
-        })
-        .await
-        .map_err(io_error(&path))?
-        .map_err(|corruption| DataDirError::corrupt(&path, corruption))?;
+        let (generation, path, file, scanned) = match chosen {
+            Some(chosen) => chosen,
+            None => {
+                // A new data dir: generation 0, created empty.
+                let path = log_path(&files.dir, 0);
+                let (file, scanned) = recover_file(&path, 0, shard, now_ms)
+                    .await
+                    .map_err(io_error(&path))?;
+                (0, path, file, scanned)
+            }
+        };
+        let scan = scanned.map_err(|corruption| DataDirError::corrupt(&path, corruption))?;
         for (old, incomplete) in remove {
             if incomplete {
                 tracing::warn!(file = %old.display(), "removing an incomplete compaction");

@@ -687,6 +687,57 @@ fn an_unfinished_compaction_falls_back_to_the_generation_before() {
     assert!(!newer.exists(), "the unfinished generation is removed");
 }
 
+/// The unfinished generation is recovered as it is checked (the file is
+/// read once); what it rebuilt is forgotten when the start falls back: a
+/// session only the unfinished snapshot names does not exist afterwards,
+/// and the user ids it named are not reserved.
+#[test]
+fn a_fallback_forgets_what_the_unfinished_compaction_held() {
+    use relayhub_server::store::record::{encode, Record};
+    let dir = DataDir::new("unfinished-forgotten");
+    let (user, token) = fill(&dir.0, 3, b"kept");
+    let older = shard_log(&dir.0);
+    let records =
+        relayhub_server::store::recovery::scan(&std::fs::read(&older).unwrap(), |_, _, _| {})
+            .unwrap()
+            .records;
+    let phantom = 1 << 40;
+    let mut snapshot = bytes::BytesMut::new();
+    encode(
+        &Record::SessionCreated {
+            user: phantom,
+            token: [7; 32],
+            at_ms: 1,
+        },
+        &mut snapshot,
+    );
+    std::fs::write(older.with_file_name("log-00000001.rlog"), &snapshot).unwrap();
+    let hub = disk_hub(&dir.0, 1);
+    let mut receiver = RawV2::resume(hub.local_addr(), user, token);
+    for seq in 1..=3 {
+        assert!(
+            matches!(receiver.next(), HubMessageV2::DeliverV2(d) if d.seq == seq && d.body == b"kept"),
+            "delivery {seq}"
+        );
+    }
+    let newcomer = RawV2::durable(hub.local_addr());
+    assert!(
+        newcomer.user < phantom,
+        "id {} reserved by the unfinished snapshot",
+        newcomer.user
+    );
+    // The gauge is refreshed every second: the sender, the receiver and
+    // the newcomer, not the phantom.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.stats().sessions_durable < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = hub.stats();
+    assert_eq!(stats.sessions_durable, 3, "{stats}");
+    // The records read are those of the generation recovered, once.
+    assert_eq!(stats.recovered_records, records, "{stats}");
+}
+
 /// Past `--disk-bytes-max`, relays to durable sessions get StorageFull while
 /// ephemeral traffic flows; acks free the space (compaction) and storing
 /// works again.

@@ -606,8 +606,17 @@ impl<Io> Shard<Io> {
         }
     }
 
-    /// Recovery reads generation `generation` of the log.
+    /// Recovery reads generation `generation` of the log. Whatever an
+    /// earlier recovery rebuilt is forgotten first: the start-up recovers
+    /// the newest generation as it checks it, and starts again from the
+    /// one before if that turns out to be an unfinished compaction.
     pub fn begin_recovery(&mut self, generation: u64) {
+        *self = Shard::new(
+            self.index,
+            self.shards,
+            self.limits.clone(),
+            self.stats.clone(),
+        );
         self.log.generation = u32::try_from(generation).expect("fewer than 2^32 compactions");
     }
 
