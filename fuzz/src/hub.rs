@@ -2946,9 +2946,14 @@ impl Harness {
             return;
         }
         // A shutdown that ran its phases has every answer in before it
-        // closes anyone; any other close may lose the answers of lists that
-        // were waiting for other shards.
-        let phased = client.closing_error == Some(ErrorCode::ShuttingDown) && !self.rushed;
+        // closes anyone, and a half-close waits for them unless a shutdown
+        // cut its wait short; any other close may lose the answers of lists
+        // that were waiting for other shards.
+        let phased =
+            (client.closing_error == Some(ErrorCode::ShuttingDown) || by_end) && !self.rushed;
+        if by_end && !self.rushed && client.v2.is_some() {
+            self.check_answered_v2(c, "v2: half-closed clients: relays answered");
+        }
         for (request, pending) in &client.pending {
             if !pending.handled {
                 continue;
@@ -2975,9 +2980,15 @@ impl Harness {
         let shards = self.shards.len();
         let sender_lost = sender.lost() || sender.closing_error == Some(ErrorCode::SlowConsumer);
         // A sender that closed before a shutdown's phases ran may miss the
-        // errors other shards send it (docs/protocol.md, "Half-close").
+        // errors other shards send it (docs/protocol.md, "Half-close"),
+        // unless it half-closed on version 2: it waits for them.
+        let half_closed_v2 = sender.v2.is_some()
+            && sender
+                .closing
+                .is_some_and(|closing| closing.call == Call::ReadEnd(record.sender));
         let sender_left = sender.closing.is_some()
-            && (sender.closing_error != Some(ErrorCode::ShuttingDown) || self.rushed);
+            && (self.rushed
+                || (sender.closing_error != Some(ErrorCode::ShuttingDown) && !half_closed_v2));
         let mut whole = true;
         for (&user, &expected) in &record.expected {
             let got = record.got.get(&user).copied().unwrap_or(0);

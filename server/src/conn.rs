@@ -103,6 +103,10 @@ pub struct Connection<Io> {
     pub(crate) mesh_turn: Option<usize>,
     /// List requests of this connection still gathering answers.
     pub(crate) lists_pending: u8,
+    /// Half-closed: the outbound stays open until the replies to what the
+    /// client sent before its FIN are queued (`Stored` and errors that wait
+    /// for other shards or the log, lists that wait for other shards).
+    pub(crate) replies_owed: bool,
     /// The last `read_buffer` handed out the decoder's own spare room (a
     /// frame was partly buffered), not the shard's shared buffer.
     pub(crate) reading_into_decoder: bool,
@@ -134,6 +138,7 @@ impl<Io> Connection<Io> {
             armed_ms: u64::MAX,
             paused_on: None,
             lists_pending: 0,
+            replies_owed: false,
             mesh_turn: None,
             reading_into_decoder: false,
             reading_stopped: false,

@@ -200,6 +200,50 @@ fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
     }
 }
 
+/// A sender that half-closes right after its relays still gets every
+/// `Stored` (each waits for the log, and for the other shard's), and its
+/// list reply, then a clean end of stream.
+#[test]
+fn a_half_closed_sender_gets_every_stored_then_a_clean_end() {
+    use relayhub_protocol::List;
+
+    let dir = DataDir::new("half-close");
+    let hub = disk_hub(&dir.0, 2);
+    let mut sender = RawV2::durable_on(hub.local_addr(), 0, 2);
+    let near = RawV2::durable_on(hub.local_addr(), 0, 2);
+    let far = RawV2::durable_on(hub.local_addr(), 1, 2);
+    for id in 1..=20u64 {
+        sender.relay(id, id, &[near.user, far.user], b"right before the FIN");
+    }
+    sender.send(&List {
+        request: 21,
+        after: 0,
+        limit: 0,
+    });
+    sender.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let rest = sender.until_closed();
+    let answered: Vec<u64> = rest
+        .iter()
+        .map(|message| match message {
+            HubMessageV2::Stored(stored) => stored.message_id,
+            HubMessageV2::ListReply(reply) => reply.request,
+            other => panic!("expected Stored and a list reply only, got {other:?}"),
+        })
+        .collect();
+    let mut sorted = answered.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=21).collect::<Vec<_>>(), "{rest:?}");
+    for mut receiver in [near, far] {
+        for seq in 1..=20 {
+            match receiver.next() {
+                HubMessageV2::DeliverV2(deliver) => assert_eq!(deliver.seq, seq),
+                other => panic!("expected a delivery, got {other:?}"),
+            }
+        }
+    }
+    hub.shutdown();
+}
+
 /// While the hub runs, an offline receiver's bodies leave memory once
 /// durable and come back from the log on resume, in order, intact; more
 /// than its inflight window, so reads follow its acks.

@@ -1439,13 +1439,20 @@ impl Harness {
     /// An open clean version-2 client, everything settled: every relay it
     /// sent that the hub handled was answered.
     pub(super) fn check_open_v2(&self, c: usize) {
+        self.check_answered_v2(c, "v2: open clients: relays answered");
+    }
+
+    /// Every relay `c` sent that the hub handled was answered: `c` is
+    /// still open, or half-closed and waited for its answers. Tallies
+    /// each as `what`.
+    pub(super) fn check_answered_v2(&self, c: usize, what: &'static str) {
         for (request, attempt) in &self.model.attempts {
             if attempt.client == c && attempt.handled {
                 assert!(
                     attempt.answered,
                     "client {c}: relay {request} handled, never answered"
                 );
-                tally("v2: open clients: relays answered");
+                tally(what);
             }
         }
     }

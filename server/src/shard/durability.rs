@@ -100,6 +100,9 @@ pub(super) enum Waiting {
     Stored(ConnId, Stored, bool),
     /// An answer to another shard.
     Mesh(usize, MeshMessage),
+    /// A half-closed connection's last owed reply is queued ahead of this:
+    /// its outbound closes.
+    RepliesEnd(ConnId),
     /// A durable session's welcome (its records are durable): the
     /// connection is welcomed and resumes reading.
     Welcome {
@@ -284,10 +287,13 @@ impl<Io> Shard<Io> {
         }
     }
 
-    /// Runs `waiting` once everything appended so far is durable.
+    /// Runs `waiting` once everything appended so far is durable, after
+    /// everything that waits already (in the order they came).
     pub(super) fn after_durable(&mut self, now_ms: u64, waiting: Waiting) {
         let lsn = self.log.appended();
-        if self.log.is_durable(lsn) {
+        // Not empty while durable only when called from the loop that runs
+        // them: this one goes behind them.
+        if self.log.is_durable(lsn) && self.log.waiting.is_empty() {
             self.run_waiting(now_ms, waiting);
         } else {
             self.log.waiting.push_back((lsn, waiting));
@@ -303,6 +309,7 @@ impl<Io> Shard<Io> {
                 self.push_stored(now_ms, id, stored);
             }
             Waiting::Mesh(target, message) => self.send_mesh(now_ms, target, message),
+            Waiting::RepliesEnd(id) => self.end_replies(id, None),
             Waiting::Welcome {
                 id,
                 user,

@@ -124,10 +124,12 @@ impl<Io> Shard<Io> {
             }
         }
         // The reply goes to the connection that asked, if it is still the
-        // user's: a session taken over meanwhile (a resume on a new
-        // connection) must not get a reply to a request it never sent.
+        // user's (a session taken over meanwhile, by a resume on a new
+        // connection, must not get a reply to a request it never sent) or
+        // half-closed and owed it.
         let id = pending.conn;
-        if self.users.get(&pending.user) != Some(&id) {
+        let owed = self.conn(id).is_some_and(|conn| conn.replies_owed);
+        if !owed && self.users.get(&pending.user) != Some(&id) {
             return;
         }
         let reply = ListReplyRef {
@@ -135,11 +137,12 @@ impl<Io> Shard<Io> {
             users: &pending.users,
             more,
         };
-        let conn = self.conn_mut(id).expect("reachable users are in the table");
+        let conn = self.conn_mut(id).expect("a connection asked");
         let pushed = conn.outbound.push_message(&reply);
         self.note_pushed(id);
         if pushed == Err(PushError::Overflow) {
             self.cut_slow_consumer(now_ms, id);
         }
+        self.settle_replies(now_ms, id);
     }
 }

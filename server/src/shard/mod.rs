@@ -499,9 +499,15 @@ impl<Io> Shard<Io> {
                     // stays reachable until its queue is flushed.
                     return;
                 }
-                // Half-close: everything before the end was handled; what
-                // is queued gets written, then the connection closes.
-                self.close(now_ms, id, None);
+                if read == Read::Failed {
+                    // Nothing more can reach this client: no reply to wait for.
+                    self.close(now_ms, id, None);
+                } else {
+                    // Half-close: everything before the end was handled;
+                    // its replies are written as they come, then the
+                    // connection closes.
+                    self.close_owing(now_ms, id, None, true);
+                }
             }
             Read::Bytes(len) => {
                 if stopping || !conn.takes_input() || conn.reading_stopped {
@@ -529,8 +535,9 @@ impl<Io> Shard<Io> {
         match conn.state {
             ConnState::Aborted | ConnState::HandedOff => WriteReady::Done,
             _ if !conn.outbound.is_empty() => WriteReady::Write,
-            ConnState::Closing => WriteReady::Done,
-            ConnState::AwaitPreface | ConnState::AwaitHello | ConnState::Open => {
+            ConnState::Closing if !conn.replies_owed => WriteReady::Done,
+            // Open, or half-closed with replies still to come.
+            _ => {
                 conn.outbound.park_writer();
                 WriteReady::Idle
             }
@@ -594,6 +601,19 @@ impl<Io> Shard<Io> {
     /// this is the one place that rule lives) and lets the writer flush
     /// until the flush deadline.
     fn close(&mut self, now_ms: u64, id: ConnId, error: Option<(ErrorCodeV2, u64, u64)>) {
+        self.close_owing(now_ms, id, error, false);
+    }
+
+    /// [`close`](Self::close); with `owing` (a half-close) the outbound
+    /// stays open for the replies still owed until
+    /// [`settle_replies`](Self::settle_replies) finds them all queued.
+    fn close_owing(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        error: Option<(ErrorCodeV2, u64, u64)>,
+        owing: bool,
+    ) {
         let flush_ms = self.limits.close_flush_ms;
         let shutdown_deadline = self.shutdown.as_ref().map(|s| s.deadline_ms);
         // The closes for a client's own protocol error besides those the
@@ -620,7 +640,11 @@ impl<Io> Shard<Io> {
                 conn.greeted = true;
             }
         }
-        conn.outbound.close(error);
+        if owing {
+            conn.replies_owed = true;
+        } else {
+            conn.outbound.close(error);
+        }
         conn.state = ConnState::Closing;
         conn.paused_on = None;
         conn.flush_deadline_ms = match shutdown_deadline {
@@ -642,6 +666,34 @@ impl<Io> Shard<Io> {
         self.rearm(id);
         if protocol_error {
             self.stats.protocol_errors.incr();
+        }
+        if owing {
+            self.settle_replies(now_ms, id);
+        }
+    }
+
+    /// A half-closed `id` waits for no other shard any more: once the log
+    /// is durable up to what was appended so far (every `Stored` queued
+    /// behind it has gone out), its outbound closes. Called at the FIN and
+    /// whenever an answer it waited for came.
+    pub(super) fn settle_replies(&mut self, now_ms: u64, id: ConnId) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        if conn.replies_owed && conn.relays_pending == 0 && conn.lists_pending == 0 {
+            self.after_durable(now_ms, durability::Waiting::RepliesEnd(id));
+        }
+    }
+
+    /// Every reply a half-closed `id` was owed is queued (or the wait was
+    /// cut short): its outbound closes, so the writer drains and ends.
+    pub(super) fn end_replies(&mut self, id: ConnId, error: Option<(ErrorCodeV2, u64, u64)>) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if std::mem::take(&mut conn.replies_owed) {
+            conn.outbound.close(error);
+            self.note_pushed(id);
         }
     }
 
@@ -728,10 +780,16 @@ impl<Io> Shard<Io> {
         let Some(conn) = self.conn(id) else {
             return;
         };
+        let bytes_max = conn.outbound.bytes_max() as u64;
+        if conn.replies_owed {
+            // Half-closed, and a reply it was owed found its queue full.
+            self.stats.slow_consumers.incr();
+            self.end_replies(id, Some((ErrorCodeV2::SlowConsumer, 0, bytes_max)));
+            return;
+        }
         if !conn.takes_input() {
             return;
         }
-        let bytes_max = conn.outbound.bytes_max() as u64;
         self.stats.slow_consumers.incr();
         self.close(now_ms, id, Some((ErrorCodeV2::SlowConsumer, 0, bytes_max)));
     }

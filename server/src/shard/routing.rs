@@ -379,6 +379,7 @@ impl<Io> Shard<Io> {
         if paused {
             self.unpause(pending.conn);
         }
+        self.settle_replies(now_ms, pending.conn);
     }
 
     /// Hands one delivery to a local receiver: into its inbox when it has a

@@ -140,6 +140,10 @@ impl<Io> Shard<Io> {
             });
             if takes_input {
                 self.close(now_ms, id, Some((ErrorCodeV2::ShuttingDown, 0, 0)));
+            } else {
+                // Half-closed and still owed replies at the end of the
+                // grace period: what is queued is all it gets.
+                self.end_replies(id, None);
             }
         }
     }

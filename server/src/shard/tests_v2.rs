@@ -612,3 +612,52 @@ fn a_closed_connections_relay_errors_do_not_reach_the_resumed_one() {
     );
     assert_eq!(stored(&answers), [(1, false)]);
 }
+
+/// A half-close before the answers from another shard came: the
+/// connection stays writable until its `Stored`, its receivers' errors and
+/// its list reply are queued, then ends cleanly.
+#[test]
+fn a_half_closed_connection_gets_the_answers_other_shards_owe_it() {
+    let mut net = Net::new(2, limits());
+    let sender = net.new_session(0, true);
+    let receiver = loop {
+        let session = net.new_session(1, true);
+        if session.client.shard != sender.client.shard {
+            break session;
+        }
+    };
+    let nobody = 1_000_001; // owned by shard 1, and nobody's
+    let from = sender.client;
+    net.relay_v2(from, 1, 7, &[receiver.client.user], b"across");
+    net.relay_v2(from, 2, 8, &[nobody], b"to nobody");
+    net.send_message(
+        from,
+        &relayhub_protocol::List {
+            request: 3,
+            after: 0,
+            limit: 0,
+        },
+    );
+    net.shards[from.shard].handle_read(net.now_ms, from.id, Read::End);
+    assert!(
+        net.output_v2(from).is_empty(),
+        "answered before the mesh ran"
+    );
+    assert_eq!(
+        net.shards[from.shard].poll_write(from.id),
+        WriteReady::Idle,
+        "ended before its answers came"
+    );
+    net.settle();
+    let answers = net.output_v2(from);
+    assert_eq!(stored(&answers), [(1, false), (2, false)]);
+    assert_eq!(
+        errors(&answers),
+        [(ErrorCodeV2::UnknownReceiver.to_wire(), nobody)]
+    );
+    assert!(answers
+        .iter()
+        .any(|message| matches!(message, HubMessageV2::ListReply(reply) if reply.request == 3)));
+    assert_eq!(net.shards[from.shard].poll_write(from.id), WriteReady::Done);
+    assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 1);
+}

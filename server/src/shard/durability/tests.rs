@@ -9,7 +9,7 @@ use relayhub_protocol::{
 use super::*;
 use crate::shard::{
     tests::{limits, Client, Net},
-    Limits,
+    Limits, Read, WriteReady,
 };
 
 const BODY: &[u8] = &[7; 1000];
@@ -261,4 +261,21 @@ fn a_failed_compaction_that_replaced_nothing_refuses_nothing() {
     write_log(&mut net);
     assert_eq!(answers(&net.output_v2(sender)), [(41, false)]);
     assert_eq!(delivered(&net.output_v2(receiver)).0, [41]);
+}
+
+/// A half-close before the log was written: the `Stored` still goes out
+/// once the batch is durable, then the connection ends cleanly.
+#[test]
+fn a_half_closed_sender_gets_its_stored_once_the_log_is_written() {
+    let mut net = Net::new(1, disk_limits());
+    let receiver = durable(&mut net);
+    let sender = durable(&mut net);
+    relay(&mut net, sender, 1, receiver.user);
+    net.shards[0].handle_read(net.now_ms, sender.id, Read::End);
+    assert!(net.output_v2(sender).is_empty(), "Stored before durable");
+    assert_eq!(net.shards[0].poll_write(sender.id), WriteReady::Idle);
+    write_log(&mut net);
+    assert_eq!(answers(&net.output_v2(sender)), [(1, false)]);
+    assert_eq!(net.shards[0].poll_write(sender.id), WriteReady::Done);
+    assert_eq!(delivered(&net.output_v2(receiver)).0, [1]);
 }
