@@ -719,13 +719,19 @@ async fn shutdown(context: &Rc<Context>, index: usize) {
         }
         sleep(Duration::from_millis(2)).await;
     }
+    // The final counters show the inboxes as the shard leaves them.
+    context.shard.borrow().refresh_session_gauges();
 }
 
 async fn log_stats(context: Rc<Context>, index: usize) {
     let interval = Duration::from_millis(context.config.stats_interval_ms);
     loop {
         sleep(interval).await;
-        let connected = context.shard.borrow().connected();
+        let connected = {
+            let shard = context.shard.borrow();
+            shard.refresh_session_gauges();
+            shard.connected()
+        };
         info!(shard = index, connected, "{}", context.stats.snapshot());
     }
 }

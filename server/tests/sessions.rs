@@ -85,6 +85,36 @@ fn offline_messages_survive_resumes_on_any_shard() {
     assert!(stats.handoffs_in >= 1 && stats.handoffs_out == stats.handoffs_in);
 }
 
+/// The counters a shutdown returns (and logs as `final counters:`) show
+/// the inboxes as the hub leaves them, however soon after the relays it
+/// stops (the expiry sweep refreshes the gauges only once a second).
+#[test]
+fn the_final_counters_show_what_waits_in_the_inboxes() {
+    let hub = start(1, |_| {});
+    let mut sender = RawV2::durable(hub.local_addr());
+    let receiver = RawV2::durable(hub.local_addr());
+    let user = receiver.user;
+    drop(receiver);
+    for request in 1..=3u64 {
+        sender.relay(request, request, &[user], b"waits");
+    }
+    for request in 1..=3 {
+        assert!(matches!(sender.next(), HubMessageV2::Stored(s) if s.request == request));
+    }
+    drop(sender);
+    let stats = hub.shutdown();
+    assert_eq!(
+        (
+            stats.sessions_durable,
+            stats.sessions_online,
+            stats.inbox_entries,
+            stats.inbox_bytes
+        ),
+        (2, 0, 3, 15),
+        "{stats}"
+    );
+}
+
 #[test]
 fn a_resume_takes_the_session_over_from_a_live_connection() {
     let hub = start(2, |_| {});

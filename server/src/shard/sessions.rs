@@ -844,6 +844,21 @@ impl<Io> Shard<Io> {
             self.log(&Record::SessionExpired { user });
         }
         self.stats.sessions_expired.add(expired_sessions);
+        self.refresh_session_gauges();
+        self.stats.messages_expired.add(expired_entries);
+        // Expired entries freed window space.
+        for user in resumed {
+            self.pump(now_ms, user);
+        }
+        self.sessions.next_sweep_ms = None;
+        self.arm_sweep(now_ms);
+    }
+
+    /// Sets the session and inbox gauges (`sessions_durable`,
+    /// `sessions_online`, `inbox_entries`, `inbox_bytes`) from the sessions
+    /// as they are now: the expiry sweep does it once a second, the driver
+    /// before each stats line and at exit. One pass over the sessions.
+    pub fn refresh_session_gauges(&self) {
         let (mut online, mut entries, mut bytes) = (0, 0, 0);
         for session in self.sessions.map.values() {
             online += u64::from(session.conn.is_some());
@@ -856,13 +871,6 @@ impl<Io> Shard<Io> {
         self.stats.sessions_online.set(online);
         self.stats.inbox_entries.set(entries);
         self.stats.inbox_bytes.set(bytes);
-        self.stats.messages_expired.add(expired_entries);
-        // Expired entries freed window space.
-        for user in resumed {
-            self.pump(now_ms, user);
-        }
-        self.sessions.next_sweep_ms = None;
-        self.arm_sweep(now_ms);
     }
 
     /// Sessions on this shard (durable, connected or not).
