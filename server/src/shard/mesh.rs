@@ -23,11 +23,12 @@ use crate::{
 /// and its share of ring and outbox bookkeeping.
 pub const MESH_MESSAGE_OVERHEAD_BYTES: usize = 64;
 
-/// Bytes of one mesh ring slot (at least `size_of::<MeshMessage>()`): what
-/// `--mesh-ring-slots` costs per slot, per ring.
+/// Bytes of one mesh ring slot (`size_of::<MeshMessage>()`): what
+/// `--mesh-ring-slots` costs per slot, per ring (docs/operations.md states
+/// the figure: change both together).
 pub const MESH_SLOT_BYTES: usize = 96;
 
-const _: () = assert!(std::mem::size_of::<MeshMessage>() <= MESH_SLOT_BYTES);
+const _: () = assert!(std::mem::size_of::<MeshMessage>() == MESH_SLOT_BYTES);
 // The ring budget's smallest value takes one maximal delivery.
 const _: () = assert!(
     relayhub_protocol::deliver_frame_len(relayhub_protocol::BODY_BYTES_MAX)
