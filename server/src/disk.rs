@@ -14,6 +14,8 @@
 //! recovered, unless records follow its snapshot (then it was durable and
 //! is damaged: the start is refused) or no older one is left (refused too).
 //! `DATA_DIR/meta` also records the log format ([`LOG_FORMAT`]).
+//! `DATA_DIR/lock` is held with an exclusive `flock` while a hub runs
+//! ([`LOCK_FILE`]): a second hub refuses the directory.
 //!
 //! Writes: with `--fsync always` the file is written in whole blocks of
 //! its DMA alignment. The last, partial block is kept in memory and
@@ -51,6 +53,7 @@
 use std::{
     cell::RefCell,
     fs, io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     rc::Rc,
     time::{Duration, Instant},
@@ -99,6 +102,11 @@ pub const COMPACTION_WRITE_BYTES: usize = 4 << 20;
 /// Name of the file that records the shard count.
 const META_FILE: &str = "meta";
 
+/// Name of the file a running hub holds an exclusive lock on (`flock`),
+/// so that a second hub refuses the directory instead of writing the same
+/// logs. The kernel drops the lock when the process ends, however it ends.
+pub const LOCK_FILE: &str = "lock";
+
 /// The log format this build writes, recorded in `meta` as `format=<n>`:
 /// 1 (no `format` line) before `NextSeq` records (kind 12), 2 since. A
 /// directory of format 1 is upgraded at start; one of a newer format is
@@ -141,6 +149,8 @@ pub enum DataDirError {
     /// The only log generation holds an unfinished compaction snapshot
     /// (there is no older generation to fall back to).
     Incomplete(PathBuf),
+    /// Another process holds the directory's lock file: a hub runs on it.
+    Locked(PathBuf),
 }
 
 impl DataDirError {
@@ -182,6 +192,13 @@ impl std::fmt::Display for DataDirError {
                  build reads formats up to {LOG_FORMAT}: start the newer build on it",
                 dir.display()
             ),
+            DataDirError::Locked(dir) => write!(
+                f,
+                "{} is in use by another relayhub (it holds {}): stop that hub first, \
+                 or use another --data-dir",
+                dir.display(),
+                dir.join(LOCK_FILE).display()
+            ),
             DataDirError::Incomplete(file) => write!(
                 f,
                 "{}: the log's only generation holds an unfinished compaction and no \
@@ -203,9 +220,19 @@ pub struct ShardFiles {
     pub generations: Vec<(u64, PathBuf)>,
 }
 
+/// The data directory, locked for this process, and its shards' files.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Holds the directory's lock until dropped (keep it until the shards
+    /// have stopped).
+    pub lock: fs::File,
+    /// Each shard's log files.
+    pub shards: Vec<ShardFiles>,
+}
+
 /// Creates or opens the data directory for `shards` shards (on the
-/// starting thread, before the shards run).
-pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDirError> {
+/// starting thread, before the shards run), and locks it.
+pub fn prepare(data_dir: &Path, shards: usize) -> Result<Prepared, DataDirError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| DataDirError::Io(path, error)
@@ -216,6 +243,24 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
     // `openat` and fails a relative path with EBADF (the default
     // `relayhub-data/` is relative), which made every compaction fail.
     let data_dir = &fs::canonicalize(data_dir).map_err(io(data_dir))?;
+    let lock_path = data_dir.join(LOCK_FILE);
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    // SAFETY: `lock` owns the descriptor, open for the whole call; flock
+    // touches nothing but the lock of the file it names.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(if error.kind() == io::ErrorKind::WouldBlock {
+            DataDirError::Locked(data_dir.to_path_buf())
+        } else {
+            DataDirError::Io(lock_path, error)
+        });
+    }
     let meta = data_dir.join(META_FILE);
     let invalid = |why: &str| {
         DataDirError::Io(
@@ -273,7 +318,7 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
         Err(error) if error.kind() == io::ErrorKind::NotFound => write_meta()?,
         Err(error) => return Err(DataDirError::Io(meta, error)),
     }
-    (0..shards)
+    let shards = (0..shards)
         .map(|index| {
             let dir = data_dir.join(format!("shard-{index}"));
             fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -294,7 +339,8 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Vec<ShardFiles>, DataDi
             generations.sort_unstable_by_key(|&(generation, _)| std::cmp::Reverse(generation));
             Ok(ShardFiles { dir, generations })
         })
-        .collect()
+        .collect::<Result<_, DataDirError>>()?;
+    Ok(Prepared { lock, shards })
 }
 
 /// Opens the log file at `path` without `O_DIRECT` for appends through the

@@ -337,7 +337,7 @@ pub async fn run_shard(start: ShardStart, config: Config, shared: Arc<Shared>) {
     }
     let _ = ready.send(Ok(index));
 
-    accept_until_shutdown(&context, listener).await;
+    accept_until_shutdown(&context, listener, listener_fd).await;
     shutdown(&context, index).await;
 }
 
@@ -546,7 +546,9 @@ async fn read_bodies(context: Rc<Context>, files: crate::disk::LogFiles) {
     }
 }
 
-async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
+/// Accepts until the shutdown starts, then takes the socket out of the
+/// listening state (`fd` is `listener`'s).
+async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener, fd: RawFd) {
     let shutdown_requested = async {
         while !context.shared.shutdown.load(Ordering::Acquire) {
             sleep(SHUTDOWN_POLL).await;
@@ -595,6 +597,14 @@ async fn accept_until_shutdown(context: &Rc<Context>, listener: TcpListener) {
         }
     };
     futures_lite::future::or(shutdown_requested, accept_loop).await;
+    // Closing the descriptor is not enough: the accept the loop had in the
+    // ring holds the socket until the ring cancels it, so the kernel would
+    // go on completing handshakes into the accept queue of a socket nobody
+    // accepts from, and those clients would wait for the exit to be reset.
+    // Shut down, the socket stops listening now: new clients are refused
+    // at once for the rest of the shutdown.
+    // SAFETY: `fd` is the listening socket `listener` owns, still open.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     drop(listener);
 }
 

@@ -92,6 +92,9 @@ pub struct Hub {
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The data directory's lock (`--storage disk`), held until the shards
+    /// have stopped.
+    data_lock: Option<std::fs::File>,
 }
 
 impl Hub {
@@ -111,13 +114,14 @@ impl Hub {
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
         let shared = Arc::new(Shared::new(stats));
         let mut mesh = mesh_ends(shards, config.mesh_ring_slots, config.mesh_bytes_max);
-        let mut files = match config.storage {
-            config::Storage::Disk => disk::prepare(&config.data_dir, shards)
-                .map_err(StartError::DataDir)?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            config::Storage::Memory => vec![None; shards],
+        let (data_lock, mut files) = match config.storage {
+            config::Storage::Disk => {
+                let prepared =
+                    disk::prepare(&config.data_dir, shards).map_err(StartError::DataDir)?;
+                let files = prepared.shards.into_iter().map(Some).collect();
+                (Some(prepared.lock), files)
+            }
+            config::Storage::Memory => (None, vec![None; shards]),
         };
 
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
@@ -199,6 +203,7 @@ impl Hub {
             metrics_addr,
             shared,
             executors,
+            data_lock,
         })
     }
 
@@ -251,6 +256,8 @@ impl Hub {
                 tracing::error!(%error, "a shard ended with an error");
             }
         }
+        // Every log is closed: another hub may open the directory now.
+        drop(self.data_lock);
         self.shared.stopped.store(true, Ordering::Release);
         if let Some(addr) = self.metrics_addr {
             // Wake the metrics thread's accept so that it sees `stopped`.

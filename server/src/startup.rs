@@ -24,6 +24,16 @@ pub const SHARDS_MAX: usize = 256;
 /// Pending connections the kernel queues per listener.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// How long the start-up waits for a listening address another socket
+/// holds before it says the address is in use: 1 s. A hub killed a moment
+/// before (SIGKILL) keeps listening for a few milliseconds after its exit,
+/// while the kernel tears its io_uring down (a pending accept holds the
+/// socket); a restart at once waits that out instead of failing.
+pub const ADDRESS_IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the start-up tries the address again meanwhile: 10 ms.
+const ADDRESS_IN_USE_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Why the hub could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -135,12 +145,18 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// a second hub silently share the port).
 pub fn listeners(addr: SocketAddr, shards: usize) -> Result<(SocketAddr, Vec<RawFd>), StartError> {
     if addr.port() != 0 {
-        match StdListener::bind(addr) {
-            Ok(probe) => drop(probe),
-            Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
-                return Err(StartError::AddressInUse(addr))
+        let started = std::time::Instant::now();
+        loop {
+            match StdListener::bind(addr) {
+                Ok(probe) => break drop(probe),
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+                    if started.elapsed() >= ADDRESS_IN_USE_WAIT {
+                        return Err(StartError::AddressInUse(addr));
+                    }
+                    std::thread::sleep(ADDRESS_IN_USE_RETRY);
+                }
+                Err(error) => return Err(StartError::Bind(addr, error)),
             }
-            Err(error) => return Err(StartError::Bind(addr, error)),
         }
     }
     let first = reuseport_listener(addr)?;

@@ -293,7 +293,10 @@ struct Binary(Child, std::net::SocketAddr);
 
 impl Binary {
     fn start(dir: &Path, fsync: &str) -> Binary {
-        let port = free_port();
+        Binary::start_on(dir, fsync, free_port())
+    }
+
+    fn start_on(dir: &Path, fsync: &str, port: u16) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relayhub"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--shards", "2"])
             .args(["--storage", "disk", "--fsync", fsync, "--pin", "false"])
@@ -361,6 +364,40 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A hub killed right after it started listening still holds its port
+/// for a few milliseconds (the kernel tears its io_uring down after the
+/// exit); a restart on the same port and data dir at once waits that out
+/// and starts (it failed with "already in use" in about half the rounds).
+#[test]
+fn a_hub_killed_a_moment_ago_is_restarted_on_its_port_and_data_dir() {
+    let dir = DataDir::new("restart-at-once");
+    let port = free_port();
+    for _ in 0..8 {
+        Binary::start_on(&dir.0, "always", port).kill();
+    }
+}
+
+/// A second hub on a data directory a hub runs on refuses to start (they
+/// would write the same logs); once the first has stopped, it starts.
+#[test]
+fn a_data_directory_takes_one_hub_at_a_time() {
+    let dir = DataDir::new("locked");
+    let first = disk_hub(&dir.0, 1);
+    let mut config = relayhub_server::Config::for_tests(1);
+    config.storage = Storage::Disk;
+    config.data_dir = dir.0.clone();
+    let second = relayhub_server::Hub::start(config);
+    match second {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("in use by another relayhub"), "{message}");
+        }
+        Ok(_) => panic!("a second hub opened a data directory in use"),
+    }
+    first.shutdown();
+    disk_hub(&dir.0, 1).shutdown();
 }
 
 /// SIGKILL while durable relays flow, several rounds at varied moments:
