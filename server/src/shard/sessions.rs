@@ -46,6 +46,27 @@ const ENTRY_RECORD_BYTES: u64 = 64;
 /// may then be stored twice, and the client library drops it).
 pub const RETRY_DEDUP_SENDERS_MAX: usize = 4096;
 
+/// One inbox's memory of one sender's `message_id`s, for retry dedup: an
+/// id is taken for a retry when it lies in `low..=min(high, cap)` and the
+/// latest store is within the window.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RetryMark {
+    /// The highest id stored in the inbox from the sender.
+    high: u64,
+    /// When the latest of them was stored.
+    at_ms: u64,
+    /// The highest id that may be taken for a retry: below every id this
+    /// inbox refused from the sender, which a retry must try again.
+    cap: u64,
+    /// The lowest id the mark knows of: the id it was made for. A mark made
+    /// after the sender's earlier one was forgotten (past
+    /// [`RETRY_DEDUP_SENDERS_MAX`] senders) knows nothing of the ids
+    /// before, refusals included, so they are never taken for a retry (a
+    /// copy stored twice is dropped by the client; a refused one taken for
+    /// a retry would be lost). 0 for marks rebuilt from the log.
+    low: u64,
+}
+
 /// Entries of inbox capacity a session keeps however empty it gets; past
 /// it, an inbox that drains to a quarter of its capacity shrinks.
 const INBOX_CAPACITY_KEPT: usize = 64;
@@ -149,12 +170,9 @@ pub(super) struct DurableSession {
     /// The lowest `message_id` of this session's relays that a receiver
     /// refused (`u64::MAX`: none): from it on, retries are routed again.
     pub(super) message_id_refused: u64,
-    /// Retry dedup where the store happens: per sender, the highest
-    /// `message_id` stored in this inbox, when, and the highest id that may
-    /// be taken for a retry (below every id this inbox refused from that
-    /// sender, which a retry must try again), for at most
-    /// [`RETRY_DEDUP_SENDERS_MAX`] senders.
-    recent: HashMap<u64, (u64, u64, u64)>,
+    /// Retry dedup where the store happens: per sender, a [`RetryMark`],
+    /// for at most [`RETRY_DEDUP_SENDERS_MAX`] senders.
+    recent: HashMap<u64, RetryMark>,
     /// Content dedup (`--content-dedup-window-ms`), created on first use.
     pub(super) contents: Option<Box<super::dedup::ContentWindow>>,
     /// When its last connection closed.
@@ -902,15 +920,27 @@ impl<Io> Shard<Io> {
             .map
             .get(&receiver)
             .and_then(|session| session.recent.get(&from))
-            .is_some_and(|&(high, at, cap)| {
-                message_id <= high.min(cap) && at.saturating_add(window) > now_ms
+            .is_some_and(|mark| {
+                (mark.low..=mark.high.min(mark.cap)).contains(&message_id)
+                    && mark.at_ms.saturating_add(window) > now_ms
             })
     }
 
     /// Remembers that `receiver` stored `message_id` from `from`.
     pub(super) fn mark_stored(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
-        self.mark(receiver, from, message_id, |mark| {
-            *mark = (mark.0.max(message_id), mark.1.max(at_ms), mark.2);
+        self.mark(receiver, from, message_id, message_id, |mark| {
+            mark.high = mark.high.max(message_id);
+            mark.at_ms = mark.at_ms.max(at_ms);
+        });
+    }
+
+    /// [`mark_stored`](Self::mark_stored) from the log at start-up: the
+    /// log holds what this inbox stored, so the mark knows every id up to
+    /// its high.
+    fn mark_recovered(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
+        self.mark(receiver, from, message_id, 0, |mark| {
+            mark.high = mark.high.max(message_id);
+            mark.at_ms = mark.at_ms.max(at_ms);
         });
     }
 
@@ -919,17 +949,20 @@ impl<Io> Shard<Io> {
     /// so nothing from that id on is taken for a retry any more (a copy
     /// stored twice is dropped by the client, a refused one would be lost).
     pub(super) fn mark_refused(&mut self, receiver: u64, from: u64, message_id: u64) {
-        self.mark(receiver, from, message_id, |mark| {
-            mark.2 = mark.2.min(message_id - 1);
+        self.mark(receiver, from, message_id, message_id, |mark| {
+            mark.cap = mark.cap.min(message_id - 1);
         });
     }
 
+    /// Updates `receiver`'s mark of `from` with `f`, creating it (knowing
+    /// ids from `low` on) when the inbox has none.
     fn mark(
         &mut self,
         receiver: u64,
         from: u64,
         message_id: u64,
-        f: impl FnOnce(&mut (u64, u64, u64)),
+        low: u64,
+        f: impl FnOnce(&mut RetryMark),
     ) {
         if message_id == 0 || self.limits.dedup_window_ms == 0 {
             return;
@@ -937,14 +970,22 @@ impl<Io> Shard<Io> {
         let Some(session) = self.sessions.map.get_mut(&receiver) else {
             return;
         };
-        f(session.recent.entry(from).or_insert((0, 0, u64::MAX)));
+        f(session.recent.entry(from).or_insert(RetryMark {
+            high: 0,
+            at_ms: 0,
+            cap: u64::MAX,
+            low,
+        }));
         if session.recent.len() > RETRY_DEDUP_SENDERS_MAX {
+            // Never the mark just made or changed: among the others, the
+            // one whose latest store is the oldest.
             let oldest = session
                 .recent
                 .iter()
-                .min_by_key(|(_, &(_, at, _))| at)
+                .filter(|&(&sender, _)| sender != from)
+                .min_by_key(|(_, mark)| mark.at_ms)
                 .map(|(&sender, _)| sender)
-                .expect("not empty");
+                .expect("more than one");
             session.recent.remove(&oldest);
         }
     }
@@ -1017,12 +1058,12 @@ impl<Io> Shard<Io> {
                     message_id: session.message_id_high,
                 });
             }
-            for (&from, &(message_id, at_ms, cap)) in &session.recent {
+            for (&from, mark) in &session.recent {
                 records.push(Record::DedupMark {
                     user,
                     from,
-                    message_id: message_id.min(cap),
-                    at_ms,
+                    message_id: mark.high.min(mark.cap),
+                    at_ms: mark.at_ms,
                 });
             }
         }
@@ -1164,7 +1205,7 @@ impl<Io> Shard<Io> {
                 // The body stays in the log: read back when it is sent.
                 let len = u32::try_from(body.len()).expect("a body fits u32");
                 for &(user, _) in &receivers {
-                    self.mark_stored(user, from, message_id, stored_ms);
+                    self.mark_recovered(user, from, message_id, stored_ms);
                 }
                 for (user, seq) in receivers {
                     let item = Item::Message {
@@ -1211,7 +1252,7 @@ impl<Io> Shard<Io> {
                 from,
                 message_id,
                 at_ms,
-            } => self.mark_stored(user, from, message_id, at_ms),
+            } => self.mark_recovered(user, from, message_id, at_ms),
             Record::NextSeq { user, next } => {
                 if let Some(session) = self.sessions.map.get_mut(&user) {
                     session.next_seq = session.next_seq.max(next);

@@ -454,6 +454,8 @@ fn a_session_that_leaves_again_drops_what_it_read_back() {
 fn entry_and_session_sizes_are_the_documented_ones() {
     assert_eq!((ENTRY_BYTES, SESSION_BYTES), (112, 288));
     assert_eq!(std::mem::size_of::<Option<LogPos>>(), 16);
+    // A retry-dedup slot: the sender's id and its mark (the `K` term).
+    assert_eq!(std::mem::size_of::<(u64, super::sessions::RetryMark)>(), 40);
 }
 
 /// Many sessions resuming at once share the shard's read budget: the read

@@ -661,3 +661,50 @@ fn a_half_closed_connection_gets_the_answers_other_shards_owe_it() {
     assert_eq!(net.shards[from.shard].poll_write(from.id), WriteReady::Done);
     assert_eq!(delivers(&net.output_v2(receiver.client)).len(), 1);
 }
+
+/// An inbox that remembers `RETRY_DEDUP_SENDERS_MAX` senders and refuses a
+/// new sender's message keeps that refusal: the sender's next message is
+/// stored, and its retry of the refused one is stored too, not taken for a
+/// retry of something stored (the refusal's mark was the one forgotten to
+/// make room, and the refused message was lost).
+#[test]
+fn a_refusal_at_the_sender_bound_is_not_forgotten() {
+    let senders = sessions::RETRY_DEDUP_SENDERS_MAX as u64;
+    let mut net = Net::new(
+        1,
+        Limits {
+            connections_max: 2 * senders as usize,
+            inbox_messages_max: senders,
+            inflight_messages_max: 2 * senders,
+            ..limits()
+        },
+    );
+    let receiver = net.new_session(0, true);
+    for _ in 0..senders {
+        net.now_ms += 1;
+        let (sender, _) = net.hello(0, Hello::new_session(1, false));
+        net.relay_v2(sender, 1, 1, &[receiver.client.user], b"fills");
+        assert_eq!(stored(&net.output_v2(sender)), [(1, false)]);
+    }
+    // The inbox is full and remembers as many senders as it can.
+    net.now_ms += 1;
+    let (late, _) = net.hello(0, Hello::new_session(1, false));
+    net.relay_v2(late, 1, 1, &[receiver.client.user], b"refused first");
+    assert_eq!(
+        errors(&net.output_v2(late)),
+        [(ErrorCodeV2::InboxFull.to_wire(), receiver.client.user)]
+    );
+    let delivered = delivers(&net.output_v2(receiver.client));
+    assert_eq!(delivered.len() as u64, senders);
+    net.send_message(receiver.client, &Ack { upto: senders });
+    net.now_ms += 1;
+    net.relay_v2(late, 2, 2, &[receiver.client.user], b"second");
+    net.relay_v2(late, 3, 1, &[receiver.client.user], b"refused first");
+    let answers = net.output_v2(late);
+    assert_eq!(stored(&answers), [(2, false), (3, false)], "{answers:?}");
+    let bodies: Vec<Vec<u8>> = delivers(&net.output_v2(receiver.client))
+        .into_iter()
+        .map(|(_, _, body, _)| body)
+        .collect();
+    assert_eq!(bodies, [b"second".to_vec(), b"refused first".to_vec()]);
+}
