@@ -24,7 +24,8 @@ pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 64 << 20;
 
 /// Smallest outbound limit the hub accepts: the hub's preface, its welcome
 /// and a maximal frame (a 1 MiB delivery) with its queue handles must fit,
-/// or a receiver could never be sent anything: 1 MiB + 40 KiB.
+/// or a receiver could never be sent anything: 1,089,552 bytes (1 MiB +
+/// 40 KiB + 16).
 pub const OUTBOUND_BYTES_MIN: usize = PREFACE_BYTES + FRAME_HEADER_BYTES + FRAME_BYTES_MAX + 4096;
 
 /// Default connections per shard. A connection costs about 2.4 KB idle.
@@ -79,7 +80,8 @@ pub const SPIN_RECENT: Duration = Duration::from_millis(1);
 /// 7 days. A connected session never expires.
 pub const SESSION_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
-/// Default life of an inbox entry, acked or not: 7 days (0 = forever).
+/// Default life of an unacked inbox entry, from when it was stored, sent
+/// or not: 7 days (0 = forever).
 pub const MESSAGE_TTL_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
 /// Default unacked entries on the wire to one durable session.
@@ -236,7 +238,8 @@ pub struct Config {
     #[arg(long, env = "RELAYHUB_SESSION_EXPIRY_MS", default_value_t = SESSION_EXPIRY_MS_DEFAULT)]
     pub session_expiry_ms: u64,
 
-    /// How long an inbox entry is kept, acked or not (0 = forever).
+    /// How long an inbox entry is kept after it was stored, sent or not,
+    /// until it is acked (0 = forever).
     #[arg(long, env = "RELAYHUB_MESSAGE_TTL_MS", default_value_t = MESSAGE_TTL_MS_DEFAULT)]
     pub message_ttl_ms: u64,
 
@@ -245,7 +248,7 @@ pub struct Config {
     pub inflight_messages_max: u64,
 
     /// Most unacked body bytes on the wire to one durable session (capped
-    /// at --outbound-bytes-max minus 1 MiB + 40 KiB, so the window and one
+    /// at --outbound-bytes-max minus 1,089,552 bytes, so the window and one
     /// maximal entry always fit the connection's queue).
     #[arg(long, env = "RELAYHUB_INFLIGHT_BYTES_MAX", default_value_t = INFLIGHT_BYTES_MAX_DEFAULT)]
     pub inflight_bytes_max: u64,
