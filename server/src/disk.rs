@@ -151,6 +151,13 @@ pub enum DataDirError {
     Incomplete(PathBuf),
     /// Another process holds the directory's lock file: a hub runs on it.
     Locked(PathBuf),
+    /// `meta` is missing while shard directories exist.
+    MetaMissing {
+        /// The directory.
+        dir: PathBuf,
+        /// `shard-<i>` directories in it.
+        found: usize,
+    },
 }
 
 impl DataDirError {
@@ -190,6 +197,14 @@ impl std::fmt::Display for DataDirError {
                 f,
                 "{} holds a log of format {found}, written by a newer relayhub; this \
                  build reads formats up to {LOG_FORMAT}: start the newer build on it",
+                dir.display()
+            ),
+            DataDirError::MetaMissing { dir, found } => write!(
+                f,
+                "{} has {found} shard directories but no {META_FILE} file, which records \
+                 the shard count that wrote them; refusing to start rather than guess. \
+                 Restore it (a line shards=<n>, most likely shards={found}), or use another \
+                 --data-dir",
                 dir.display()
             ),
             DataDirError::Locked(dir) => write!(
@@ -315,7 +330,23 @@ pub fn prepare(data_dir: &Path, shards: usize) -> Result<Prepared, DataDirError>
                 write_meta()?;
             }
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => write_meta()?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            // No `meta` but shard directories: the count that wrote them is
+            // unknown, and ids routed by another count would miss their
+            // sessions. Refuse rather than guess.
+            let found = fs::read_dir(data_dir)
+                .map_err(io(data_dir))?
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
+                .count();
+            if found > 0 {
+                return Err(DataDirError::MetaMissing {
+                    dir: data_dir.to_path_buf(),
+                    found,
+                });
+            }
+            write_meta()?
+        }
         Err(error) => return Err(DataDirError::Io(meta, error)),
     }
     let shards = (0..shards)
@@ -790,21 +821,30 @@ impl DiskLog {
 
     /// Preallocates ahead of the log's end when less than
     /// [`GROW_AHEAD_BYTES`] is left: a whole step, or the largest smaller
-    /// one the disk can give while keeping [`DISK_RESERVE_BYTES`] free. None
-    /// fits: the log is limited to what it has.
+    /// one the disk can give while keeping [`DISK_RESERVE_BYTES`] free
+    /// (steps below [`GROW_AHEAD_BYTES`] reach one step past the end). Only
+    /// a step short of [`GROW_AHEAD_BYTES`] ahead fits, or none: the log is
+    /// limited to what it has.
     pub async fn grow(&mut self) {
-        let want = self.write_offset + self.tail.len() as u64 + GROW_AHEAD_BYTES;
+        let end = self.write_offset + self.tail.len() as u64;
+        let want = end + GROW_AHEAD_BYTES;
         if want <= self.allocated {
             self.zero_ahead().await;
             return;
         }
-        if self.limited && Instant::now() < self.next_growth {
+        if Instant::now() < self.next_growth {
             return;
         }
         let mut step = PREALLOCATE_BYTES;
         let mut refused = None;
         while step >= GROW_MIN_BYTES {
-            let size = want.next_multiple_of(step);
+            // [`GROW_AHEAD_BYTES`] past the end in whole steps while steps
+            // are larger; then one step past the end, so that a small disk
+            // still gives a small log room.
+            let size = (end + step.min(GROW_AHEAD_BYTES)).next_multiple_of(step);
+            if size <= self.allocated {
+                break; // Smaller steps give no more.
+            }
             // Take the reserve too, then give it back: the disk keeps it
             // free, for a compaction's snapshot.
             match self
@@ -816,6 +856,12 @@ impl DiskLog {
                     self.allocated = size + DISK_RESERVE_BYTES;
                     if self.file.truncate(size).await.is_ok() {
                         self.allocated = size;
+                    }
+                    if size < want {
+                        // Less than asked for: the core keeps within it,
+                        // and more is asked for again in a while.
+                        self.limit(refused);
+                        return;
                     }
                     if std::mem::take(&mut self.limited) {
                         tracing::info!(
@@ -833,6 +879,13 @@ impl DiskLog {
                 }
             }
         }
+        self.limit(refused);
+    }
+
+    /// The disk gave the log less room than [`grow`](Self::grow) asks for
+    /// (or none): the log is limited to what is allocated, and asks again
+    /// after [`GROW_RETRY`].
+    fn limit(&mut self, refused: Option<glommio::GlommioError<()>>) {
         if !self.limited {
             tracing::warn!(
                 error = %refused.map_or_else(String::new, |error| error.to_string()),

@@ -51,7 +51,12 @@ struct SmallFs {
 
 impl SmallFs {
     fn mount(bytes: u64) -> SmallFs {
-        let root = std::env::temp_dir().join(format!("relayhub-disk-full-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "relayhub-disk-full-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut fs = SmallFs {
             mount: root.join("mnt"),
             root,
@@ -296,6 +301,41 @@ fn log_files(data_dir: &Path) -> Vec<String> {
         .collect();
     files.sort();
     files
+}
+
+/// A filesystem smaller than the log's preallocation steps (8 MiB against
+/// 64 MiB steps and 16 MiB kept ahead) still gives the log room: the
+/// steps shrink to what fits. Before, no step fitted and the first durable
+/// relay got `StorageFull`.
+#[test]
+#[ignore = "needs root: mounts a small filesystem"]
+fn a_small_disk_still_gives_the_log_room() {
+    const SMALL_BYTES: u64 = 8 << 20;
+    let fs = SmallFs::mount(SMALL_BYTES);
+    let data_dir = fs.mount.join("data");
+    let hub = start_hub(&hub_args(&data_dir));
+    let mut sender = RawV2::durable(hub.addr);
+    let receiver = RawV2::durable(hub.addr);
+    let receiver_id = receiver.user;
+    drop(receiver);
+    let mut outcome = Outcome::default();
+    let mut next = 1;
+    relay_until_refused(&mut sender, receiver_id, &mut next, 1, 64, &mut outcome);
+    let stored_bytes = outcome.stored.len() as u64 * BODY_BYTES as u64;
+    eprintln!(
+        "small disk: {} relays stored ({} KiB) before StorageFull, {} KiB free",
+        outcome.stored.len(),
+        stored_bytes >> 10,
+        fs.free_bytes() >> 10
+    );
+    assert!(
+        stored_bytes >= 2 << 20,
+        "only {} KiB stored on an {} MiB filesystem",
+        stored_bytes >> 10,
+        SMALL_BYTES >> 20
+    );
+    assert_serving(&hub);
+    drop(hub);
 }
 
 #[test]

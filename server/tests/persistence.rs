@@ -379,6 +379,29 @@ fn a_hub_killed_a_moment_ago_is_restarted_on_its_port_and_data_dir() {
     }
 }
 
+/// A data directory whose `meta` was lost refuses to start rather than
+/// take the shard count it is given (ids routed by another count would
+/// miss their sessions).
+#[test]
+fn a_data_directory_without_its_meta_refuses_to_start() {
+    let dir = DataDir::new("no-meta");
+    disk_hub(&dir.0, 2).shutdown();
+    std::fs::remove_file(dir.0.join("meta")).unwrap();
+    let mut config = relayhub_server::Config::for_tests(1);
+    config.storage = Storage::Disk;
+    config.data_dir = dir.0.clone();
+    match relayhub_server::Hub::start(config) {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("2 shard directories but no meta file"),
+                "{message}"
+            );
+        }
+        Ok(_) => panic!("a data directory without meta was taken with another shard count"),
+    }
+}
+
 /// A second hub on a data directory a hub runs on refuses to start (they
 /// would write the same logs); once the first has stopped, it starts.
 #[test]
