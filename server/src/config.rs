@@ -145,9 +145,10 @@ impl std::str::FromStr for Fsync {
             "always" => Ok(Fsync::Always),
             "never" => Ok(Fsync::Never),
             _ => match text.strip_prefix("interval:").map(str::parse::<u64>) {
-                Some(Ok(ms)) if ms > 0 => Ok(Fsync::Interval(ms)),
+                Some(Ok(ms)) if (1..=DURATION_MS_LIMIT).contains(&ms) => Ok(Fsync::Interval(ms)),
                 _ => Err(format!(
-                    "expected always, never or interval:<ms> with ms > 0, not {text:?}"
+                    "expected always, never or interval:<ms> with ms from 1 to \
+                     {DURATION_MS_LIMIT} (365 days), not {text:?}"
                 )),
             },
         }
@@ -549,5 +550,23 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().contains("--spin-adaptive-us"), "{error}");
         assert!(parse(&["--spin-adaptive-us", "1000000"]).validate().is_ok());
+    }
+
+    #[test]
+    fn fsync_intervals_are_1_ms_to_365_days() {
+        let fsync = |text: &str| text.parse::<Fsync>();
+        assert_eq!(fsync("interval:1"), Ok(Fsync::Interval(1)));
+        assert_eq!(
+            fsync(&format!("interval:{DURATION_MS_LIMIT}")),
+            Ok(Fsync::Interval(DURATION_MS_LIMIT))
+        );
+        for bad in [
+            "interval:0",
+            "interval:31536000001",
+            "interval:",
+            "sometimes",
+        ] {
+            assert!(fsync(bad).is_err(), "{bad} accepted");
+        }
     }
 }
