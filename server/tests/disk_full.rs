@@ -202,10 +202,9 @@ fn relay_until_refused(
         if !done && outstanding.len() < WINDOW {
             assert!(
                 *next - first < max_relays,
-                "no StorageFull after {} relays of {} KiB to a {} MiB filesystem",
+                "no StorageFull after {} relays of {} KiB",
                 *next - first,
-                BODY_BYTES >> 10,
-                IMAGE_BYTES >> 20
+                BODY_BYTES >> 10
             );
             sender.relay(*next, *next, &[receiver], &body(*next));
             outstanding.push_back(*next);
@@ -248,6 +247,18 @@ fn relay_until_refused(
             other => panic!("the sender expected Stored or StorageFull, got {other:?}"),
         }
     }
+}
+
+/// Bytes of the relays `outcome` stored, logged with what is left on `fs`.
+fn stored_bytes(what: &str, outcome: &Outcome, fs: &SmallFs) -> u64 {
+    let stored_bytes = outcome.stored.len() as u64 * BODY_BYTES as u64;
+    eprintln!(
+        "{what}: {} relays stored ({} KiB) before StorageFull, {} KiB free on the filesystem",
+        outcome.stored.len(),
+        stored_bytes >> 10,
+        fs.free_bytes() >> 10
+    );
+    stored_bytes
 }
 
 fn hub_args(data_dir: &Path) -> Vec<String> {
@@ -321,13 +332,7 @@ fn a_small_disk_still_gives_the_log_room() {
     let mut outcome = Outcome::default();
     let mut next = 1;
     relay_until_refused(&mut sender, receiver_id, &mut next, 1, 64, &mut outcome);
-    let stored_bytes = outcome.stored.len() as u64 * BODY_BYTES as u64;
-    eprintln!(
-        "small disk: {} relays stored ({} KiB) before StorageFull, {} KiB free",
-        outcome.stored.len(),
-        stored_bytes >> 10,
-        fs.free_bytes() >> 10
-    );
+    let stored_bytes = stored_bytes("small disk", &outcome, &fs);
     assert!(
         stored_bytes >= 2 << 20,
         "only {} KiB stored on an {} MiB filesystem",
@@ -364,13 +369,7 @@ fn a_full_disk_refuses_with_storage_full_keeps_serving_and_acks_free_it() {
         max_relays,
         &mut outcome,
     );
-    let stored_bytes = outcome.stored.len() as u64 * BODY_BYTES as u64;
-    eprintln!(
-        "full after {} relays stored ({} MiB), {} MiB free on the filesystem",
-        outcome.stored.len(),
-        stored_bytes >> 20,
-        fs.free_bytes() >> 20
-    );
+    let stored_bytes = stored_bytes("full disk", &outcome, &fs);
     assert!(
         stored_bytes > IMAGE_BYTES / 2,
         "refused after only {} MiB on a {} MiB filesystem",

@@ -928,17 +928,20 @@ impl<Io> Shard<Io> {
 
     /// Remembers that `receiver` stored `message_id` from `from`.
     pub(super) fn mark_stored(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
-        self.mark(receiver, from, message_id, message_id, |mark| {
-            mark.high = mark.high.max(message_id);
-            mark.at_ms = mark.at_ms.max(at_ms);
-        });
+        self.raise_mark(receiver, from, message_id, at_ms, message_id);
     }
 
     /// [`mark_stored`](Self::mark_stored) from the log at start-up: the
     /// log holds what this inbox stored, so the mark knows every id up to
     /// its high.
     fn mark_recovered(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64) {
-        self.mark(receiver, from, message_id, 0, |mark| {
+        self.raise_mark(receiver, from, message_id, at_ms, 0);
+    }
+
+    /// Raises `receiver`'s mark of `from` to `message_id` stored at
+    /// `at_ms`; a new mark knows ids from `low` on.
+    fn raise_mark(&mut self, receiver: u64, from: u64, message_id: u64, at_ms: u64, low: u64) {
+        self.mark(receiver, from, message_id, low, |mark| {
             mark.high = mark.high.max(message_id);
             mark.at_ms = mark.at_ms.max(at_ms);
         });
