@@ -91,6 +91,7 @@ fn metric_help(field: &str) -> &'static str {
         "storage_full" => "Relays refused for a full or failing log (StorageFull)",
         "log_write_errors" => "Log writes the disk refused (retried)",
         "bodies_read" => "Bodies of offline sessions read back from the log",
+        "body_reads_shared" => "Bodies read back with another entry's read of the same record",
         "body_read_errors" => "Records read back from the log that did not check out",
         "compactions" => "Log compactions",
         "log_bytes" => "Bytes in the shard's log",

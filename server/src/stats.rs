@@ -204,6 +204,9 @@ stats! {
     log_write_errors,
     /// Bodies of offline sessions' entries read back from the log.
     bodies_read,
+    /// Of `bodies_read`, those that came with a read another entry of the
+    /// same record asked for (no read of their own).
+    body_reads_shared,
     /// Records read back from the log that did not check out (the entry
     /// is read again at its session's next ack or resume).
     body_read_errors,

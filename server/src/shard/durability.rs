@@ -41,7 +41,7 @@ pub const COMPACTION_RETRY_MS: u64 = 10_000;
 
 /// Where one record lies in the log's files: what an inbox entry whose
 /// body is not in memory keeps (16 bytes, and no more as an `Option`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LogPos {
     /// The generation of the file (`log-<generation>.rlog`).
     pub generation: u32,

@@ -9,17 +9,23 @@
 //! so delivery stays in order. A read fetches the entry's whole record,
 //! checksum included: what comes back is verified, never trusted.
 //!
+//! A relay to several receivers of the shard is one record: entries that
+//! ask for a record already being read join that read ([`Reads::sharing`])
+//! and take the same body when it comes back (one read, one buffer), so a
+//! fan-out whose receivers resume together (after a restart, say) reads
+//! each record once.
+//!
 //! Memory: a session reads ahead at most its inflight byte window
 //! (`--inflight-bytes-max`, at least one entry), and the shard has at most
 //! [`READ_BACK_BYTES_MAX`] of read buffers at once ([`read_charge`]: at
 //! least one record, however large); a session that finds no room waits
 //! for a read to finish.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use super::{
     durability::LogPos,
-    sessions::{Body, Entry, Item},
+    sessions::{Body, Item},
     Event, Shard,
 };
 use crate::{
@@ -84,14 +90,30 @@ impl std::error::Error for ReadBackError {}
 /// The shard's reads in progress.
 #[derive(Default)]
 pub(super) struct Reads {
-    /// Entries to read, `(user, seq, charge)`, in order of asking.
-    queue: VecDeque<(u64, u64, u64)>,
+    /// Reads to start, in order of asking: the entry that asked, the
+    /// record's position then (its key in `sharing`) and the charge.
+    queue: VecDeque<Queued>,
+    /// For every record queued or being read, keyed by its position: the
+    /// other entries, `(user, seq)`, that wait for the same record. They
+    /// are charged nothing: the read's buffer is theirs too.
+    sharing: HashMap<LogPos, Vec<(u64, u64)>>,
     /// Bytes queued or being read, as [`read_charge`] counts them.
     bytes: u64,
     /// Sessions that found no room, pumped again as reads finish.
     waiters: VecDeque<u64>,
     /// The driver's reader waits for [`Event::BodyReadReady`].
     reader_parked: bool,
+}
+
+/// A read to start.
+struct Queued {
+    user: u64,
+    seq: u64,
+    /// The record's position when it was asked for (a compaction may move
+    /// it before the read starts).
+    key: LogPos,
+    /// What [`read_charge`] took for it.
+    charge: u64,
 }
 
 impl<Io> Shard<Io> {
@@ -175,17 +197,29 @@ impl<Io> Shard<Io> {
             if asked > first && asked_bytes + u64::from(len) > window_bytes {
                 break;
             }
-            let record = read_charge(*pos);
-            if self.reads.bytes > 0 && self.reads.bytes + record > READ_BACK_BYTES_MAX {
-                self.reads.waiters.push_back(user);
-                break;
+            if let Some(waiting) = self.reads.sharing.get_mut(pos) {
+                // Its record is being read for another entry: no read of
+                // its own.
+                waiting.push((user, entry.seq));
+            } else {
+                let charge = read_charge(*pos);
+                if self.reads.bytes > 0 && self.reads.bytes + charge > READ_BACK_BYTES_MAX {
+                    self.reads.waiters.push_back(user);
+                    break;
+                }
+                self.reads.queue.push_back(Queued {
+                    user,
+                    seq: entry.seq,
+                    key: *pos,
+                    charge,
+                });
+                self.reads.sharing.insert(*pos, Vec::new());
+                self.reads.bytes += charge;
+                queued = true;
             }
             *body = Body::Loading(len);
-            self.reads.queue.push_back((user, entry.seq, record));
-            self.reads.bytes += record;
             asked += 1;
             asked_bytes += u64::from(len);
-            queued = true;
         }
         if queued && std::mem::take(&mut self.reads.reader_parked) {
             self.events.push_back(Event::BodyReadReady);
@@ -195,37 +229,51 @@ impl<Io> Shard<Io> {
     /// The next record for the driver to read back; `None` parks the
     /// reader until [`Event::BodyReadReady`].
     pub fn poll_body_read(&mut self) -> Option<BodyRead> {
-        while let Some((user, seq, charged)) = self.reads.queue.pop_front() {
-            let entry = self.sessions.map.get(&user).and_then(|session| {
-                let at = session.inbox.partition_point(|entry| entry.seq < seq);
-                session.inbox.get(at).filter(|entry| entry.seq == seq)
-            });
-            match entry.map(|entry| &entry.item) {
-                Some(Item::Message {
-                    body: Body::Loading(_),
-                    pos: Some(pos),
-                    ..
-                }) => {
-                    // A compaction may have moved it since it was asked for.
-                    self.reads.bytes = self.reads.bytes - charged + read_charge(*pos);
-                    return Some(BodyRead {
-                        user,
-                        seq,
-                        pos: *pos,
-                    });
-                }
-                // Acked or expired meanwhile: nothing to read.
-                _ => self.reads.bytes -= charged,
+        while let Some(queued) = self.reads.queue.pop_front() {
+            self.reads.bytes -= queued.charge;
+            let mut waiting = self.reads.sharing.remove(&queued.key).unwrap_or_default();
+            waiting.insert(0, (queued.user, queued.seq));
+            // Acked or expired meanwhile: not read for.
+            waiting.retain(|&(user, seq)| self.loading_at(user, seq).is_some());
+            let Some(&(user, seq)) = waiting.first() else {
+                continue;
+            };
+            // A compaction may have moved the record since it was asked for.
+            let pos = self.loading_at(user, seq).expect("kept above");
+            waiting.remove(0);
+            if let Some(joined) = self.reads.sharing.get_mut(&pos) {
+                // Asked for again at its new place: that read serves all.
+                joined.push((user, seq));
+                joined.extend(waiting);
+                continue;
             }
+            self.reads.sharing.insert(pos, waiting);
+            self.reads.bytes += read_charge(pos);
+            return Some(BodyRead { user, seq, pos });
         }
         self.reads.reader_parked = true;
         None
     }
 
+    /// Where `user`'s entry `seq` lies, if it is waiting for its body.
+    fn loading_at(&self, user: u64, seq: u64) -> Option<LogPos> {
+        let session = self.sessions.map.get(&user)?;
+        let at = session.inbox.partition_point(|entry| entry.seq < seq);
+        match session.inbox.get(at).filter(|entry| entry.seq == seq)?.item {
+            Item::Message {
+                body: Body::Loading(_),
+                pos: Some(pos),
+                ..
+            } => Some(pos),
+            _ => None,
+        }
+    }
+
     /// The driver read `read`'s record: `bytes` (`read.pos.len` of them,
     /// fewer if the file ended first, which then fails the check).
-    /// The entry goes out if the session is still connected; the error
-    /// (for the driver's log) when the record is not the entry's.
+    /// The entries waiting for it go out if their sessions are still
+    /// connected; the error (for the driver's log) when the record is not
+    /// the entry's.
     pub fn handle_body_read(
         &mut self,
         now_ms: u64,
@@ -233,16 +281,47 @@ impl<Io> Shard<Io> {
         bytes: &[u8],
     ) -> Result<(), ReadBackError> {
         self.reads.bytes -= read_charge(read.pos);
-        let result = self.take_body(read, bytes);
-        match result {
-            Ok(()) => self.pump(now_ms, read.user),
-            Err(_) => {
-                self.stats.body_read_errors.incr();
-                // Not read again at once: at the session's next ack or resume.
-                if let Some(session) = self.sessions.map.get_mut(&read.user) {
-                    session.read_failed = true;
+        let others = self.reads.sharing.remove(&read.pos).unwrap_or_default();
+        let record = match decode(bytes) {
+            Ok(Some((record, _))) => Ok(record),
+            Ok(None) => Err(ReadBackError::Invalid(Invalid::Truncated)),
+            Err(invalid) => Err(ReadBackError::Invalid(invalid)),
+        };
+        let mut result = Ok(());
+        let mut served = Vec::with_capacity(1 + others.len());
+        for (i, (user, seq)) in std::iter::once((read.user, read.seq))
+            .chain(others)
+            .enumerate()
+        {
+            let taken = match &record {
+                Ok(record) => self.take_body(user, seq, record),
+                Err(error) => self.unload(user, seq).map_or(Ok(false), |()| Err(*error)),
+            };
+            match taken {
+                Ok(true) => {
+                    self.stats.bodies_read.incr();
+                    if i > 0 {
+                        self.stats.body_reads_shared.incr();
+                    }
+                    served.push(user);
+                }
+                Ok(false) => {} // Acked or expired meanwhile.
+                Err(error) => {
+                    // Not read again at once: at the session's next ack or
+                    // resume.
+                    if let Some(session) = self.sessions.map.get_mut(&user) {
+                        session.read_failed = true;
+                    }
+                    result = result.and(Err(error));
                 }
             }
+        }
+        if result.is_err() {
+            self.stats.body_read_errors.incr(); // Once per record.
+        }
+        served.dedup();
+        for user in served {
+            self.pump(now_ms, user);
         }
         // Sessions that waited for room, as many as there were.
         for _ in 0..self.reads.waiters.len() {
@@ -258,49 +337,54 @@ impl<Io> Shard<Io> {
     }
 
     /// The driver could not read `read` at all (its file is not open: a
-    /// bug, logged there). The entry stays in the log; its session reads
-    /// nothing more until its next ack or resume.
+    /// bug, logged there). The entries stay in the log; their sessions
+    /// read nothing more until their next ack or resume.
     pub fn handle_body_unread(&mut self, read: BodyRead) {
         self.reads.bytes -= read_charge(read.pos);
         self.stats.body_read_errors.incr();
-        let Some(session) = self.sessions.map.get_mut(&read.user) else {
-            return;
-        };
-        session.read_failed = true;
-        let at = session.inbox.partition_point(|entry| entry.seq < read.seq);
-        if let Some(Entry {
-            item:
-                Item::Message {
-                    body: body @ Body::Loading(_),
-                    ..
-                },
-            ..
-        }) = session
-            .inbox
-            .get_mut(at)
-            .filter(|entry| entry.seq == read.seq)
-        {
-            *body = Body::Logged(u32::try_from(body.len()).expect("a body fits u32"));
+        let others = self.reads.sharing.remove(&read.pos).unwrap_or_default();
+        for (user, seq) in std::iter::once((read.user, read.seq)).chain(others) {
+            if self.unload(user, seq).is_some() {
+                if let Some(session) = self.sessions.map.get_mut(&user) {
+                    session.read_failed = true;
+                }
+            }
         }
     }
 
-    fn take_body(&mut self, read: BodyRead, bytes: &[u8]) -> Result<(), ReadBackError> {
-        let record = match decode(bytes) {
-            Ok(Some((record, _))) => Ok(record),
-            Ok(None) => Err(ReadBackError::Invalid(Invalid::Truncated)),
-            Err(invalid) => Err(ReadBackError::Invalid(invalid)),
-        };
-        let Some(session) = self.sessions.map.get_mut(&read.user) else {
-            return record.map(drop);
-        };
-        let online = session.conn.is_some();
-        let at = session.inbox.partition_point(|entry| entry.seq < read.seq);
-        let Some(entry) = session
+    /// `user`'s entry `seq`, if it is waiting for its body: back to
+    /// [`Body::Logged`].
+    fn unload(&mut self, user: u64, seq: u64) -> Option<()> {
+        let session = self.sessions.map.get_mut(&user)?;
+        let at = session.inbox.partition_point(|entry| entry.seq < seq);
+        match &mut session
             .inbox
             .get_mut(at)
-            .filter(|entry| entry.seq == read.seq)
-        else {
-            return record.map(drop); // Acked or expired meanwhile.
+            .filter(|entry| entry.seq == seq)?
+            .item
+        {
+            Item::Message {
+                body: body @ Body::Loading(_),
+                ..
+            } => {
+                *body = Body::Logged(u32::try_from(body.len()).expect("a body fits u32"));
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives `user`'s entry `seq` its body from `record`, read back for
+    /// it: `Ok(false)` if the entry no longer waits for one (acked or
+    /// expired meanwhile), an error if `record` is not its message.
+    fn take_body(&mut self, user: u64, seq: u64, record: &Record) -> Result<bool, ReadBackError> {
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return Ok(false);
+        };
+        let online = session.conn.is_some();
+        let at = session.inbox.partition_point(|entry| entry.seq < seq);
+        let Some(entry) = session.inbox.get_mut(at).filter(|entry| entry.seq == seq) else {
+            return Ok(false);
         };
         let Item::Message {
             from,
@@ -309,12 +393,11 @@ impl<Io> Shard<Io> {
             ..
         } = &mut entry.item
         else {
-            return record.map(drop);
+            return Ok(false);
         };
         let len = u32::try_from(body.len()).expect("a body fits u32");
         // Back to the log whatever happens next, unless it checks out.
         *body = Body::Logged(len);
-        let record = record?;
         let Record::Message {
             from: read_from,
             message_id: read_id,
@@ -327,19 +410,19 @@ impl<Io> Shard<Io> {
         };
         let listed = receivers
             .iter()
-            .any(|&(user, seq)| user == read.user && seq == read.seq);
-        if read_from != *from
-            || read_id != *message_id
+            .any(|&(receiver, receiver_seq)| receiver == user && receiver_seq == seq);
+        if *read_from != *from
+            || *read_id != *message_id
             || !listed
             || read_body.len() != len as usize
         {
             return Err(ReadBackError::Mismatch);
         }
-        self.stats.bodies_read.incr();
         if online {
-            *body = Body::Resident(SharedBody::from_body(*from, read_body));
+            // One buffer for every entry the read serves.
+            *body = Body::Resident(SharedBody::from_body(*from, read_body.clone()));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Moves the log positions entries keep, as `change` says (a

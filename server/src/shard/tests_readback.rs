@@ -512,6 +512,146 @@ fn resumes_at_once_share_the_read_budget() {
     assert_eq!(net.shards[0].body_reads_pending(), 0);
 }
 
+/// `count` receivers offline and a sender that relayed `ids` to all of
+/// them at once (one record per relay), then a restart: every body is in
+/// the log only.
+fn offline_fan_out(
+    count: usize,
+    ids: std::ops::Range<u64>,
+) -> (Net, Disk, Vec<(u64, ResumeToken)>) {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (sender, _) = session(&mut net, &mut disk);
+    let mut offline = Vec::new();
+    for _ in 0..count {
+        let (receiver, token) = session(&mut net, &mut disk);
+        net.disconnect(receiver);
+        offline.push((receiver.user, token));
+    }
+    let users: Vec<u64> = offline.iter().map(|&(user, _)| user).collect();
+    for id in ids {
+        net.relay_v2(sender, id, id, &users, &body(id));
+        disk.write(&mut net);
+    }
+    let net = restart(&disk, disk_limits(), net.now_ms);
+    (net, disk, offline)
+}
+
+/// The body buffer of `user`'s entry `seq`, if it is in memory.
+fn resident_body(net: &Net, user: u64, seq: u64) -> Option<*const u8> {
+    let session = &net.shards[0].sessions.map[&user];
+    session
+        .inbox
+        .iter()
+        .find(|entry| entry.seq == seq)
+        .and_then(|entry| match &entry.item {
+            Item::Message {
+                body: Body::Resident(body),
+                ..
+            } => Some(body.body_slice().as_ptr()),
+            _ => None,
+        })
+}
+
+/// Receivers of one relay that resume together read its record once: the
+/// later ones join the first one's read, take the same buffer, and each
+/// gets every message in order.
+#[test]
+fn a_fan_out_resumed_together_reads_each_record_once() {
+    let (mut net, mut disk, offline) = offline_fan_out(3, 1..6);
+    let mut clients = Vec::new();
+    for &(user, token) in &offline {
+        let (client, messages) = resume(&mut net, &mut disk, user, token);
+        assert!(messages.is_empty(), "sent before read back: {messages:?}");
+        clients.push(client);
+    }
+    let one = read_charge_of_one(&net, offline[0].0);
+    assert_eq!(net.shards[0].body_reads_pending(), 5 * one, "charged once");
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 5], "one read per record");
+    let stats = net.shards[0].stats();
+    assert_eq!(
+        (stats.bodies_read.get(), stats.body_reads_shared.get()),
+        (15, 10)
+    );
+    let shared = resident_body(&net, clients[0].user, 1).expect("in memory");
+    for client in &clients[1..] {
+        assert_eq!(
+            resident_body(&net, client.user, 1),
+            Some(shared),
+            "one buffer"
+        );
+    }
+    let expected: Vec<(u64, Vec<u8>)> = (1..=5).map(|id| (id, body(id))).collect();
+    for client in clients {
+        assert_eq!(
+            deliveries(&net.output_v2(client)),
+            expected,
+            "user {}",
+            client.user
+        );
+    }
+    assert_eq!(net.shards[0].body_reads_pending(), 0);
+}
+
+/// A receiver that resumes after the read of its record ended reads it
+/// again: only reads that overlap are shared.
+#[test]
+fn a_receiver_that_comes_after_the_read_reads_again() {
+    let (mut net, mut disk, offline) = offline_fan_out(2, 1..3);
+    let (first, _) = resume(&mut net, &mut disk, offline[0].0, offline[0].1);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 2]);
+    let (second, _) = resume(&mut net, &mut disk, offline[1].0, offline[1].1);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 2]);
+    let expected: Vec<(u64, Vec<u8>)> = (1..=2).map(|id| (id, body(id))).collect();
+    assert_eq!(deliveries(&net.output_v2(first)), expected);
+    assert_eq!(deliveries(&net.output_v2(second)), expected);
+    let stats = net.shards[0].stats();
+    assert_eq!(
+        (stats.bodies_read.get(), stats.body_reads_shared.get()),
+        (4, 0)
+    );
+}
+
+/// A read asked for before a compaction moved its record joins the read
+/// another receiver asked for at the record's new place: one read serves
+/// both, from the new file.
+#[test]
+fn a_read_queued_before_a_compaction_joins_the_one_after_it() {
+    let mut net = Net::new(
+        1,
+        Limits {
+            log_bytes_max: 64 << 10,
+            ..disk_limits()
+        },
+    );
+    let mut disk = Disk::default();
+    let (sender, _) = session(&mut net, &mut disk);
+    let (early, early_token) = session(&mut net, &mut disk);
+    let (late, late_token) = session(&mut net, &mut disk);
+    net.disconnect(early);
+    net.disconnect(late);
+    disk.write(&mut net);
+    for id in 1..4 {
+        net.relay_v2(sender, id, id, &[early.user, late.user], &body(id));
+        disk.write(&mut net);
+    }
+    let (churn, _) = session(&mut net, &mut disk);
+    let (early, _) = resume(&mut net, &mut disk, early.user, early_token);
+    churn_until_compacted(&mut net, &mut disk, sender, churn, 1);
+    assert_eq!(
+        disk.files.len(),
+        1,
+        "the file the reads were asked in is gone"
+    );
+    let (late, _) = resume(&mut net, &mut disk, late.user, late_token);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 3], "one read per record");
+    let expected: Vec<(u64, Vec<u8>)> = (1..=3).map(|id| (id, body(id))).collect();
+    assert_eq!(deliveries(&net.output_v2(early)), expected);
+    assert_eq!(deliveries(&net.output_v2(late)), expected);
+    assert_eq!(net.shards[0].stats().body_reads_shared.get(), 3);
+    assert_eq!(net.shards[0].body_reads_pending(), 0);
+}
+
 /// The budget one read of `user`'s first entry takes.
 fn read_charge_of_one(net: &Net, user: u64) -> u64 {
     match &net.shards[0].sessions.map[&user].inbox[0].item {
