@@ -89,6 +89,7 @@ use relayhub_server::{
         SHARD_READ_BYTES,
     },
     stats::ShardStats,
+    store::recovery::scan,
     Config,
 };
 
@@ -188,17 +189,25 @@ pub enum Preset {
     /// `Disk` where every compaction fails once (the disk refuses the
     /// snapshot) before its retry succeeds.
     DiskFlaky,
+    /// `Disk` where, after the last operation, the hub is killed (what it
+    /// wrote is on the disk; no connection, mesh message or timer
+    /// survives) and started again on its files, every shard recovered by
+    /// the core as the driver's start-up does; then the final drain
+    /// resumes every durable session with the latest token its clients
+    /// read, and the no-loss check runs on what the restarted hub delivers.
+    DiskCrash,
 }
 
 impl Preset {
     /// Every preset.
-    pub const ALL: [Preset; 6] = [
+    pub const ALL: [Preset; 7] = [
         Preset::Small,
         Preset::Tight,
         Preset::Roomy,
         Preset::Untimed,
         Preset::Disk,
         Preset::DiskFlaky,
+        Preset::DiskCrash,
     ];
 
     fn config(self) -> Config {
@@ -223,7 +232,7 @@ impl Preset {
                 config.message_ttl_ms = 5_000;
                 config.dedup_window_ms = 0;
             }
-            Preset::Disk | Preset::DiskFlaky => {
+            Preset::Disk | Preset::DiskFlaky | Preset::DiskCrash => {
                 config.inbox_messages_max = 12;
                 config.inflight_messages_max = 3;
                 config.storage = relayhub_server::config::Storage::Disk;
@@ -233,7 +242,9 @@ impl Preset {
         }
         let (connections, idle, frame, flush) = match self {
             Preset::Small => (2, 1_000, 250, 100),
-            Preset::Tight | Preset::Disk | Preset::DiskFlaky => (6, 5_000, 1_000, 500),
+            Preset::Tight | Preset::Disk | Preset::DiskFlaky | Preset::DiskCrash => {
+                (6, 5_000, 1_000, 500)
+            }
             Preset::Untimed => (4, 0, 0, 50),
             Preset::Roomy => {
                 config.connections_per_shard_max = 10;
@@ -681,6 +692,35 @@ impl Files {
         self.by_generation.insert(self.generation, fresh);
     }
 
+    /// A restart: `shard` recovers from the current generation, as the
+    /// driver's start-up does (`DiskLog::open`, then `finish_recovery`).
+    fn recover(&self, now: u64, shard: &mut Shard<usize>) {
+        let generation = self.generation;
+        let empty = Vec::new();
+        let file = self.by_generation.get(&generation).unwrap_or(&empty);
+        shard.begin_recovery(u64::from(generation));
+        let scanned = scan(file, |record, offset, len| {
+            let pos = relayhub_server::shard::LogPos {
+                generation,
+                len: relayhub_server::shard::record_len(len),
+                offset,
+            };
+            shard.recover(now, record, pos);
+        })
+        .unwrap_or_else(|corruption| panic!("what the hub wrote is corrupt: {corruption:?}"));
+        assert_eq!(
+            scanned.valid_bytes,
+            file.len() as u64,
+            "every byte the hub wrote recovers"
+        );
+        assert!(
+            generation == 0 || scanned.snapshot_complete,
+            "generation {generation} is the log, and its snapshot is incomplete"
+        );
+        shard.finish_recovery(now, scanned.valid_bytes, scanned.valid_bytes);
+        tally_add("restarts: records recovered", scanned.records);
+    }
+
     /// The record at `pos`, as `LogFiles::read` returns it.
     fn read(&self, pos: relayhub_server::shard::LogPos) -> &[u8] {
         let file = self
@@ -786,6 +826,8 @@ struct Client {
     /// Handed off and not adopted yet: its socket lives on (its bytes wait
     /// for the shard that adopts it).
     in_hand_off: bool,
+    /// The hub was killed while it was connected (`Preset::DiskCrash`).
+    crashed: bool,
 }
 
 impl Client {
@@ -806,7 +848,7 @@ impl Client {
 
     /// Bytes the hub queued for it may never have reached it.
     fn lost(&self) -> bool {
-        self.reset || self.aborted
+        self.reset || self.aborted || self.crashed
     }
 
     /// The clean client's frame (or preface) the hub has read part of, as
@@ -900,6 +942,9 @@ pub struct Harness {
     files: Vec<Files>,
     /// `Preset::DiskFlaky`: every snapshot fails once.
     flaky_snapshots: bool,
+    /// `Preset::DiskCrash`: the hub is killed and restarted before the
+    /// final drain.
+    crash_at_end: bool,
 }
 
 /// Read size of a transmission: `read` bytes, 0 for `SHARD_READ_BYTES`.
@@ -960,6 +1005,7 @@ impl Harness {
                 })
                 .collect(),
             flaky_snapshots: input.preset == Preset::DiskFlaky,
+            crash_at_end: input.preset == Preset::DiskCrash,
         };
         // Each shard's timer task starts by asking for its deadline.
         for shard in 0..count {
@@ -1647,6 +1693,7 @@ impl Harness {
                     v2: None,
                     welcomed_now: false,
                     in_hand_off: false,
+                    crashed: false,
                 });
                 self.after_call(shard);
                 Some(index)
@@ -2834,6 +2881,11 @@ impl Harness {
         for c in 0..self.clients.len() {
             self.check_open_client(c);
         }
+        if self.crash_at_end {
+            self.crash_and_restart();
+            self.settle_all();
+            self.check();
+        }
         // Every durable session offline is resumed and everything acked.
         self.drain_sessions();
         self.check();
@@ -2876,6 +2928,53 @@ impl Harness {
             self.finish_relay(*id, record);
         }
         self.finish_v2();
+    }
+
+    /// `Preset::DiskCrash`: the hub dies at once and starts again on its
+    /// files. Each shard is recovered by the core from its current
+    /// generation (all the harness's batches are written: a crash after
+    /// the last write); every connection, mesh message and timer is gone,
+    /// every client lost.
+    fn crash_and_restart(&mut self) {
+        let count = self.shards.len();
+        let now = self.now;
+        self.stats = (0..count).map(|_| Arc::default()).collect();
+        let mut shards = Vec::with_capacity(count);
+        for index in 0..count {
+            let mut shard =
+                Shard::new(index, count, self.limits.clone(), self.stats[index].clone());
+            self.files[index].recover(now, &mut shard);
+            shards.push(shard);
+        }
+        self.shards = shards;
+        for link in &mut self.links {
+            link.held.clear();
+            link.ring.clear();
+            link.ring_bytes = 0;
+            link.parked = false;
+            link.woken = false;
+        }
+        self.timers = (0..count).map(|_| Timer::default()).collect();
+        self.shutdown = vec![None; count];
+        self.rushed = false;
+        self.adopt_due = vec![false; count];
+        // Connection ids are the process's: the new one starts again.
+        self.ids.clear();
+        self.membership.clear();
+        self.epoch += 1;
+        for client in &mut self.clients {
+            client.closed = true;
+            client.crashed = true;
+            client.hand_off_due = None;
+            client.in_hand_off = false;
+        }
+        self.model.restart(now);
+        tally("restarts: hub killed and recovered");
+        self.call = Call::PollTimeout;
+        for shard in 0..count {
+            self.after_call(shard);
+            self.poll_timeout(shard);
+        }
     }
 
     /// A clean client still open once everything settled got every answer,

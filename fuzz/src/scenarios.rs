@@ -768,7 +768,12 @@ fn v2_scenarios() -> Vec<(&'static str, SessionInput)> {
         "v2-offline-resume-hand-off",
         input(2, Preset::Tight, ops.clone()),
     ));
-    // The same with the log on: the offline bodies are read back.
+    // The same with the log on: the offline bodies are read back; and once
+    // more with the hub killed at the end and restarted on its files.
+    out.push((
+        "v2-disk-crash-offline-resume-hand-off",
+        input(2, Preset::DiskCrash, ops.clone()),
+    ));
     out.push((
         "v2-disk-offline-resume-hand-off",
         input(2, Preset::Disk, ops),
@@ -814,6 +819,12 @@ fn v2_scenarios() -> Vec<(&'static str, SessionInput)> {
         drain(3),
         ack(3, AckUpto::Highest),
     ];
+    // Killed after the compaction, the receiver still offline: the
+    // restart recovers the snapshot's generation, the drain resumes it.
+    out.push((
+        "v2-disk-crash-compaction-offline",
+        input(1, Preset::DiskCrash, ops.clone()),
+    ));
     ops.extend(resume_and_drain.iter().cloned());
     out.push(("v2-disk-compaction-offline", input(1, Preset::Disk, ops)));
 
@@ -1012,8 +1023,9 @@ mod tests {
     use super::*;
     use crate::hub::{take_tally, Harness};
 
-    /// The log scenarios reach what they are for: bodies read back, and a
-    /// compaction that copies records forward.
+    /// The log scenarios reach what they are for: bodies read back, a
+    /// compaction that copies records forward, and a restart after a kill
+    /// that delivers what was stored.
     #[test]
     fn the_disk_scenarios_read_back_and_compact() {
         for (name, input) in scenarios() {
@@ -1038,6 +1050,20 @@ mod tests {
                     tally.get("log: compactions refused") > Some(&0),
                     "{name}: {tally:?}"
                 );
+            }
+            if name.contains("crash") {
+                for reached in [
+                    "restarts: hub killed and recovered",
+                    "restarts: records recovered",
+                    "v2: drain: sessions resumed",
+                    "v2: redeliveries read",
+                    "v2: no loss: stored messages delivered",
+                ] {
+                    assert!(
+                        tally.get(reached) > Some(&0),
+                        "{name}: {reached}: {tally:?}"
+                    );
+                }
             }
         }
     }

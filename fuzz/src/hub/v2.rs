@@ -235,6 +235,16 @@ fn key_of(body: &[u8]) -> Option<u64> {
 }
 
 impl Model {
+    /// The hub was killed and restarted: no session has a connection, and
+    /// one that had counts its expiry from the restart (docs/protocol.md,
+    /// "Sessions"); one detached before keeps its time.
+    pub(super) fn restart(&mut self, now: u64) {
+        for session in &mut self.sessions {
+            session.holder = None;
+            session.detached_ms.get_or_insert(now);
+        }
+    }
+
     /// The hub read and handled frame `request`.
     pub(super) fn handled(&mut self, request: u64, now: u64) {
         if let Some(attempt) = self.attempts.get_mut(&request) {
