@@ -60,6 +60,10 @@ pub enum Pause {
     Relays,
     /// Its session's records are not durable yet: its welcome waits.
     Durable,
+    /// It resumed a session whose first deliveries are being read back
+    /// from the log: the frames sent behind its `Hello` wait until they
+    /// are queued (docs/protocol.md, "Acks").
+    ReadBack,
 }
 
 /// One connection's state in the core.

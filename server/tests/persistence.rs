@@ -165,6 +165,38 @@ fn a_restart_keeps_offline_messages_ids_and_tokens() {
     assert_eq!(stats.bodies_read, 10, "{stats}");
 }
 
+/// Every start reserves a block of ids per shard, used or not: after `k`
+/// restarts the first ids are above every id handed out before, by at most
+/// `k` blocks (`ID_RESERVATION_BLOCK` per shard) each (docs/protocol.md,
+/// "User ids").
+#[test]
+fn each_start_reserves_one_block_of_ids_per_shard() {
+    use relayhub_server::ids::ID_RESERVATION_BLOCK;
+
+    let dir = DataDir::new("ids-restarts");
+    let shards = 2;
+    let before: Vec<u64> = {
+        let hub = disk_hub(&dir.0, shards);
+        let ids = (0..4).map(|_| common::connect(&hub).user_id()).collect();
+        hub.shutdown();
+        ids
+    };
+    let restarts = 3;
+    for _ in 1..restarts {
+        disk_hub(&dir.0, shards).shutdown();
+    }
+    let hub = disk_hub(&dir.0, shards);
+    let highest = before.iter().max().copied().expect("ids");
+    for _ in 0..4 {
+        let after = common::connect(&hub).user_id();
+        assert!(after > highest, "{after} after {before:?}");
+        assert!(
+            after - highest <= restarts * ID_RESERVATION_BLOCK * shards as u64,
+            "{after} after {before:?} and {restarts} restarts"
+        );
+    }
+}
+
 /// Frames a client pipelines right after its `Hello` wait for the welcome,
 /// which waits for the log: they are answered after it, not refused with
 /// `HelloRequired` (the fuzz harness's log mode found them refused).
@@ -198,6 +230,51 @@ fn frames_pipelined_after_a_hello_wait_for_the_logged_welcome() {
             other => panic!("durable {durable}: expected the echo, got {other:?}"),
         }
     }
+}
+
+/// A resume of an offline session pipelined with an `Ack` and an `Echo`:
+/// its inbox, read back from the log, comes right after the welcome and
+/// before the echo, and the ack of entries never sent before is in range
+/// (docs/protocol.md, "Acks").
+#[test]
+fn frames_pipelined_after_a_resume_wait_for_the_inbox_read_back() {
+    use bytes::BytesMut;
+    use relayhub_protocol::{encode, preface_for, Ack, Echo, Hello, VERSION_2};
+
+    let dir = DataDir::new("pipelined-resume");
+    let hub = disk_hub(&dir.0, 1);
+    let mut sender = RawV2::durable(hub.local_addr());
+    let receiver = RawV2::durable(hub.local_addr());
+    let (user, token) = (receiver.user, receiver.token);
+    drop(receiver);
+    for id in 1..=3u64 {
+        sender.relay(id, id, &[user], format!("offline {id}").as_bytes());
+    }
+    for id in 1..=3 {
+        assert_eq!(stored(&mut sender), id);
+    }
+    // Offline and durable: the bodies are in the log only.
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    encode(&Hello::resume(1, user, token), &mut bytes).unwrap();
+    encode(&Ack { upto: 3 }, &mut bytes).unwrap();
+    let echo = Echo {
+        request: 2,
+        body: b"right behind".to_vec(),
+    };
+    encode(&echo, &mut bytes).unwrap();
+    let mut client = RawV2::sending(hub.local_addr(), &bytes);
+    assert!(matches!(client.next(), HubMessageV2::WelcomeV2(w) if w.resumed));
+    for seq in 1..=3u64 {
+        match client.next() {
+            HubMessageV2::DeliverV2(deliver) => {
+                assert_eq!(deliver.seq, seq);
+                assert_eq!(deliver.body, format!("offline {seq}").into_bytes());
+            }
+            other => panic!("expected delivery {seq} before the echo, got {other:?}"),
+        }
+    }
+    assert!(matches!(client.next(), HubMessageV2::EchoReply(r) if r.request == 2));
+    assert_eq!(hub.stats().bodies_read, 3);
 }
 
 /// A sender that half-closes right after its relays still gets every

@@ -307,11 +307,7 @@ impl<Io> Shard<Io> {
                 }
                 Ok(false) => {} // Acked or expired meanwhile.
                 Err(error) => {
-                    // Not read again at once: at the session's next ack or
-                    // resume.
-                    if let Some(session) = self.sessions.map.get_mut(&user) {
-                        session.read_failed = true;
-                    }
+                    self.read_failed(user);
                     result = result.and(Err(error));
                 }
             }
@@ -345,10 +341,21 @@ impl<Io> Shard<Io> {
         let others = self.reads.sharing.remove(&read.pos).unwrap_or_default();
         for (user, seq) in std::iter::once((read.user, read.seq)).chain(others) {
             if self.unload(user, seq).is_some() {
-                if let Some(session) = self.sessions.map.get_mut(&user) {
-                    session.read_failed = true;
-                }
+                self.read_failed(user);
             }
+        }
+    }
+
+    /// A read for `user` failed: its session reads nothing more until its
+    /// next ack or resume, so its connection's frames do not wait for
+    /// the read any longer (they may hold that ack).
+    fn read_failed(&mut self, user: u64) {
+        let Some(session) = self.sessions.map.get_mut(&user) else {
+            return;
+        };
+        session.read_failed = true;
+        if let Some(id) = session.conn {
+            self.end_read_back_pause(id);
         }
     }
 

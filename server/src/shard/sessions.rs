@@ -446,7 +446,13 @@ impl<Io> Shard<Io> {
             session.inflight_bytes = 0;
             session.redeliver_upto = session.sent_max;
             session.read_failed = false;
-            self.pump(now_ms, user);
+            if self.pump(now_ms, user) {
+                // The inbox comes before anything sent behind the `Hello`,
+                // also when it must be read back from the log first.
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.paused_on = Some(Pause::ReadBack);
+                }
+            }
         }
         self.arm_sweep(now_ms);
     }
@@ -587,18 +593,20 @@ impl<Io> Shard<Io> {
     }
 
     /// Sends `user`'s inbox entries after the cursor while the inflight
-    /// window allows (one entry always fits).
-    pub(super) fn pump(&mut self, now_ms: u64, user: u64) {
+    /// window allows (one entry always fits). True when it stopped at an
+    /// entry whose body is being read back from the log (the rest follow
+    /// it once the read is in).
+    pub(super) fn pump(&mut self, now_ms: u64, user: u64) -> bool {
         let (messages_max, bytes_max) = (
             self.limits.inflight_messages_max,
             self.limits.inflight_bytes_max,
         );
         let Some(session) = self.sessions.map.get_mut(&user) else {
-            return;
+            return false;
         };
         let Some(id) = session.conn else {
             self.evict_bodies(user);
-            return;
+            return false;
         };
         let durable = if self.log.is_durable(u64::MAX - 1) {
             u64::MAX
@@ -606,7 +614,7 @@ impl<Io> Shard<Io> {
             self.log.durable()
         };
         let Some(conn) = super::slot_conn(&mut self.slots, id) else {
-            return;
+            return false;
         };
         let start = session
             .inbox
@@ -681,8 +689,25 @@ impl<Io> Shard<Io> {
             // Replies piled up behind a reader that does not read: close the
             // connection; the session survives.
             self.cut_slow_consumer(now_ms, id);
-        } else if let Some(seq) = read_from {
+            return false;
+        }
+        if let Some(seq) = read_from {
             self.read_bodies(user, seq);
+            return true;
+        }
+        self.end_read_back_pause(id);
+        false
+    }
+
+    /// Nothing the window can send waits for the log (any more), or what
+    /// it waited for could not be read: the frames behind a resume's
+    /// `Hello` go on.
+    pub(super) fn end_read_back_pause(&mut self, id: ConnId) {
+        if self
+            .conn(id)
+            .is_some_and(|conn| conn.paused_on == Some(Pause::ReadBack))
+        {
+            self.unpause(id);
         }
     }
 

@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use relayhub_protocol::{Ack, Hello, HubMessageV2, ResumeToken};
+use bytes::BytesMut;
+use relayhub_protocol::{
+    encode, preface_for, Ack, Hello, HubMessageV2, Identity, ResumeToken, VERSION_2,
+};
 
 use super::{
     sessions::{Body, Item},
@@ -14,6 +17,12 @@ use super::{
     *,
 };
 use crate::store::recovery::scan;
+
+fn wire<M: relayhub_protocol::Message>(message: &M) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode(message, &mut out).expect("fits");
+    out
+}
 
 /// The files of shard 0's log, by generation.
 #[derive(Default)]
@@ -650,6 +659,88 @@ fn a_read_queued_before_a_compaction_joins_the_one_after_it() {
     assert_eq!(deliveries(&net.output_v2(late)), expected);
     assert_eq!(net.shards[0].stats().body_reads_shared.get(), 3);
     assert_eq!(net.shards[0].body_reads_pending(), 0);
+}
+
+/// A resume whose first deliveries must be read back from the log sends
+/// them before it handles the frames behind its `Hello`: an `Ack` of them
+/// in the same write is in range, and replies come after them
+/// (docs/protocol.md, "Acks"). The driver's reader asks at once; the disk
+/// answers later.
+#[test]
+fn frames_behind_a_resume_wait_for_its_inbox_to_be_read_back() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..4);
+    let id = net.accept(0);
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    for frame in [
+        wire(&Hello::resume(2, user, token)),
+        wire(&Ack { upto: 3 }),
+        wire(&Identity { request: 3 }),
+    ] {
+        bytes.extend_from_slice(&frame);
+    }
+    net.send(0, id, &bytes);
+    disk.write(&mut net);
+    let now = net.now_ms;
+    assert_eq!(net.shards[0].poll_read(now, id), ReadReady::Paused);
+    assert_eq!(disk.serve(&mut net), vec![Ok(()); 3]);
+    assert_eq!(net.shards[0].poll_read(now, id), ReadReady::Read);
+    disk.write(&mut net);
+    let client = Client { shard: 0, id, user };
+    let messages = net.output_v2(client);
+    let kinds: Vec<(&str, u64)> = messages
+        .iter()
+        .map(|message| match message {
+            HubMessageV2::WelcomeV2(welcome) => ("welcome", welcome.request),
+            HubMessageV2::DeliverV2(deliver) => ("deliver", deliver.seq),
+            HubMessageV2::IdentityReply(reply) => ("identity", reply.request),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("welcome", 2),
+            ("deliver", 1),
+            ("deliver", 2),
+            ("deliver", 3),
+            ("identity", 3)
+        ]
+    );
+    assert_eq!(
+        net.shards[0].inbox_len(user),
+        Some(0),
+        "the ack took all three"
+    );
+}
+
+/// A read that fails ends the wait: the frames behind the `Hello` are
+/// handled (they may hold the ack the session needs to read again).
+#[test]
+fn a_failed_read_back_lets_the_frames_behind_a_resume_go_on() {
+    let mut net = Net::new(1, disk_limits());
+    let mut disk = Disk::default();
+    let (user, token) = offline_inbox(&mut net, &mut disk, 1..2);
+    let id = net.accept(0);
+    let mut bytes = BytesMut::from(&preface_for(VERSION_2)[..]);
+    bytes.extend_from_slice(&wire(&Hello::resume(2, user, token)));
+    bytes.extend_from_slice(&wire(&Identity { request: 3 }));
+    net.send(0, id, &bytes);
+    disk.write(&mut net);
+    let now = net.now_ms;
+    assert_eq!(net.shards[0].poll_read(now, id), ReadReady::Paused);
+    let read = net.shards[0].poll_body_read().expect("a read");
+    net.shards[0].handle_body_unread(read);
+    assert_eq!(net.shards[0].poll_read(now, id), ReadReady::Read);
+    let messages = net.output_v2(Client { shard: 0, id, user });
+    assert!(
+        matches!(
+            messages.as_slice(),
+            [HubMessageV2::WelcomeV2(_), HubMessageV2::IdentityReply(reply)] if reply.request == 3
+        ),
+        "{messages:?}"
+    );
 }
 
 /// The budget one read of `user`'s first entry takes.
