@@ -12,8 +12,8 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, MetricType},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
     registry::Registry,
 };
 
@@ -161,30 +161,26 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
         return String::new();
     };
     for (column, &(field, _)) in first.iter().enumerate() {
-        let name = metric_name(field);
-        let help = metric_help(field);
-        if GAUGES.contains(&field) {
-            let family = Family::<ShardLabel, Gauge>::default();
-            for (index, fields) in shards.iter().enumerate() {
-                let value = fields[column].1;
-                family
-                    .get_or_create(&ShardLabel {
-                        shard: index.to_string(),
-                    })
-                    .set(i64::try_from(value).unwrap_or(i64::MAX));
-            }
-            registry.register(name, help, family);
+        let kind = if GAUGES.contains(&field) {
+            MetricType::Gauge
         } else {
-            let family = Family::<ShardLabel, Counter>::default();
-            for (index, fields) in shards.iter().enumerate() {
-                family
-                    .get_or_create(&ShardLabel {
-                        shard: index.to_string(),
-                    })
-                    .inc_by(fields[column].1);
-            }
-            registry.register(name, help, family);
-        }
+            MetricType::Counter
+        };
+        let samples = shards
+            .iter()
+            .enumerate()
+            .map(|(index, fields)| {
+                let label = ShardLabel {
+                    shard: index.to_string(),
+                };
+                (label, fields[column].1)
+            })
+            .collect();
+        registry.register(
+            metric_name(field),
+            metric_help(field),
+            PerShard { kind, samples },
+        );
     }
     let latencies = stats
         .iter()
@@ -206,6 +202,32 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// One counter or gauge of every shard, in shard order (`shard="0"` first:
+/// a `Family` keeps its samples in a hash map, in no fixed order).
+#[derive(Debug)]
+struct PerShard {
+    kind: MetricType,
+    samples: Vec<(ShardLabel, u64)>,
+}
+
+impl EncodeMetric for PerShard {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (label, value) in &self.samples {
+            let mut sample = encoder.encode_family(label)?;
+            if self.kind == MetricType::Gauge {
+                sample.encode_gauge(value)?;
+            } else {
+                sample.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
 }
 
 /// Every shard's fsync histogram, one metric family labelled by shard.

@@ -73,6 +73,31 @@ fn counters_move_with_traffic_and_carry_shard_labels() {
         .filter_map(|(_, shard, _)| shard.clone())
         .collect();
     assert_eq!(shards.len(), 2, "one series per shard: {shards:?}");
+    // Every family lists its shards in order, `shard="0"` first (read off
+    // the text: the parser groups histogram samples in a map).
+    let (_, body) = get(addr, "/metrics");
+    let mut order: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for line in body.lines().filter(|line| !line.starts_with('#')) {
+        let (name, labels) = line.split_once('{').expect("every sample has labels");
+        let shard = labels
+            .split_once("shard=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(shard, _)| shard.parse::<u64>().expect("a shard index"))
+            .expect("every sample has a shard");
+        order.entry(name).or_default().push(shard);
+    }
+    assert!(order.len() > 40, "{order:?}");
+    for (name, shards) in &order {
+        assert!(
+            shards.is_sorted(),
+            "{name}: samples in shard order {shards:?}"
+        );
+        assert_eq!(
+            (shards.first(), shards.last()),
+            (Some(&0), Some(&1)),
+            "{name}"
+        );
+    }
     // Every metric follows the conventions: prefix, and _total on counters.
     assert!(before
         .iter()
