@@ -16,7 +16,7 @@
 #   FANOUT=1 benches/durable.sh             # also 1 KiB fan-out to 16
 #   REDIS=1 benches/durable.sh              # also Redis Streams (memory only) in the
 #                                           # durable runs
-#   DISK=1 benches/durable.sh               # also a hub on disk (--storage disk,
+#   DISK=1 benches/durable.sh               # also a hub on disk (ROUNDS rounds, --storage disk,
 #                                           # --fsync $FSYNC, default always) vs
 #                                           # JetStream's file stream; with REDIS=1
 #                                           # also redis-server with appendonly yes,
@@ -203,9 +203,19 @@ if section disk; then
         wait_port "$aof_port" $aof_pid
         disk+=(--target "redis://127.0.0.1:$aof_port" --server-pid "$aof_pid")
     fi
+    # ROUNDS rounds, the sizes interleaved; medians against the strongest
+    # peer (redis AOF with REDIS=1, else JetStream's file stream).
+    baseline=nats-$NATS_PORT-jetstream-file
+    if [[ -n ${REDIS:-} ]]; then baseline=redis-$aof_port-streams; fi
+    for round in $(seq "$ROUNDS"); do
+        for size in 64 1024; do
+            run "durable-${size}b-disk-r$round" --compare "${disk[@]}" --scenario relay --clients "$CLIENTS" \
+                --window "$WINDOW" --body-bytes "$size" --durable --jetstream-storage file
+        done
+    done
     for size in 64 1024; do
-        run "durable-${size}b-disk" --compare "${disk[@]}" --scenario relay --clients "$CLIENTS" \
-            --window "$WINDOW" --body-bytes "$size" --durable --jetstream-storage file
+        medians "durable ${size} B on disk (hub --fsync $FSYNC, ratios to $baseline)" \
+            "durable-${size}b-disk/$baseline" "$OUT"/durable-"${size}"b-disk-r*.json
     done
 fi
 if section policies; then
