@@ -116,6 +116,14 @@ struct ShardLabel {
     shard: String,
 }
 
+impl ShardLabel {
+    fn of(index: usize) -> ShardLabel {
+        ShardLabel {
+            shard: index.to_string(),
+        }
+    }
+}
+
 /// One shard's fsync latency histogram, as read at scrape time.
 #[derive(Debug)]
 struct FsyncLatency {
@@ -169,12 +177,7 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
         let samples = shards
             .iter()
             .enumerate()
-            .map(|(index, fields)| {
-                let label = ShardLabel {
-                    shard: index.to_string(),
-                };
-                (label, fields[column].1)
-            })
+            .map(|(index, fields)| (ShardLabel::of(index), fields[column].1))
             .collect();
         registry.register(
             metric_name(field),
@@ -185,12 +188,7 @@ pub fn render(stats: &[Arc<ShardStats>]) -> String {
     let latencies = stats
         .iter()
         .enumerate()
-        .map(|(index, shard)| {
-            let label = ShardLabel {
-                shard: index.to_string(),
-            };
-            (label, FsyncLatency::read(shard))
-        })
+        .map(|(index, shard)| (ShardLabel::of(index), FsyncLatency::read(shard)))
         .collect();
     registry.register_with_unit(
         "fsync_duration",

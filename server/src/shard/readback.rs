@@ -235,12 +235,12 @@ impl<Io> Shard<Io> {
             waiting.insert(0, (queued.user, queued.seq));
             // Acked or expired meanwhile: not read for.
             waiting.retain(|&(user, seq)| self.loading_at(user, seq).is_some());
-            let Some(&(user, seq)) = waiting.first() else {
+            if waiting.is_empty() {
                 continue;
-            };
+            }
+            let (user, seq) = waiting.remove(0);
             // A compaction may have moved the record since it was asked for.
             let pos = self.loading_at(user, seq).expect("kept above");
-            waiting.remove(0);
             if let Some(joined) = self.reads.sharing.get_mut(&pos) {
                 // Asked for again at its new place: that read serves all.
                 joined.push((user, seq));
@@ -257,9 +257,7 @@ impl<Io> Shard<Io> {
 
     /// Where `user`'s entry `seq` lies, if it is waiting for its body.
     fn loading_at(&self, user: u64, seq: u64) -> Option<LogPos> {
-        let session = self.sessions.map.get(&user)?;
-        let at = session.inbox.partition_point(|entry| entry.seq < seq);
-        match session.inbox.get(at).filter(|entry| entry.seq == seq)?.item {
+        match self.sessions.map.get(&user)?.entry(seq)?.item {
             Item::Message {
                 body: Body::Loading(_),
                 pos: Some(pos),
@@ -362,14 +360,7 @@ impl<Io> Shard<Io> {
     /// `user`'s entry `seq`, if it is waiting for its body: back to
     /// [`Body::Logged`].
     fn unload(&mut self, user: u64, seq: u64) -> Option<()> {
-        let session = self.sessions.map.get_mut(&user)?;
-        let at = session.inbox.partition_point(|entry| entry.seq < seq);
-        match &mut session
-            .inbox
-            .get_mut(at)
-            .filter(|entry| entry.seq == seq)?
-            .item
-        {
+        match &mut self.sessions.map.get_mut(&user)?.entry_mut(seq)?.item {
             Item::Message {
                 body: body @ Body::Loading(_),
                 ..
@@ -389,8 +380,7 @@ impl<Io> Shard<Io> {
             return Ok(false);
         };
         let online = session.conn.is_some();
-        let at = session.inbox.partition_point(|entry| entry.seq < seq);
-        let Some(entry) = session.inbox.get_mut(at).filter(|entry| entry.seq == seq) else {
+        let Some(entry) = session.entry_mut(seq) else {
             return Ok(false);
         };
         let Item::Message {

@@ -211,6 +211,27 @@ fn new_token() -> ResumeToken {
 }
 
 impl DurableSession {
+    /// Where inbox entry `seq` is, if it is still there (entries are in
+    /// `seq` order).
+    fn entry_index(&self, seq: u64) -> Option<usize> {
+        let at = self.inbox.partition_point(|entry| entry.seq < seq);
+        self.inbox
+            .get(at)
+            .is_some_and(|entry| entry.seq == seq)
+            .then_some(at)
+    }
+
+    /// Inbox entry `seq`, if it is still there.
+    pub(super) fn entry(&self, seq: u64) -> Option<&Entry> {
+        self.inbox.get(self.entry_index(seq)?)
+    }
+
+    /// Inbox entry `seq`, if it is still there.
+    pub(super) fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
+        let at = self.entry_index(seq)?;
+        self.inbox.get_mut(at)
+    }
+
     fn new(token: &ResumeToken, now_ms: u64) -> DurableSession {
         DurableSession {
             tokens: [token_hash(token), [0; 32]],
