@@ -22,6 +22,9 @@ pub const WRITE_SLICES_MAX: usize = 64;
 /// queue of many tiny frames stays within `bytes_max` in memory too.
 pub const SHARED_FRAME_HANDLE_BYTES: usize = 64;
 
+/// Least a connection's buffer of small frames grows by: 16 KiB.
+pub const SMALL_BUFFER_BYTES: usize = 16 << 10;
+
 /// Largest body [`Outbound::push_deliver_v2`] copies into the queue instead
 /// of sharing the relay's buffer.
 pub const INLINE_BODY_BYTES_MAX: usize = 4096;
@@ -263,6 +266,7 @@ impl Outbound {
         let body = shared.body_slice();
         let len = header.len() + body.len() + tail.len();
         self.admit(len + 2 * SHARED_FRAME_HANDLE_BYTES)?;
+        self.reserve_small(len);
         self.small.extend_from_slice(header);
         if body.len() <= INLINE_BODY_BYTES_MAX {
             self.small.extend_from_slice(body);
@@ -274,6 +278,15 @@ impl Outbound {
         self.queued_bytes += len;
         self.wake_writer();
         Ok(())
+    }
+
+    /// Makes room for `len` more bytes in `small`: at least
+    /// [`SMALL_BUFFER_BYTES`] when it has to grow, so a burst of frames
+    /// grows it a few times, not from a few bytes upwards.
+    fn reserve_small(&mut self, len: usize) {
+        if self.small.capacity() - self.small.len() < len {
+            self.small.reserve(len.max(SMALL_BUFFER_BYTES));
+        }
     }
 
     /// Queues raw bytes that are not a frame (the hub's preface).
