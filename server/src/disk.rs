@@ -821,10 +821,12 @@ impl DiskLog {
 
     /// Preallocates ahead of the log's end when less than
     /// [`GROW_AHEAD_BYTES`] is left: a whole step, or the largest smaller
-    /// one the disk can give while keeping [`DISK_RESERVE_BYTES`] free
-    /// (steps below [`GROW_AHEAD_BYTES`] reach one step past the end). Only
-    /// a step short of [`GROW_AHEAD_BYTES`] ahead fits, or none: the log is
-    /// limited to what it has.
+    /// ones the disk can give while keeping [`DISK_RESERVE_BYTES`] free
+    /// (steps below [`GROW_AHEAD_BYTES`] reach one step past the end, then
+    /// as many more as fit). When less than [`GROW_AHEAD_BYTES`] ahead fits,
+    /// the log takes all the disk gives at once and is limited to it: it
+    /// grows again only once the disk has room (space freed), not in small
+    /// steps as its end moves on.
     pub async fn grow(&mut self) {
         let end = self.write_offset + self.tail.len() as u64;
         let want = end + GROW_AHEAD_BYTES;
@@ -839,12 +841,12 @@ impl DiskLog {
         let mut refused = None;
         while step >= GROW_MIN_BYTES {
             // [`GROW_AHEAD_BYTES`] past the end in whole steps while steps
-            // are larger; then one step past the end, so that a small disk
-            // still gives a small log room.
-            let size = (end + step.min(GROW_AHEAD_BYTES)).next_multiple_of(step);
-            if size <= self.allocated {
-                break; // Smaller steps give no more.
-            }
+            // are larger; then one step past the end, or past what is
+            // allocated, so that a small disk still gives a small log room,
+            // all of it.
+            let size = (end + step.min(GROW_AHEAD_BYTES))
+                .next_multiple_of(step)
+                .max(self.allocated + step);
             // Take the reserve too, then give it back: the disk keeps it
             // free, for a compaction's snapshot.
             match self
@@ -858,10 +860,8 @@ impl DiskLog {
                         self.allocated = size;
                     }
                     if size < want {
-                        // Less than asked for: the core keeps within it,
-                        // and more is asked for again in a while.
-                        self.limit(refused);
-                        return;
+                        // Less than asked for: take more of this step.
+                        continue;
                     }
                     if std::mem::take(&mut self.limited) {
                         tracing::info!(
@@ -879,6 +879,8 @@ impl DiskLog {
                 }
             }
         }
+        // The core keeps within what the file has, and room is asked for
+        // again in a while.
         self.limit(refused);
     }
 
