@@ -770,9 +770,22 @@ fn a_pipelining_client_does_not_stall_its_shard() {
     let mut bystander = connect(&hub);
     let (mut out, mut events) = flooder.split();
     let start = Instant::now();
+    // Replies read so far: the writer keeps at most PIPELINE echoes
+    // unanswered. Without a bound a writer faster than its reader piles up
+    // its replies past `--outbound-bytes-max` and is cut off, as documented
+    // (docs/protocol.md, Slow consumers); 100,000 echoes keep the socket
+    // full all the time, which is what stalled the shard.
+    const PIPELINE: u64 = 100_000;
+    let read = Arc::new(AtomicU64::new(0));
+    let replies_read = read.clone();
     let writer = thread::spawn(move || {
         let mut sent = 0u64;
         while start.elapsed() < RUN {
+            if sent - read.load(Ordering::Acquire) >= PIPELINE {
+                out.flush().map_err(|error| error.to_string())?;
+                thread::yield_now();
+                continue;
+            }
             if let Err(error) = out.send_echo(b"0123456789abcdef") {
                 return Err(format!("after {sent} echoes: {error}"));
             }
@@ -785,7 +798,10 @@ fn a_pipelining_client_does_not_stall_its_shard() {
         let mut replies = 0u64;
         loop {
             match events.recv_timeout(Duration::from_millis(500)) {
-                Ok(Some(Event::EchoReply { .. })) => replies += 1,
+                Ok(Some(Event::EchoReply { .. })) => {
+                    replies += 1;
+                    replies_read.store(replies, Ordering::Release);
+                }
                 Ok(None) if start.elapsed() > RUN => return Ok(replies),
                 Ok(None) => {}
                 other => return Err(format!("after {replies} replies: {other:?}")),
