@@ -13,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::v2::error_of;
 use common::{start, v2::RawV2};
-use relayhub_protocol::{Ack, HubMessageV2};
+use relayhub_protocol::{flags, Ack, ErrorCodeV2, HubMessageV2};
 use relayhub_server::config::{Fsync, Storage};
 
 /// A data directory of its own, removed at the end.
@@ -148,6 +149,8 @@ fn a_restart_keeps_offline_messages_ids_and_tokens() {
             HubMessageV2::DeliverV2(deliver) => {
                 assert_eq!((deliver.from, deliver.seq), (sender_id, seq));
                 assert_eq!(deliver.body, format!("before {seq}").into_bytes());
+                // Never sent, but the hub does not log what it sent.
+                assert_eq!(deliver.flags, flags::REDELIVERY);
             }
             other => panic!("expected a delivery, got {other:?}"),
         }
@@ -163,6 +166,54 @@ fn a_restart_keeps_offline_messages_ids_and_tokens() {
     assert!(stats.recovered_records > 0);
     // Recovered entries kept no bodies: each was read back from the log.
     assert_eq!(stats.bodies_read, 10, "{stats}");
+}
+
+/// After a restart every `seq` handed out before it counts as sent
+/// (docs/protocol.md, Acks and Redelivery): acking entries the window has
+/// not sent yet is valid, and `AckOutOfRange` names the highest of them.
+#[test]
+fn after_a_restart_every_stored_entry_counts_as_sent() {
+    let dir = DataDir::new("restart-acks");
+    let (receiver_id, receiver_token);
+    {
+        let hub = disk_hub(&dir.0, 1);
+        let mut sender = RawV2::durable(hub.local_addr());
+        let receiver = RawV2::durable(hub.local_addr());
+        (receiver_id, receiver_token) = (receiver.user, receiver.token);
+        drop(receiver);
+        for id in 1..=5u64 {
+            sender.relay(id, id, &[receiver_id], b"offline");
+            assert_eq!(stored(&mut sender), id);
+        }
+        hub.shutdown();
+    }
+    let data_dir = dir.0.clone();
+    let hub = start(1, move |config| {
+        config.storage = Storage::Disk;
+        config.data_dir = data_dir;
+        config.inflight_messages_max = 2;
+    });
+    let mut receiver = RawV2::resume(hub.local_addr(), receiver_id, receiver_token);
+    let mut resume_window = receiver.until_echo(1);
+    resume_window.retain(|message| matches!(message, HubMessageV2::DeliverV2(_)));
+    let seqs: Vec<(u64, u32)> = resume_window
+        .iter()
+        .map(|message| match message {
+            HubMessageV2::DeliverV2(deliver) => (deliver.seq, deliver.flags),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(seqs, [(1, flags::REDELIVERY), (2, flags::REDELIVERY)]);
+    // Seq 5 was never sent, and is acked: it counts as sent.
+    receiver.ack(5);
+    assert!(receiver.until_echo(2).is_empty(), "nothing left to send");
+    receiver.ack(6);
+    let closing = receiver.until_closed();
+    assert_eq!(
+        closing.iter().find_map(error_of),
+        Some((ErrorCodeV2::AckOutOfRange, 0, 5)),
+        "{closing:?}"
+    );
 }
 
 /// Every start reserves a block of ids per shard, used or not: after `k`

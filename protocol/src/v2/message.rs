@@ -44,8 +44,10 @@ pub mod flags {
     pub const RELAY_V2_DEFINED: u32 = RECEIPT;
 
     /// [`DeliverV2`](super::DeliverV2) and [`Receipt`](super::Receipt):
-    /// this inbox entry was sent before, on an earlier connection of the
-    /// session, and not acked there. Never set with `seq` 0.
+    /// this inbox entry may have been sent before: on an earlier connection
+    /// of the session, and not acked there, or, after a restart of a hub
+    /// that stores on disk (it does not log what it sent), before the
+    /// restart. Never set with `seq` 0.
     pub const REDELIVERY: u32 = 1 << 0;
     /// Every bit a [`DeliverV2`](super::DeliverV2) may set.
     pub const DELIVER_V2_DEFINED: u32 = REDELIVERY;
